@@ -1,0 +1,113 @@
+// Public C++ API of the coupled selective scan (docs/coupled-scan.md). No PyTorch inside:
+// tensors arrive as raw pointers plus strides, results come back as a Status code.
+#pragma once
+
+#include <cstdint>
+
+namespace coupled_scan {
+
+enum class Status : int {
+  kOk = 0,
+  kInvalidSize = 1,      // a size is negative or out of its supported range
+  kNullPointer = 2,      // a required pointer is null
+  kInvalidStride = 3,    // the time axis of a sequence tensor is not contiguous
+  kOutOfMemory = 4,      // a workspace allocation failed
+  kInternalError = 5,    // an unexpected exception inside the library
+  kNotCompiled = 6,      // the requested back end (e.g. CUDA) is not in this build
+  kCudaError = 7,        // a CUDA runtime call failed
+};
+
+const char* status_string(Status s);
+
+// Limits of the kernels; the Python layer checks them first and says which argument is wrong.
+constexpr int64_t kMaxModalities = 8;
+constexpr int64_t kMaxState = 256;
+// Time steps between two saved states (checkpoints) that the backward pass restarts from.
+constexpr int64_t kChunk = 64;
+
+inline int64_t num_chunks(int64_t length) { return (length + kChunk - 1) / kChunk; }
+
+enum class CouplingKind : int {
+  kRankOne = 0,  // W = alpha * ones(M, M) ("sum": alpha 1, "mean": alpha 1/M): one state per (b, d, n)
+  kNone = 1,     // W = identity: M independent selective scans
+  kGeneral = 2,  // any (M, M) W: an M-vector of states per (b, d, n)
+};
+
+// Values of one state checkpoint: N for the rank-one path, M * N otherwise.
+inline int64_t checkpoint_width(CouplingKind kind, int64_t modalities, int64_t state) {
+  return kind == CouplingKind::kRankOne ? state : modalities * state;
+}
+
+struct Sizes {
+  int64_t batch = 0;       // Bt
+  int64_t modalities = 0;  // M
+  int64_t channels = 0;    // D
+  int64_t state = 0;       // N
+  int64_t length = 0;      // L
+};
+
+// A (Bt, M, R, L) tensor (R = D or N) whose time axis is contiguous; other axes are strided.
+template <typename T>
+struct SeqTensor {
+  T* data = nullptr;
+  int64_t stride_batch = 0;
+  int64_t stride_modality = 0;
+  int64_t stride_row = 0;
+  T* row(int64_t b, int64_t m, int64_t r) const {
+    return data + b * stride_batch + m * stride_modality + r * stride_row;
+  }
+};
+
+// Inputs and outputs of the forward pass. Parameter and state tensors are contiguous.
+template <typename T>
+struct ForwardArgs {
+  Sizes size;
+  SeqTensor<const T> u;       // (Bt, M, D, L)
+  SeqTensor<const T> delta;   // (Bt, M, D, L)
+  const T* A = nullptr;       // (M, D, N)
+  SeqTensor<const T> B;       // (Bt, M, N, L)
+  SeqTensor<const T> C;       // (Bt, M, N, L)
+  const T* D = nullptr;       // (M, D) or null
+  SeqTensor<const T> z;       // (Bt, M, D, L); data null for no gate
+  const T* delta_bias = nullptr;  // (M, D) or null
+  bool delta_softplus = false;
+  CouplingKind coupling = CouplingKind::kRankOne;
+  T alpha = T(1);             // the rank-one weight
+  const T* W = nullptr;       // (M, M), kGeneral only
+  const T* initial_state = nullptr;  // (Bt, M, D, N) or null for zeros
+  T* out = nullptr;           // (Bt, M, D, L) contiguous
+  T* last_state = nullptr;    // (Bt, M, D, N) or null
+  T* checkpoints = nullptr;   // (Bt, D, num_chunks(L), checkpoint_width) or null
+  int num_threads = 1;
+};
+
+// Gradients of the backward pass, all contiguous. Optional ones may be null when not wanted.
+template <typename T>
+struct BackwardArgs {
+  ForwardArgs<T> fwd;            // the forward inputs; its outputs are ignored
+  const T* checkpoints = nullptr;  // from the forward pass; null: recomputed here
+  SeqTensor<const T> dout;       // (Bt, M, D, L)
+  const T* dlast_state = nullptr;  // (Bt, M, D, N) or null
+  T* du = nullptr;               // (Bt, M, D, L)
+  T* ddelta = nullptr;           // (Bt, M, D, L)
+  T* dA = nullptr;               // (M, D, N)
+  T* dB = nullptr;               // (Bt, M, N, L)
+  T* dC = nullptr;               // (Bt, M, N, L)
+  T* dD = nullptr;               // (M, D) or null
+  T* dz = nullptr;               // (Bt, M, D, L), needed when z is given
+  T* ddelta_bias = nullptr;      // (M, D) or null
+  T* dW = nullptr;               // (M, M) or null (kGeneral only)
+  T* dinitial_state = nullptr;   // (Bt, M, D, N) or null
+};
+
+// CPU entry points, instantiated for float and double. Deterministic: the bits of every
+// result depend on the inputs only, not on the thread count or scheduling.
+template <typename T>
+Status forward_cpu(const ForwardArgs<T>& args);
+template <typename T>
+Status backward_cpu(const BackwardArgs<T>& args);
+
+// Which vector instruction set the CPU kernels dispatched to ("avx512", "avx2" or "baseline").
+const char* cpu_isa();
+
+}  // namespace coupled_scan

@@ -1,0 +1,22 @@
+// Slots for the backward's partial sums over axes a task does not own. Each task writes only
+// its own slots; the dispatcher adds them up in a fixed order (deterministic results).
+#pragma once
+
+#include <cstdint>
+
+namespace coupled_scan {
+namespace cpu {
+
+template <typename T>
+struct BackwardPartials {
+  T* dB = nullptr;     // (Bt, blocks, M, N, L)
+  T* dC = nullptr;     // (Bt, blocks, M, N, L)
+  T* dA = nullptr;     // (Bt, M, D, N)
+  T* dD = nullptr;     // (Bt, M, D)
+  T* dbias = nullptr;  // (Bt, M, D)
+  T* dW = nullptr;     // (Bt, blocks, M, M), general coupling only
+  int64_t blocks = 0;  // channel blocks per batch row
+};
+
+}  // namespace cpu
+}  // namespace coupled_scan

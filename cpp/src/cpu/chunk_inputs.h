@@ -1,0 +1,97 @@
+// Helpers shared by the CPU forward and backward kernels: how work is split into tasks, and
+// loading one time chunk of the per-step inputs into task-local scratch.
+#pragma once
+
+#include <cstdint>
+
+#include "coupled_scan/coupled_scan.h"
+#include "coupled_scan/math.h"
+
+namespace coupled_scan {
+namespace cpu {
+
+// Channels are processed in fixed blocks; a task is (batch, channel block, modality group).
+// The block size depends on D only, so results never depend on the thread count. At most 16
+// blocks per batch row bounds the backward's per-block partial sums of dB and dC.
+CS_HD int64_t channel_block(int64_t channels) {
+  const int64_t even = (channels + 15) / 16;
+  return even > 16 ? even : 16;
+}
+
+// Modality groups: the rank-one and general paths couple all M modalities in one task; "none"
+// runs each modality as its own group (one scalar state per (b, d, n), alpha = 1).
+struct Grouping {
+  int64_t groups;  // number of groups
+  int64_t width;   // modalities per group
+};
+CS_HD Grouping modality_grouping(CouplingKind kind, int64_t modalities) {
+  if (kind == CouplingKind::kNone) return {modalities, 1};
+  return {1, modalities};
+}
+
+struct Task {
+  int64_t b, block, d0, d1, m0, m1;
+};
+CS_HD Task decode_task(int64_t task, const Sizes& s, CouplingKind kind) {
+  const Grouping grp = modality_grouping(kind, s.modalities);
+  const int64_t cb = channel_block(s.channels);
+  const int64_t nblk = (s.channels + cb - 1) / cb;
+  Task t;
+  const int64_t group = task % grp.groups;
+  t.block = (task / grp.groups) % nblk;
+  t.b = task / (grp.groups * nblk);
+  t.d0 = t.block * cb;
+  t.d1 = t.d0 + cb < s.channels ? t.d0 + cb : s.channels;
+  t.m0 = group * grp.width;
+  t.m1 = t.m0 + grp.width;
+  return t;
+}
+CS_HD int64_t num_tasks(const Sizes& s, CouplingKind kind) {
+  const int64_t cb = channel_block(s.channels);
+  return s.batch * ((s.channels + cb - 1) / cb) * modality_grouping(kind, s.modalities).groups;
+}
+
+// Copy B or C rows (n, t0 .. t0+kc) of modalities [m0, m1) into dst[g][k][n], so that the
+// innermost loops run over a contiguous state axis.
+template <typename T>
+CS_HD void load_transposed(const SeqTensor<const T>& X, int64_t b, int64_t m0, int64_t m1, int64_t N,
+                     int64_t t0, int64_t kc, T* dst) {
+  for (int64_t m = m0; m < m1; ++m) {
+    T* out = dst + (m - m0) * kChunk * N;
+    for (int64_t n = 0; n < N; ++n) {
+      const T* row = X.row(b, m, n) + t0;
+      for (int64_t k = 0; k < kc; ++k) out[k * N + n] = row[k];
+    }
+  }
+}
+
+// dt and dt * u for one (b, m, d) over steps t0 .. t0+kc of the chunk.
+template <typename T>
+CS_HD void load_steps(const ForwardArgs<T>& a, int64_t b, int64_t m, int64_t d, int64_t t0, int64_t kc,
+                T* dt, T* dtu) {
+  const T* u = a.u.row(b, m, d) + t0;
+  const T* dl = a.delta.row(b, m, d) + t0;
+  const T bias = a.delta_bias ? a.delta_bias[m * a.size.channels + d] : T(0);
+  for (int64_t k = 0; k < kc; ++k) {
+    const T pre = dl[k] + bias;
+    const T v = a.delta_softplus ? softplus(pre) : pre;
+    dt[k] = v;
+    dtu[k] = v * u[k];
+  }
+}
+
+// Offset of the (b, m, d) row of a contiguous (Bt, M, D, X) tensor.
+CS_HD int64_t bmd_offset(const Sizes& s, int64_t b, int64_t m, int64_t d, int64_t x) {
+  return ((b * s.modalities + m) * s.channels + d) * x;
+}
+
+// The first state slot of task modalities inside a checkpoint row.
+CS_HD int64_t checkpoint_offset(const Sizes& s, CouplingKind kind, int64_t b, int64_t d,
+                                 int64_t chunk, int64_t m0) {
+  const int64_t width = checkpoint_width(kind, s.modalities, s.state);
+  const int64_t base = ((b * s.channels + d) * num_chunks(s.length) + chunk) * width;
+  return base + (kind == CouplingKind::kNone ? m0 * s.state : 0);
+}
+
+}  // namespace cpu
+}  // namespace coupled_scan

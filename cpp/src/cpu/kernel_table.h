@@ -1,0 +1,36 @@
+// One set of CPU task kernels per instruction set; the dispatcher picks a set at run time so
+// a single build runs on every x86-64 CPU and uses AVX2 / AVX-512 where present.
+#pragma once
+
+#include <cstdint>
+
+#include "backward_partials.h"
+#include "coupled_scan/coupled_scan.h"
+
+namespace coupled_scan {
+namespace cpu {
+
+template <typename T>
+struct TaskKernels {
+  int64_t (*forward_scratch)(const Sizes&, CouplingKind);
+  int64_t (*backward_scratch)(const Sizes&, CouplingKind);
+  void (*forward)(const ForwardArgs<T>&, int64_t task, T* scratch);
+  void (*backward)(const BackwardArgs<T>&, const BackwardPartials<T>&, int64_t task, T* scratch);
+};
+
+struct KernelTable {
+  const char* isa;
+  TaskKernels<float> f32;
+  TaskKernels<double> f64;
+};
+
+extern const KernelTable kBaselineKernels;
+#if defined(CS_HAVE_AVX2)
+extern const KernelTable kAvx2Kernels;
+#endif
+#if defined(CS_HAVE_AVX512)
+extern const KernelTable kAvx512Kernels;
+#endif
+
+}  // namespace cpu
+}  // namespace coupled_scan

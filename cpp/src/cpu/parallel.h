@@ -1,0 +1,41 @@
+// A minimal task runner: `num_threads` workers pull task indices from a shared counter. Each
+// worker owns a scratch buffer for its whole lifetime so kernels never allocate per task.
+// Results must not depend on which worker ran a task (kernels write per-task slots only).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <thread>
+#include <vector>
+
+namespace coupled_scan {
+namespace cpu {
+
+// body(task, scratch) is called once for every task in [0, num_tasks).
+template <typename T, typename Body>
+void run_tasks(int64_t num_tasks, int num_threads, size_t scratch_elems, const Body& body) {
+  if (num_tasks <= 0) return;
+  const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, num_tasks)));
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+  auto work = [&]() {
+    try {
+      std::vector<T> scratch(scratch_elems);
+      for (int64_t task = next++; task < num_tasks && !failed; task = next++) body(task, scratch.data());
+    } catch (...) {
+      if (!failed.exchange(true)) error = std::current_exception();
+    }
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(workers - 1);
+  for (int i = 1; i < workers; ++i) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace cpu
+}  // namespace coupled_scan

@@ -1,0 +1,229 @@
+// CPU entry points: argument checks, instruction-set dispatch, threading, the L = 0 case and
+// the fixed-order reductions of the backward's per-task partial sums.
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "coupled_scan/coupled_scan.h"
+#include "cpu/backward_partials.h"
+#include "cpu/chunk_inputs.h"
+#include "cpu/kernel_table.h"
+#include "cpu/parallel.h"
+
+namespace coupled_scan {
+
+const char* status_string(Status s) {
+  switch (s) {
+    case Status::kOk: return "ok";
+    case Status::kInvalidSize: return "a size is out of its supported range";
+    case Status::kNullPointer: return "a required tensor pointer is null";
+    case Status::kInvalidStride: return "the time axis of a sequence tensor is not contiguous";
+    case Status::kOutOfMemory: return "out of memory while allocating a workspace";
+    case Status::kInternalError: return "internal error";
+    case Status::kNotCompiled: return "this back end is not compiled into the library";
+    case Status::kCudaError: return "a CUDA runtime call failed";
+  }
+  return "unknown status";
+}
+
+namespace cpu {
+namespace {
+
+bool cpu_has(const char* isa) {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (std::strcmp(isa, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (std::strcmp(isa, "avx512") == 0)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("fma");
+#endif
+  (void)isa;
+  return false;
+}
+
+// The widest kernel set the CPU supports; COUPLED_MAMBA_CPU_ISA=baseline|avx2|avx512 caps it
+// (tests use this to check every set against the reference).
+const KernelTable& select_kernels() {
+  static const KernelTable* chosen = [] {
+    const char* cap = std::getenv("COUPLED_MAMBA_CPU_ISA");
+    const std::string want = cap ? cap : "avx512";
+    const KernelTable* t = &kBaselineKernels;
+#if defined(CS_HAVE_AVX2)
+    if ((want == "avx2" || want == "avx512") && cpu_has("avx2")) t = &kAvx2Kernels;
+#endif
+#if defined(CS_HAVE_AVX512)
+    if (want == "avx512" && cpu_has("avx512")) t = &kAvx512Kernels;
+#endif
+    return t;
+  }();
+  return *chosen;
+}
+
+template <typename T>
+const TaskKernels<T>& kernels_for(const KernelTable& t);
+template <>
+const TaskKernels<float>& kernels_for<float>(const KernelTable& t) { return t.f32; }
+template <>
+const TaskKernels<double>& kernels_for<double>(const KernelTable& t) { return t.f64; }
+
+template <typename T>
+Status check_forward(const ForwardArgs<T>& a) {
+  const Sizes& s = a.size;
+  if (s.batch < 0 || s.channels < 0 || s.length < 0) return Status::kInvalidSize;
+  if (s.modalities < 1 || s.modalities > kMaxModalities) return Status::kInvalidSize;
+  if (s.state < 1 || s.state > kMaxState) return Status::kInvalidSize;
+  if (a.num_threads < 1) return Status::kInvalidSize;
+  if (s.batch == 0 || s.channels == 0) return Status::kOk;
+  if (s.length > 0 && (!a.u.data || !a.delta.data || !a.B.data || !a.C.data || !a.A))
+    return Status::kNullPointer;
+  if (a.coupling == CouplingKind::kGeneral && !a.W) return Status::kNullPointer;
+  return Status::kOk;
+}
+
+struct StatusError {
+  Status status;
+};
+
+// Runs fn and turns exceptions into status codes: nothing may escape into the caller.
+template <typename Fn>
+Status guarded(const Fn& fn) {
+  try {
+    fn();
+  } catch (const StatusError& e) {
+    return e.status;
+  } catch (const std::bad_alloc&) {
+    return Status::kOutOfMemory;
+  } catch (...) {
+    return Status::kInternalError;
+  }
+  return Status::kOk;
+}
+
+template <typename T>
+void fill(T* p, int64_t n, T v) {
+  if (p)
+    for (int64_t i = 0; i < n; ++i) p[i] = v;
+}
+
+template <typename T>
+Status run_forward(const ForwardArgs<T>& a) {
+  const Sizes& s = a.size;
+  const int64_t state_elems = s.batch * s.modalities * s.channels * s.state;
+  if (s.length == 0) {  // h_{L-1} is the initial state
+    if (a.last_state) {
+      if (a.initial_state) std::memcpy(a.last_state, a.initial_state, sizeof(T) * state_elems);
+      else fill(a.last_state, state_elems, T(0));
+    }
+    return Status::kOk;
+  }
+  const TaskKernels<T>& k = kernels_for<T>(select_kernels());
+  return guarded([&] {
+    run_tasks<T>(num_tasks(s, a.coupling), a.num_threads, k.forward_scratch(s, a.coupling),
+                 [&](int64_t task, T* scratch) { k.forward(a, task, scratch); });
+  });
+}
+
+template <typename T>
+Status run_backward(const BackwardArgs<T>& a) {
+  const ForwardArgs<T>& f = a.fwd;
+  const Sizes& s = f.size;
+  const int64_t M = s.modalities, D = s.channels, N = s.state, L = s.length;
+  const int64_t bmd = s.batch * M * D;
+  const bool general = f.coupling == CouplingKind::kGeneral;
+  fill(a.dW, M * M, T(0));
+  if (L == 0 || s.batch == 0 || D == 0) {
+    fill(a.dA, M * D * N, T(0));
+    fill(a.dD, M * D, T(0));
+    fill(a.ddelta_bias, M * D, T(0));
+    if (a.dinitial_state) {
+      if (a.dlast_state) std::memcpy(a.dinitial_state, a.dlast_state, sizeof(T) * bmd * N);
+      else fill(a.dinitial_state, bmd * N, T(0));
+    }
+    return Status::kOk;
+  }
+  if (!a.dout.data || !a.du || !a.ddelta || !a.dA || !a.dB || !a.dC) return Status::kNullPointer;
+  if (f.z.data && !a.dz) return Status::kNullPointer;
+
+  const TaskKernels<T>& k = kernels_for<T>(select_kernels());
+  return guarded([&] {
+    BackwardArgs<T> args = a;
+    std::vector<T> checkpoints;
+    if (!args.checkpoints) {  // not saved by the caller: recompute them with a forward pass
+      checkpoints.resize(s.batch * D * num_chunks(L) * checkpoint_width(f.coupling, M, N));
+      ForwardArgs<T> fa = f;
+      fa.out = nullptr;
+      fa.last_state = nullptr;
+      fa.checkpoints = checkpoints.data();
+      const Status st = run_forward(fa);
+      if (st != Status::kOk) throw StatusError{st};
+      args.checkpoints = checkpoints.data();
+    }
+    const int64_t cb = channel_block(D), blocks = (D + cb - 1) / cb;
+    std::vector<T> dB(s.batch * blocks * M * N * L), dC(dB.size()), dA(bmd * N), dD(bmd),
+        dbias(bmd), dW(general ? s.batch * blocks * M * M : 0);
+    BackwardPartials<T> p{dB.data(), dC.data(), dA.data(), dD.data(), dbias.data(), dW.data(), blocks};
+    run_tasks<T>(num_tasks(s, f.coupling), f.num_threads, k.backward_scratch(s, f.coupling),
+                 [&](int64_t task, T* scratch) { k.backward(args, p, task, scratch); });
+
+    // Fixed-order reductions: over channel blocks for dB, dC; over the batch for the rest.
+    run_tasks<T>(s.batch * M, f.num_threads, 0, [&](int64_t bm, T*) {
+      const int64_t b = bm / M, m = bm % M;
+      T* ob = a.dB + bm * N * L;
+      T* oc = a.dC + bm * N * L;
+      for (int64_t i = 0; i < N * L; ++i) ob[i] = oc[i] = T(0);
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t base = ((b * blocks + blk) * M + m) * N * L;
+        for (int64_t i = 0; i < N * L; ++i) {
+          ob[i] += dB[base + i];
+          oc[i] += dC[base + i];
+        }
+      }
+    });
+    run_tasks<T>(M * D, f.num_threads, 0, [&](int64_t md, T*) {
+      T* oa = a.dA + md * N;
+      T sd = T(0), sb = T(0);
+      for (int64_t n = 0; n < N; ++n) oa[n] = T(0);
+      for (int64_t b = 0; b < s.batch; ++b) {
+        const T* pa = dA.data() + (b * M * D + md) * N;
+        for (int64_t n = 0; n < N; ++n) oa[n] += pa[n];
+        sd += dD[b * M * D + md];
+        sb += dbias[b * M * D + md];
+      }
+      if (a.dD) a.dD[md] = sd;
+      if (a.ddelta_bias) a.ddelta_bias[md] = sb;
+    });
+    if (general && a.dW)
+      for (int64_t slot = 0; slot < s.batch * blocks; ++slot)
+        for (int64_t i = 0; i < M * M; ++i) a.dW[i] += dW[slot * M * M + i];
+  });
+}
+
+}  // namespace
+}  // namespace cpu
+
+template <typename T>
+Status forward_cpu(const ForwardArgs<T>& args) {
+  const Status st = cpu::check_forward(args);
+  if (st != Status::kOk) return st;
+  if (args.size.batch == 0 || args.size.channels == 0) return Status::kOk;
+  return cpu::run_forward(args);
+}
+
+template <typename T>
+Status backward_cpu(const BackwardArgs<T>& args) {
+  const Status st = cpu::check_forward(args.fwd);
+  if (st != Status::kOk) return st;
+  return cpu::run_backward(args);
+}
+
+template Status forward_cpu<float>(const ForwardArgs<float>&);
+template Status forward_cpu<double>(const ForwardArgs<double>&);
+template Status backward_cpu<float>(const BackwardArgs<float>&);
+template Status backward_cpu<double>(const BackwardArgs<double>&);
+
+const char* cpu_isa() { return cpu::select_kernels().isa; }
+
+}  // namespace coupled_scan

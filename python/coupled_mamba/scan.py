@@ -1,0 +1,271 @@
+"""The fused coupled selective scan as a PyTorch op.
+
+Two custom ops, ``coupled_mamba::scan_fwd`` and ``coupled_mamba::scan_bwd``, wrap the compiled
+library (``coupled_mamba._C``, which never links libtorch: tensors cross as pointers and strides).
+They have fake (meta) implementations, so the op traces under torch.compile, and ``scan_fwd`` has
+an autograd formula that calls ``scan_bwd``. :func:`coupled_selective_scan` validates the inputs
+and calls them; :class:`CoupledSelectiveScanFn` offers the same computation as a
+``torch.autograd.Function`` for code written against mamba-ssm's ``SelectiveScanFn``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import _validation
+from ._extension import CHUNK, extension, num_chunks
+
+Coupling = Union[str, Tensor]
+
+# Coupling kinds understood by the library (coupled_scan.h: CouplingKind).
+RANK_ONE, NONE, GENERAL = 0, 1, 2
+
+_num_threads: Optional[int] = None
+
+
+def set_num_threads(n: Optional[int]) -> None:
+    """Threads used by the CPU kernels; None (default) follows torch.get_num_threads()."""
+    global _num_threads
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise ValueError(f"set_num_threads: expected a positive int or None, got {n!r}")
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    return _num_threads if _num_threads is not None else torch.get_num_threads()
+
+
+def resolve_coupling(coupling: Coupling, M: int) -> Tuple[int, float, Optional[Tensor]]:
+    """(kind, alpha, W) for the library: rank-one fast path for "sum" and "mean"."""
+    if isinstance(coupling, Tensor):
+        return GENERAL, 1.0, coupling
+    if coupling == "sum":
+        return RANK_ONE, 1.0, None
+    if coupling == "mean":
+        return RANK_ONE, 1.0 / M, None
+    if coupling == "none":
+        return NONE, 1.0, None
+    raise ValueError(
+        f"coupled_selective_scan: coupling: expected 'sum', 'mean', 'none' or an (M, M) tensor, got {coupling!r}"
+    )
+
+
+def _compute_dtype(u: Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _seq(t: Optional[Tensor], cdt: torch.dtype):
+    """A (Bt, M, R, L) tensor in the compute dtype with a contiguous time axis, and its descriptor."""
+    if t is None:
+        return None, None
+    t = t.to(cdt)
+    if t.size(-1) > 1 and t.stride(-1) != 1:
+        t = t.contiguous()
+    return t, (t.data_ptr(), t.stride(0), t.stride(1), t.stride(2))
+
+
+def _param(t: Optional[Tensor], cdt: torch.dtype):
+    if t is None:
+        return None, None
+    t = t.to(cdt).contiguous()
+    return t, t.data_ptr()
+
+
+def _ptr(t: Optional[Tensor]):
+    return None if t is None else t.data_ptr()
+
+
+def _dtype_name(cdt: torch.dtype) -> str:
+    return "float64" if cdt == torch.float64 else "float32"
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W, initial_state):
+    """Convert inputs for the library; returns (keep-alive tensors, argument dict, compute dtype)."""
+    cdt = _compute_dtype(u)
+    Bt, M, Dch, L = u.shape
+    keep = {}
+    args = {"sizes": (Bt, M, Dch, A.shape[-1], L), "delta_softplus": bool(delta_softplus),
+            "coupling": int(coupling), "alpha": float(alpha), "num_threads": get_num_threads()}
+    for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
+        keep[name], args[name] = _seq(t, cdt)
+    for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias), ("W", W), ("initial_state", initial_state)):
+        keep[name], args[name] = _param(t, cdt)
+    return keep, args, cdt
+
+
+def _run(direction: str, args: dict, cdt: torch.dtype, device: torch.device) -> None:
+    ext = extension()
+    if device.type != "cpu":
+        raise RuntimeError(
+            f"coupled_selective_scan: tensors on {device} need the CUDA kernels, which this build of "
+            "coupled-mamba does not contain; move the tensors to the CPU"
+        )
+    getattr(ext, f"{direction}_cpu")(_dtype_name(cdt), args)
+
+
+@torch.library.custom_op("coupled_mamba::scan_fwd", mutates_args=())
+def scan_fwd(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+    delta_bias: Optional[Tensor], delta_softplus: bool, coupling: int, alpha: float, W: Optional[Tensor],
+    initial_state: Optional[Tensor], save_checkpoints: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Returns (out in u's dtype, last_state in the compute dtype, checkpoints or an empty tensor)."""
+    keep, args, cdt = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W,
+                               initial_state)
+    Bt, M, Dch, L = u.shape
+    N = A.shape[-1]
+    out = torch.empty(Bt, M, Dch, L, dtype=cdt, device=u.device)
+    last = torch.empty(Bt, M, Dch, N, dtype=cdt, device=u.device)
+    width = extension().checkpoint_width(coupling, M, N)
+    ck = (torch.empty(Bt, Dch, num_chunks(L), width, dtype=cdt, device=u.device) if save_checkpoints
+          else torch.empty(0, dtype=cdt, device=u.device))
+    args.update(out=out.data_ptr(), last_state=last.data_ptr(), checkpoints=_ptr(ck) if save_checkpoints else None)
+    _run("forward", args, cdt, u.device)
+    return out.to(u.dtype), last, ck
+
+
+@scan_fwd.register_fake
+def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W, initial_state,
+                   save_checkpoints):
+    cdt = _compute_dtype(u)
+    Bt, M, Dch, L = u.shape
+    N = A.shape[-1]
+    width = N if coupling == RANK_ONE else M * N
+    ck = (u.new_empty((Bt, Dch, (L + CHUNK - 1) // CHUNK, width), dtype=cdt) if save_checkpoints
+          else u.new_empty((0,), dtype=cdt))
+    return u.new_empty((Bt, M, Dch, L)), u.new_empty((Bt, M, Dch, N), dtype=cdt), ck
+
+
+_GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "dW", "dinitial_state")
+
+
+@torch.library.custom_op("coupled_mamba::scan_bwd", mutates_args=())
+def scan_bwd(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+    delta_bias: Optional[Tensor], delta_softplus: bool, coupling: int, alpha: float, W: Optional[Tensor],
+    initial_state: Optional[Tensor], checkpoints: Optional[Tensor], dout: Tensor, dlast_state: Optional[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dW, dinitial_state), each in its input's
+    dtype; an absent optional input gets an empty tensor."""
+    keep, args, cdt = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W,
+                               initial_state)
+    keep["dout"], args["dout"] = _seq(dout, cdt)
+    keep["dlast"], args["dlast_state"] = _param(dlast_state, cdt)
+    if checkpoints is not None and checkpoints.numel() > 0:
+        keep["ck"], args["checkpoints"] = _param(checkpoints, cdt)
+    grads = {
+        "du": torch.empty(u.shape, dtype=cdt, device=u.device), "ddelta": torch.empty(u.shape, dtype=cdt, device=u.device),
+        "dA": torch.empty(A.shape, dtype=cdt, device=u.device), "dB": torch.empty(B.shape, dtype=cdt, device=u.device),
+        "dC": torch.empty(C.shape, dtype=cdt, device=u.device),
+        "dD": None if D is None else torch.empty(D.shape, dtype=cdt, device=u.device),
+        "dz": None if z is None else torch.empty(u.shape, dtype=cdt, device=u.device),
+        "ddelta_bias": None if delta_bias is None else torch.empty(delta_bias.shape, dtype=cdt, device=u.device),
+        "dW": None if W is None else torch.empty(W.shape, dtype=cdt, device=u.device),
+        "dinitial_state": None if initial_state is None else torch.empty(initial_state.shape, dtype=cdt, device=u.device),
+    }
+    args.update({k: _ptr(v) for k, v in grads.items()})
+    _run("backward", args, cdt, u.device)
+    like = {"du": u, "ddelta": delta, "dA": A, "dB": B, "dC": C, "dD": D, "dz": z, "ddelta_bias": delta_bias,
+            "dW": W, "dinitial_state": initial_state}
+    return tuple(
+        u.new_empty((0,)) if grads[k] is None else grads[k].to(like[k].dtype) for k in _GRAD_NAMES
+    )
+
+
+@scan_bwd.register_fake
+def _scan_bwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W, initial_state,
+                   checkpoints, dout, dlast_state):
+    def like(t):
+        return u.new_empty((0,)) if t is None else torch.empty_like(t)
+
+    return (torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
+            torch.empty_like(C), like(D), like(z), like(delta_bias), like(W), like(initial_state))
+
+
+def _backward(saved, flags, dout: Optional[Tensor], dlast: Optional[Tensor]):
+    """Shared by the op's autograd formula and CoupledSelectiveScanFn: returns the 10 gradients,
+    None for absent inputs."""
+    u, delta, A, B, C, D, z, delta_bias, W, initial_state, ck = saved
+    delta_softplus, coupling, alpha = flags
+    if dout is None:
+        dout = torch.zeros_like(u)
+    grads = torch.ops.coupled_mamba.scan_bwd(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W, initial_state, ck, dout, dlast)
+    present = (True, True, True, True, True, D is not None, z is not None, delta_bias is not None,
+               W is not None, initial_state is not None)
+    return tuple(g if p else None for g, p in zip(grads, present))
+
+
+def _setup_context(ctx, inputs, output):
+    (u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W, initial_state, _save) = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, W, initial_state, output[2])
+    ctx.flags = (delta_softplus, coupling, alpha)
+
+
+def _op_backward(ctx, dout, dlast, _dck):
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dW, dinit = _backward(ctx.saved_tensors, ctx.flags, dout, dlast)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None, None, dW, dinit, None
+
+
+scan_fwd.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def coupled_selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    coupling: Coupling = "mean",
+    initial_state: Optional[Tensor] = None,
+    return_last_state: bool = False,
+):
+    """Fused coupled selective scan (docs/coupled-scan.md).
+
+    Shapes: u, delta, z (Bt, M, D, L); A (M, D, N); B, C (Bt, M, N, L); D, delta_bias (M, D);
+    initial_state (Bt, M, D, N). ``coupling`` is "sum" (the paper's Eq. 6; grows like M^L, overflows
+    float32 near L = 80 for M = 3 at small dt), "mean" (bounded), "none" (M independent scans) or an
+    (M, M) tensor W (gets a gradient). Returns ``out`` (u's dtype), or ``(out, last_state)`` with
+    last_state (Bt, M, D, N) in float32 (float64 for float64 inputs) when ``return_last_state``.
+    NaN and Inf in the inputs propagate to the outputs; they are not checked for.
+    """
+    M = _validation.check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, coupling, initial_state)
+    kind, alpha, W = resolve_coupling(coupling, M)
+    save = _needs_grad(u, delta, A, B, C, D, z, delta_bias, W, initial_state)
+    out, last, _ = torch.ops.coupled_mamba.scan_fwd(
+        u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), kind, alpha, W, initial_state, save)
+    return (out, last) if return_last_state else out
+
+
+class CoupledSelectiveScanFn(torch.autograd.Function):
+    """``CoupledSelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling,
+    initial_state, return_last_state)``: the same computation as :func:`coupled_selective_scan`
+    (positional arguments in the same order), as an autograd Function."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                coupling="mean", initial_state=None, return_last_state=False):
+        M = _validation.check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, coupling, initial_state)
+        kind, alpha, W = resolve_coupling(coupling, M)
+        out, last, ck = torch.ops.coupled_mamba.scan_fwd(
+            u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), kind, alpha, W, initial_state, True)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, W, initial_state, ck)
+        ctx.flags = (bool(delta_softplus), kind, alpha)
+        ctx.return_last_state = return_last_state
+        return (out, last) if return_last_state else out
+
+    @staticmethod
+    def backward(ctx, dout, dlast=None):
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dW, dinit = _backward(ctx.saved_tensors, ctx.flags, dout,
+                                                                     dlast if ctx.return_last_state else None)
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, dW, dinit, None

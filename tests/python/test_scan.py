@@ -1,0 +1,287 @@
+"""The fused op against the float64 reference: forward, last state and every gradient."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import coupled_mamba
+from coupled_mamba import CoupledSelectiveScanFn, coupled_selective_scan
+from coupled_mamba.reference import coupled_selective_scan_ref
+
+TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (1e-4, 1e-3), torch.bfloat16: (1e-2, 3e-2),
+       torch.float16: (1e-2, 3e-2)}
+
+
+def make_inputs(Bt, M, D, N, L, dtype=torch.float32, optional=True, seed=0, dt_shift=-1.0):
+    """Fresh random inputs (never zeros: they would hide unwritten outputs)."""
+    g = torch.Generator().manual_seed(seed)
+    pdt = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def r(*shape, dt=dtype, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(dt)
+
+    x = dict(
+        u=r(Bt, M, D, L), delta=r(Bt, M, D, L, scale=0.5, shift=dt_shift),
+        A=(-(0.5 + 1.5 * torch.rand(M, D, N, generator=g, dtype=torch.float64))).to(pdt),
+        B=r(Bt, M, N, L), C=r(Bt, M, N, L),
+    )
+    if optional:
+        x.update(D=r(M, D, dt=pdt), z=r(Bt, M, D, L), delta_bias=r(M, D, dt=pdt, scale=0.3),
+                 initial_state=r(Bt, M, D, N, dt=pdt))
+    return x
+
+
+def rel(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    assert torch.isfinite(a).all(), "non-finite values where the reference is finite"
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def run_both(inputs, coupling, delta_softplus=True):
+    """Returns ((out, last, grads) fused, (out, last, grads) reference in float64)."""
+    names = list(inputs)
+    results = []
+    for fn, cast in ((coupled_selective_scan, None), (coupled_selective_scan_ref, torch.float64)):
+        xs = {k: (v.detach().to(cast) if cast else v.detach().clone()).requires_grad_() for k, v in inputs.items()}
+        w = coupling
+        if isinstance(coupling, torch.Tensor):
+            w = (coupling.detach().to(cast) if cast else coupling.detach().clone()).requires_grad_()
+        out, last = fn(**xs, delta_softplus=delta_softplus, coupling=w, return_last_state=True)
+        g = torch.Generator().manual_seed(123)
+        dout = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        dlast = torch.randn(last.shape, generator=g, dtype=torch.float64)
+        loss = (out.double() * dout).sum() + (last.double() * dlast).sum()
+        wrt = [xs[k] for k in names] + ([w] if isinstance(w, torch.Tensor) else [])
+        grads = torch.autograd.grad(loss, wrt)
+        results.append((out, last, dict(zip(names + ["coupling"], grads))))
+    return results
+
+
+SIZES = [  # (Bt, M, D, N, L): odd sizes, N not a multiple of the vector width, M = 1 and M > 3
+    (2, 3, 5, 7, 1),
+    (1, 1, 3, 5, 7),
+    (2, 3, 17, 19, 63),
+    (1, 5, 4, 9, 130),
+    (1, 2, 2, 3, 2049),
+]
+COUPLINGS = ["mean", "sum", "none", "matrix"]
+
+
+def coupling_for(name, M, seed=1):
+    if name == "matrix":
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(M, M, generator=g, dtype=torch.float64) * 0.6 - 0.1
+    return name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("coupling", COUPLINGS)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_reference(size, coupling, dtype):
+    Bt, M, D, N, L = size
+    if coupling == "sum" and M * L > 300:
+        pytest.skip("'sum' grows like M^L; covered at shorter lengths")
+    inputs = make_inputs(*size, dtype=dtype, seed=hash((size, coupling)) % 1000)
+    w = coupling_for(coupling, M)
+    if isinstance(w, torch.Tensor):
+        w = w.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    (out, last, grads), (rout, rlast, rgrads) = run_both(inputs, w)
+    tol_out, tol_grad = TOL[dtype]
+    assert out.dtype == dtype and last.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert rel(out, rout) < tol_out
+    assert rel(last, rlast) < tol_out
+    for k, g in grads.items():
+        assert g.dtype == (inputs[k].dtype if k != "coupling" else w.dtype)
+        assert rel(g, rgrads[k]) < tol_grad, k
+
+
+@pytest.mark.parametrize("coupling", COUPLINGS)
+def test_without_optional_inputs_and_softplus(coupling):
+    inputs = make_inputs(2, 3, 6, 11, 40, dtype=torch.float64, optional=False, dt_shift=0.5)
+    inputs["delta"] = inputs["delta"].abs() + 0.01  # dt used as given: keep it positive
+    (out, last, grads), (rout, rlast, rgrads) = run_both(inputs, coupling_for(coupling, 3), delta_softplus=False)
+    assert rel(out, rout) < 1e-10 and rel(last, rlast) < 1e-10
+    for k in grads:
+        assert rel(grads[k], rgrads[k]) < 1e-9, k
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_accumulate_in_float32(dtype):
+    inputs = make_inputs(2, 3, 8, 16, 50, dtype=dtype)
+    (out, last, grads), (rout, rlast, rgrads) = run_both(inputs, "mean")
+    assert out.dtype == dtype and last.dtype == torch.float32
+    assert rel(out, rout) < 1e-2 and rel(last, rlast) < 1e-2
+    for k, g in grads.items():
+        assert rel(g, rgrads[k]) < 3e-2, k
+
+
+@pytest.mark.parametrize("coupling", ["mean", "sum", "none", "matrix"])
+def test_gradcheck_float64(coupling):
+    x = make_inputs(1, 3, 2, 3, 5, dtype=torch.float64)
+    names = list(x)
+    w = coupling_for(coupling, 3)
+    tensors = [x[k].requires_grad_() for k in names]
+    if isinstance(w, torch.Tensor):
+        tensors.append(w.requires_grad_())
+
+    def f(*ts):
+        kw = dict(zip(names, ts))
+        return coupled_selective_scan(**kw, delta_softplus=True, coupling=ts[-1] if isinstance(w, torch.Tensor) else w,
+                                      return_last_state=True)
+
+    assert torch.autograd.gradcheck(f, tensors, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_none_equals_separate_single_modality_scans():
+    x = make_inputs(2, 4, 6, 10, 33, dtype=torch.float64)
+    out, last = coupled_selective_scan(**x, delta_softplus=True, coupling="none", return_last_state=True)
+    for m in range(4):
+        xm = {k: (v[:, m:m + 1] if v.dim() == 4 else v[m:m + 1]) for k, v in x.items()}
+        om, lm = coupled_selective_scan(**xm, delta_softplus=True, coupling="none", return_last_state=True)
+        torch.testing.assert_close(out[:, m:m + 1], om, rtol=0, atol=0)
+        torch.testing.assert_close(last[:, m:m + 1], lm, rtol=0, atol=0)
+
+
+def test_sum_overflows_float32_where_mean_stays_finite():
+    # Small dt: exp(dt A) ~ 1, so the summed state grows like 3^t and overflows float32 near L = 80.
+    x = make_inputs(1, 3, 4, 8, 200, dtype=torch.float32, optional=False, dt_shift=-7.0)
+    out_sum = coupled_selective_scan(**x, delta_softplus=True, coupling="sum")
+    out_mean = coupled_selective_scan(**x, delta_softplus=True, coupling="mean")
+    assert not torch.isfinite(out_sum).all()
+    first_bad = int((~torch.isfinite(out_sum)).nonzero()[:, -1].min())
+    assert 60 <= first_bad <= 100, first_bad
+    assert torch.isfinite(out_mean).all()
+    # The reference agrees where sum is still finite.
+    ref = coupled_selective_scan_ref(**{k: v.double() for k, v in x.items()}, delta_softplus=True, coupling="sum")
+    assert rel(out_sum[..., :50], ref[..., :50]) < 1e-4
+
+
+def test_nan_propagates():
+    x = make_inputs(1, 2, 3, 5, 10)
+    x["u"][0, 0, 1, 4] = float("nan")
+    out = coupled_selective_scan(**x, delta_softplus=True, coupling="mean")
+    assert torch.isnan(out[0, 0, 1, 4:]).all()
+    assert torch.isnan(out[0, 1, 1, 5:]).all()  # the other modality through the coupled state at t + 1
+    assert torch.isfinite(out[0, :, :, :4]).all() and torch.isfinite(out[0, 1, 1, 4]) and torch.isfinite(out[0, :, 0]).all()
+
+
+def test_non_contiguous_inputs():
+    x = make_inputs(2, 3, 5, 7, 20, dtype=torch.float64)
+    strided = {}
+    for k, v in x.items():
+        if v.dim() == 4:  # time axis not contiguous, and a sliced batch axis
+            strided[k] = v.transpose(-1, -2).contiguous().transpose(-1, -2)
+        else:
+            strided[k] = v.transpose(0, -1).contiguous().transpose(0, -1)
+    wide = torch.randn(4, *x["u"].shape[1:], dtype=x["u"].dtype)
+    wide[::2] = x["u"]
+    strided["u"] = wide[::2]  # stride 2 over the batch
+    torch.testing.assert_close(strided["u"], x["u"])
+    a = coupled_selective_scan(**strided, delta_softplus=True, coupling="mean")
+    b = coupled_selective_scan(**x, delta_softplus=True, coupling="mean")
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_length_zero_and_one():
+    x = make_inputs(2, 3, 4, 5, 0, dtype=torch.float64)
+    xs = {k: v.requires_grad_() for k, v in x.items()}
+    out, last = coupled_selective_scan(**xs, delta_softplus=True, coupling="mean", return_last_state=True)
+    assert out.shape == (2, 3, 4, 0)
+    torch.testing.assert_close(last, x["initial_state"])
+    dlast = torch.randn_like(last)
+    (last * dlast).sum().backward()
+    torch.testing.assert_close(xs["initial_state"].grad, dlast)
+    assert xs["A"].grad.abs().sum() == 0
+
+    x1 = make_inputs(2, 3, 4, 5, 1, dtype=torch.float64)
+    (o, l, g), (ro, rl, rg) = run_both(x1, "mean")
+    assert rel(o, ro) < 1e-10 and rel(l, rl) < 1e-10
+    for k in g:
+        assert rel(g[k], rg[k]) < 1e-9
+
+
+def test_autograd_function_matches_op():
+    x = make_inputs(2, 3, 5, 7, 20, dtype=torch.float64)
+    a = {k: v.clone().requires_grad_() for k, v in x.items()}
+    b = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out_a, last_a = CoupledSelectiveScanFn.apply(a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"],
+                                                 a["delta_bias"], True, "mean", a["initial_state"], True)
+    out_b, last_b = coupled_selective_scan(**b, delta_softplus=True, coupling="mean", return_last_state=True)
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
+    (out_a.sum() + last_a.square().sum()).backward()
+    (out_b.sum() + last_b.square().sum()).backward()
+    for k in x:
+        torch.testing.assert_close(a[k].grad, b[k].grad, rtol=0, atol=0)
+    single = CoupledSelectiveScanFn.apply(a["u"], a["delta"], a["A"], a["B"], a["C"])
+    torch.testing.assert_close(single, coupled_selective_scan(a["u"], a["delta"], a["A"], a["B"], a["C"]))
+
+
+def test_backward_is_deterministic_across_runs_and_threads():
+    x = make_inputs(3, 3, 40, 16, 150)
+    w = coupling_for("matrix", 3).float()
+    grads = []
+    for threads in (1, 2, 2):
+        coupled_mamba.set_num_threads(threads)
+        try:
+            xs = {k: v.clone().requires_grad_() for k, v in x.items()}
+            wt = w.clone().requires_grad_()
+            out = coupled_selective_scan(**xs, delta_softplus=True, coupling=wt)
+            out.square().sum().backward()
+            grads.append([xs[k].grad for k in x] + [wt.grad])
+        finally:
+            coupled_mamba.set_num_threads(None)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            assert torch.equal(a, b)
+
+
+def test_opcheck():
+    x = make_inputs(2, 3, 4, 5, 9)
+    for coupling, w in ((0, None), (1, None), (2, torch.rand(3, 3))):
+        args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, coupling,
+                1.0 / 3, w, x["initial_state"], True)
+        torch.library.opcheck(torch.ops.coupled_mamba.scan_fwd.default, args)
+        args_ng = args[:-1] + (False,)
+        torch.library.opcheck(torch.ops.coupled_mamba.scan_fwd.default, args_ng,
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile():
+    x = make_inputs(2, 3, 4, 6, 12)
+
+    def block(u, delta, A, B, C, D, z, delta_bias, initial_state):
+        y = coupled_selective_scan(u * 2, delta, A, B, C, D, z, delta_bias, True, "mean", initial_state)
+        return torch.tanh(y).sum(dim=-1)
+
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    xs = {k: v.clone().requires_grad_() for k, v in x.items()}
+    expected = block(**xs)
+    got = compiled(**xs)
+    torch.testing.assert_close(got, expected)
+    got.sum().backward()
+    g_compiled = xs["u"].grad.clone()
+    xs["u"].grad = None
+    expected.sum().backward()
+    torch.testing.assert_close(g_compiled, xs["u"].grad)
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_every_cpu_instruction_set(isa):
+    """The dispatcher picks the widest kernels; the narrower ones must agree with the reference too."""
+    code = (
+        "import torch, coupled_mamba as cm\n"
+        "from coupled_mamba.reference import coupled_selective_scan_ref as ref\n"
+        "torch.manual_seed(0)\n"
+        "u=torch.randn(2,3,5,70); dl=torch.randn(2,3,5,70)*.5-1; A=-torch.rand(3,5,13)-.5\n"
+        "B=torch.randn(2,3,13,70); C=torch.randn(2,3,13,70)\n"
+        "o=cm.coupled_selective_scan(u,dl,A,B,C,delta_softplus=True)\n"
+        "r=ref(u.double(),dl.double(),A.double(),B.double(),C.double(),delta_softplus=True)\n"
+        "print(cm.cpu_isa(), float((o.double()-r).norm()/r.norm()))\n"
+    )
+    env = dict(os.environ, COUPLED_MAMBA_CPU_ISA=isa)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    chosen, err = res.stdout.split()
+    assert chosen in (isa, "baseline")
+    assert float(err) < 1e-4

@@ -1,0 +1,75 @@
+"""Every bad input gets an error naming the argument, what was expected and what was given."""
+import pytest
+import torch
+
+from coupled_mamba import coupled_selective_scan, set_num_threads
+
+from test_scan import make_inputs
+
+
+def call(**changes):
+    x = make_inputs(2, 3, 4, 5, 6)
+    coupling = changes.pop("coupling", "mean")
+    x.update(changes)
+    return coupled_selective_scan(**x, delta_softplus=True, coupling=coupling)
+
+
+@pytest.mark.parametrize(
+    "changes, exc, pattern",
+    [
+        (dict(u=torch.randn(2, 3, 4)), ValueError, r"u: expected a 4-D tensor, got 3-D"),
+        (dict(u=[1.0]), TypeError, r"u: expected a torch.Tensor, got list"),
+        (dict(u=torch.randn(2, 3, 4, 6).int()), TypeError, r"u: expected dtype in"),
+        (dict(delta=torch.randn(2, 3, 4, 7)), ValueError, r"delta: expected shape \(Bt, M, D, L\) = \(2, 3, 4, 6\), got \(2, 3, 4, 7\)"),
+        (dict(delta=torch.randn(2, 3, 4, 6, dtype=torch.float64)), TypeError, r"delta: expected dtype torch.float32 \(like u\)"),
+        (dict(A=torch.randn(3, 4)), ValueError, r"A: expected a 3-D tensor"),
+        (dict(A=-torch.rand(3, 5, 5)), ValueError, r"A: expected shape \(M, D, N\) = \(3, 4, 5\), got \(3, 5, 5\)"),
+        (dict(A=-torch.rand(3, 4, 5).half()), TypeError, r"A: expected dtype in \(torch.float32, torch.float64\)"),
+        (dict(B=torch.randn(2, 3, 6, 5)), ValueError, r"B: expected shape \(Bt, M, N, L\) = \(2, 3, 5, 6\), got \(2, 3, 6, 5\)"),
+        (dict(C=torch.randn(2, 3, 5, 6).double()), TypeError, r"C: expected dtype torch.float32 \(like u\)"),
+        (dict(D=torch.randn(4, 3)), ValueError, r"D: expected shape \(M, D\) = \(3, 4\), got \(4, 3\)"),
+        (dict(z=torch.randn(2, 3, 4, 5)), ValueError, r"z: expected shape \(Bt, M, D, L\)"),
+        (dict(delta_bias=torch.randn(3)), ValueError, r"delta_bias: expected a 2-D tensor"),
+        (dict(initial_state=torch.randn(2, 3, 4, 6)), ValueError, r"initial_state: expected shape \(Bt, M, D, N\) = \(2, 3, 4, 5\)"),
+        (dict(coupling="product"), ValueError, r"coupling: expected 'sum', 'mean', 'none' or an \(M, M\) tensor, got 'product'"),
+        (dict(coupling=torch.rand(3, 2)), ValueError, r"coupling: expected shape \(M, M\) = \(3, 3\), got \(3, 2\)"),
+        (dict(coupling=torch.rand(3, 3).half()), TypeError, r"coupling: expected dtype in"),
+        (dict(A=-torch.rand(3, 4, 5, device="meta")), ValueError, r"A: expected a tensor on cpu \(like u\), got one on meta"),
+    ],
+)
+def test_bad_inputs(changes, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(**changes)
+
+
+def test_modalities_out_of_range():
+    x = make_inputs(1, 9, 2, 3, 4)
+    with pytest.raises(ValueError, match=r"u: expected 1 <= M <= 8 modalities \(dim 1\), got M = 9"):
+        coupled_selective_scan(**x)
+    x = make_inputs(1, 0, 2, 3, 4, optional=False)
+    with pytest.raises(ValueError, match=r"got M = 0"):
+        coupled_selective_scan(**x)
+
+
+def test_state_out_of_range():
+    x = make_inputs(1, 2, 2, 257, 4, optional=False)
+    with pytest.raises(ValueError, match=r"A: expected state size 1 <= N <= 256 \(dim 2\), got N = 257"):
+        coupled_selective_scan(**x)
+
+
+def test_thread_count():
+    with pytest.raises(ValueError, match="set_num_threads: expected a positive int or None, got 0"):
+        set_num_threads(0)
+
+
+def test_cuda_tensors_without_cuda_build():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    import coupled_mamba
+
+    if coupled_mamba.has_cuda():
+        pytest.skip("this build has CUDA kernels")
+    # No GPU here: the meta device stands in to reach the device check for non-CPU tensors.
+    x = {k: v.to("meta") for k, v in make_inputs(1, 2, 2, 3, 4).items()}
+    with pytest.raises(ValueError, match=r"u: expected a CPU or CUDA tensor, got one on meta"):
+        coupled_selective_scan(**x)
