@@ -162,7 +162,8 @@ Status run_backward(const BackwardArgs<T>& a) {
       args.checkpoints = checkpoints.data();
     }
     const int64_t cb = channel_block(D), blocks = (D + cb - 1) / cb;
-    std::vector<T> dB(s.batch * blocks * M * N * L), dC(dB.size()), dA(bmd * N), dD(bmd),
+    const int64_t Np = padded_state(N);
+    std::vector<T> dB(s.batch * blocks * M * N * L), dC(dB.size()), dA(bmd * Np), dD(bmd),
         dbias(bmd), dW(general ? s.batch * blocks * M * M : 0);
     BackwardPartials<T> p{dB.data(), dC.data(), dA.data(), dD.data(), dbias.data(), dW.data(), blocks};
     run_tasks<T>(num_tasks(s, f.coupling), f.num_threads, k.backward_scratch(s, f.coupling),
@@ -187,7 +188,7 @@ Status run_backward(const BackwardArgs<T>& a) {
       T sd = T(0), sb = T(0);
       for (int64_t n = 0; n < N; ++n) oa[n] = T(0);
       for (int64_t b = 0; b < s.batch; ++b) {
-        const T* pa = dA.data() + (b * M * D + md) * N;
+        const T* pa = dA.data() + (b * M * D + md) * Np;
         for (int64_t n = 0; n < N; ++n) oa[n] += pa[n];
         sd += dD[b * M * D + md];
         sb += dbias[b * M * D + md];

@@ -42,24 +42,31 @@ CS_HD T silu_grad(T x) {
   return s * (T(1) + x * (T(1) - s));
 }
 
-// exp for float32 written with plain arithmetic and bit operations so compilers vectorise it
-// inside `omp simd` loops (no libm call). Range reduction x = k ln2 + r with |r| <= ln2/2 and a
-// degree-6 polynomial for exp(r): relative error about 2e-7. NaN propagates, overflow gives +inf,
-// results below about 2e-38 flush to 0.
-CS_HD float fast_expf(float x) {
-  const float kLog2e = 1.44269504088896341f;
-  const float kLn2Hi = 0.693359375f;
-  const float kLn2Lo = -2.12194440e-4f;
+// Reinterpret the bits of a value (scalar or vector) as another type of the same size.
+template <typename To, typename From>
+CS_HD To bit_cast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast needs types of one size");
+  To to;
+  std::memcpy(&to, &from, sizeof(to));
+  return to;
+}
+
+// exp for float32 with plain arithmetic and bit operations, written once for F = float (U =
+// uint32) and for compiler vector types of floats (U = the matching vector of uint32), so the
+// CPU kernels' explicit SIMD blocks and every scalar use compute the same values. Range
+// reduction x = k ln2 + r with |r| <= ln2/2 and a degree-6 polynomial for exp(r): relative error
+// about 1e-7. NaN propagates, overflow gives +inf, results below about 2e-38 flush to 0.
+template <typename F, typename U>
+CS_HD F fast_exp_impl(F x) {
+  const F lo = F{} - 87.0f, hi = F{} + 88.72f;
+  F xc = x < lo ? lo : x;  // NaN compares false and passes through
+  xc = xc > hi ? hi : xc;
   const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
-  float xc = x < -87.0f ? -87.0f : x;
-  xc = xc > 88.5f ? 88.5f : xc;
-  const float t = xc * kLog2e + kRound;
-  const float kf = t - kRound;
-  std::uint32_t tbits;
-  std::memcpy(&tbits, &t, sizeof(tbits));
-  const std::uint32_t k = tbits - 0x4B400000u;  // the integer k, as two's complement bits
-  const float r = (xc - kf * kLn2Hi) - kf * kLn2Lo;
-  float p = 1.9875691500e-4f;
+  const F t = xc * 1.44269504088896341f + kRound;
+  const F kf = t - kRound;
+  const U k = bit_cast<U>(t) - 0x4B400000u;  // the integer k, as two's complement bits
+  const F r = (xc - kf * 0.693359375f) - kf * -2.12194440e-4f;
+  F p = F{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
@@ -67,18 +74,63 @@ CS_HD float fast_expf(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   // 2^(k-1) keeps the exponent field in range for k up to 128; the factor 2 restores it.
-  const std::uint32_t sbits = (k + 126u) << 23;
-  float scale;
-  std::memcpy(&scale, &sbits, sizeof(scale));
-  float result = p * scale * 2.0f;
-  result = x < -87.0f ? 0.0f : result;
-  result = x > 88.72f ? std::numeric_limits<float>::infinity() : result;
+  const F scale = bit_cast<F>(U((k + 126u) << 23));
+  F result = p * scale * 2.0f;
+  result = x < lo ? F{} : result;
+  result = x > hi ? F{} + INFINITY : result;
   return result;
 }
 
-// The exponential each precision uses in the scan: fast for float32, libm for float64 (whose
-// 1e-10 tolerance needs full accuracy).
+CS_HD float fast_expf(float x) { return fast_exp_impl<float, std::uint32_t>(x); }
+
+// log(w) for float32 with plain arithmetic (vectorisable): w = 2^k m with m in [sqrt(1/2), sqrt(2)),
+// then a degree-9 polynomial in f = m - 1. Relative error about 1e-7 for normal positive w.
+CS_HD float fast_logf(float w) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &w, sizeof(bits));
+  std::int32_t k = static_cast<std::int32_t>(bits >> 23) - 127;
+  std::uint32_t mbits = (bits & 0x007FFFFFu) | 0x3F800000u;  // mantissa as a float in [1, 2)
+  float m;
+  std::memcpy(&m, &mbits, sizeof(m));
+  const bool big = m > 1.41421356f;
+  m = big ? 0.5f * m : m;
+  k = big ? k + 1 : k;
+  const float f = m - 1.0f;
+  const float z = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  const float kf = static_cast<float>(k);
+  float y = f * z * p - 0.5f * z + kf * -2.12194440e-4f;
+  return f + y + kf * 0.693359375f;
+}
+
+// softplus for float32 without libm calls: max(x, 0) + log1p(exp(-|x|)), where log1p(e) is
+// evaluated as log(1 + e) * e / ((1 + e) - 1) to keep full relative accuracy for tiny e.
+CS_HD float fast_softplusf(float x) {
+  const float ax = x < 0.0f ? -x : x;
+  const float e = fast_expf(-ax);
+  const float w = 1.0f + e;
+  const float lp = w == 1.0f ? e : fast_logf(w) * (e / (w - 1.0f));
+  const float r = (x > 0.0f ? x : 0.0f) + lp;
+  return x > 20.0f ? x : r;
+}
+
+CS_HD float fast_sigmoidf(float x) { return 1.0f / (1.0f + fast_expf(-x)); }
+
+// The functions each precision uses in the kernels: fast and vectorisable for float32, libm for
+// float64 (whose 1e-10 tolerance needs full accuracy).
 CS_HD float scan_exp(float x) { return fast_expf(x); }
 CS_HD double scan_exp(double x) { return std::exp(x); }
+CS_HD float scan_softplus(float x) { return fast_softplusf(x); }
+CS_HD double scan_softplus(double x) { return softplus(x); }
+CS_HD float scan_sigmoid(float x) { return fast_sigmoidf(x); }
+CS_HD double scan_sigmoid(double x) { return sigmoid(x); }
 
 }  // namespace coupled_scan

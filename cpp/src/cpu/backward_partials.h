@@ -11,7 +11,7 @@ template <typename T>
 struct BackwardPartials {
   T* dB = nullptr;     // (Bt, blocks, M, N, L)
   T* dC = nullptr;     // (Bt, blocks, M, N, L)
-  T* dA = nullptr;     // (Bt, M, D, N)
+  T* dA = nullptr;     // (Bt, M, D, Np): state rows padded like the kernels' scratch
   T* dD = nullptr;     // (Bt, M, D)
   T* dbias = nullptr;  // (Bt, M, D)
   T* dW = nullptr;     // (Bt, blocks, M, M), general coupling only

@@ -51,32 +51,66 @@ CS_HD int64_t num_tasks(const Sizes& s, CouplingKind kind) {
   return s.batch * ((s.channels + cb - 1) / cb) * modality_grouping(kind, s.modalities).groups;
 }
 
-// Copy B or C rows (n, t0 .. t0+kc) of modalities [m0, m1) into dst[g][k][n], so that the
-// innermost loops run over a contiguous state axis.
+// The state axis is processed in blocks of kLanes values (one AVX-512 register of floats; the
+// compiler splits it for narrower instruction sets). Scratch rows are padded to a whole number of
+// blocks with zeros, which keeps the padded states at exactly zero.
+constexpr int64_t kLanes = 16;
+CS_HD int64_t padded_state(int64_t N) { return (N + kLanes - 1) / kLanes * kLanes; }
+
+// Copy B or C rows (n, t0 .. t0+kc) of modalities [m0, m1) into dst[g][k][n] (rows of Np), so
+// that the innermost loops run over a contiguous state axis.
 template <typename T>
 CS_HD void load_transposed(const SeqTensor<const T>& X, int64_t b, int64_t m0, int64_t m1, int64_t N,
-                     int64_t t0, int64_t kc, T* dst) {
+                           int64_t t0, int64_t kc, T* dst) {
+  const int64_t Np = padded_state(N);
   for (int64_t m = m0; m < m1; ++m) {
-    T* out = dst + (m - m0) * kChunk * N;
+    T* out = dst + (m - m0) * kChunk * Np;
     for (int64_t n = 0; n < N; ++n) {
       const T* row = X.row(b, m, n) + t0;
-      for (int64_t k = 0; k < kc; ++k) out[k * N + n] = row[k];
+      for (int64_t k = 0; k < kc; ++k) out[k * Np + n] = row[k];
     }
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t n = N; n < Np; ++n) out[k * Np + n] = T(0);
   }
 }
 
-// dt and dt * u for one (b, m, d) over steps t0 .. t0+kc of the chunk.
+// Rows A[m, d, :] of modalities [m0, m1), zero padded to Np: dst[g][n].
+template <typename T>
+CS_HD void load_A_rows(const ForwardArgs<T>& a, int64_t m0, int64_t m1, int64_t d, T* dst) {
+  const int64_t N = a.size.state, Np = padded_state(N);
+  for (int64_t m = m0; m < m1; ++m) {
+    const T* src = a.A + (m * a.size.channels + d) * N;
+    T* out = dst + (m - m0) * Np;
+    for (int64_t n = 0; n < Np; ++n) out[n] = n < N ? src[n] : T(0);
+  }
+}
+
+// dt and dt * u for one (b, m, d) over steps t0 .. t0+kc of the chunk; with `slope`, also
+// d dt / d delta (sigmoid of the pre-activation under softplus, else 1) for the backward.
 template <typename T>
 CS_HD void load_steps(const ForwardArgs<T>& a, int64_t b, int64_t m, int64_t d, int64_t t0, int64_t kc,
-                T* dt, T* dtu) {
+                      T* dt, T* dtu, T* slope = nullptr) {
   const T* u = a.u.row(b, m, d) + t0;
   const T* dl = a.delta.row(b, m, d) + t0;
   const T bias = a.delta_bias ? a.delta_bias[m * a.size.channels + d] : T(0);
-  for (int64_t k = 0; k < kc; ++k) {
-    const T pre = dl[k] + bias;
-    const T v = a.delta_softplus ? softplus(pre) : pre;
-    dt[k] = v;
-    dtu[k] = v * u[k];
+  if (a.delta_softplus) {
+#pragma omp simd
+    for (int64_t k = 0; k < kc; ++k) {
+      const T v = scan_softplus(dl[k] + bias);
+      dt[k] = v;
+      dtu[k] = v * u[k];
+    }
+    if (slope)
+#pragma omp simd
+      for (int64_t k = 0; k < kc; ++k) slope[k] = scan_sigmoid(dl[k] + bias);
+  } else {
+#pragma omp simd
+    for (int64_t k = 0; k < kc; ++k) {
+      dt[k] = dl[k] + bias;
+      dtu[k] = dt[k] * u[k];
+    }
+    if (slope)
+      for (int64_t k = 0; k < kc; ++k) slope[k] = T(1);
   }
 }
 

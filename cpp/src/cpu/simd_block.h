@@ -1,0 +1,123 @@
+// Explicit SIMD over the padded state axis, written with the compiler's vector types at the
+// register width of each instruction-set build. Used by the hot loops of the CPU kernels.
+#pragma once
+
+#include <cmath>
+#include <cstring>
+
+#include "chunk_inputs.h"
+
+#ifndef CS_ISA
+#error "define CS_ISA and CS_VEC_BYTES before including simd_block.h"
+#endif
+
+namespace coupled_scan {
+namespace cpu {
+namespace CS_ISA {  // vector widths differ per instruction-set build: keep the types apart
+
+template <typename T, int Bytes>
+struct VecOf {
+  typedef T type __attribute__((vector_size(Bytes)));
+};
+
+// The native register of this build (CS_VEC_BYTES: 16 SSE2, 32 AVX2, 64 AVX-512); kLanes is a
+// multiple of every width, so a padded state row is a whole number of vectors.
+template <typename T>
+struct Simd {
+  typedef typename VecOf<T, CS_VEC_BYTES>::type V;
+  static constexpr int64_t width = CS_VEC_BYTES / sizeof(T);
+};
+static_assert(kLanes % (CS_VEC_BYTES / sizeof(float)) == 0, "kLanes must be a multiple of the float width");
+
+template <typename V, typename T>
+CS_HD V load_block(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename V, typename T>
+CS_HD void store_block(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+CS_HD Simd<float>::V block_exp(Simd<float>::V x) {
+  return fast_exp_impl<Simd<float>::V, typename VecOf<std::uint32_t, CS_VEC_BYTES>::type>(x);
+}
+CS_HD Simd<double>::V block_exp(Simd<double>::V x) {
+  for (int64_t j = 0; j < Simd<double>::width; ++j) x[j] = std::exp(x[j]);
+  return x;
+}
+
+// Sum of the lanes by halving (deterministic order, short dependency chain).
+template <typename T, int Bytes>
+CS_HD T block_sum(typename VecOf<T, Bytes>::type v) {
+  if constexpr (Bytes == sizeof(T)) {
+    return v[0];
+  } else {
+    typename VecOf<T, Bytes / 2>::type lo, hi;
+    std::memcpy(&lo, &v, Bytes / 2);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + Bytes / 2, Bytes / 2);
+    return block_sum<T, Bytes / 2>(lo + hi);
+  }
+}
+template <typename T>
+CS_HD T block_sum(typename Simd<T>::V v) {
+  return block_sum<T, CS_VEC_BYTES>(v);
+}
+
+// One step of one modality: h = exp(dt A) (gscale g) + dt u B over the padded state; next = h,
+// or next += h when accumulate; optionally keeps exp(dt A) in ek. Returns y = sum_n C h.
+template <typename T>
+CS_HD T state_step(const T* Arow, const T* g, T gscale, const T* Bk, const T* Ck, T* next, T* ek, T dtv,
+                   T dtuv, int64_t Np, bool accumulate) {
+  typedef typename Simd<T>::V V;
+  V acc = V{};
+  for (int64_t n0 = 0; n0 < Np; n0 += Simd<T>::width) {
+    const V e = block_exp(dtv * load_block<V>(Arow + n0));
+    if (ek) store_block(ek + n0, e);
+    const V h = e * (gscale * load_block<V>(g + n0)) + dtuv * load_block<V>(Bk + n0);
+    acc += load_block<V>(Ck + n0) * h;
+    store_block(next + n0, accumulate ? load_block<V>(next + n0) + h : h);
+  }
+  return block_sum<T>(acc);
+}
+
+// One reverse step of one modality (docs/coupled-scan.md, Backward): lambda = dy C + carry,
+// mu = a lambda (into mu, or added to it when accumulate), and this step's dC, dB, dA terms.
+// Writes sum_n lambda B to *lb and sum_n mu g A to *mga.
+template <typename T>
+CS_HD void reverse_step(const T* Arow, const T* g, T gscale, const T* Bk, const T* Ck, const T* ek,
+                        const T* carry, T* mu, T* dBk, T* dCk, T* dArow, T dtv, T dtuv, T dyv, int64_t Np,
+                        bool accumulate, T* lb, T* mga) {
+  typedef typename Simd<T>::V V;
+  V pl = V{}, pa = V{};
+  for (int64_t n0 = 0; n0 < Np; n0 += Simd<T>::width) {
+    const V e = load_block<V>(ek + n0), B = load_block<V>(Bk + n0);
+    const V lam = dyv * load_block<V>(Ck + n0) + load_block<V>(carry + n0);
+    const V muv = e * lam;
+    const V gv = gscale * load_block<V>(g + n0);
+    store_block(mu + n0, accumulate ? load_block<V>(mu + n0) + muv : muv);
+    store_block(dCk + n0, load_block<V>(dCk + n0) + dyv * (e * gv + dtuv * B));
+    store_block(dBk + n0, load_block<V>(dBk + n0) + lam * dtuv);
+    pl += lam * B;
+    const V mg = muv * gv;
+    pa += mg * load_block<V>(Arow + n0);
+    store_block(dArow + n0, load_block<V>(dArow + n0) + mg * dtv);
+  }
+  *lb = block_sum<T>(pl);
+  *mga = block_sum<T>(pa);
+}
+
+// sum_n x[n] y[n] over the padded state.
+template <typename T>
+CS_HD T block_dot(const T* x, const T* y, int64_t Np) {
+  typedef typename Simd<T>::V V;
+  V acc = V{};
+  for (int64_t n0 = 0; n0 < Np; n0 += Simd<T>::width) acc += load_block<V>(x + n0) * load_block<V>(y + n0);
+  return block_sum<T>(acc);
+}
+
+}  // namespace CS_ISA
+}  // namespace cpu
+}  // namespace coupled_scan
