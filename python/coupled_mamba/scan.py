@@ -169,9 +169,16 @@ def scan_bwd(
     _run("backward", args, cdt, u.device)
     like = {"du": u, "ddelta": delta, "dA": A, "dB": B, "dC": C, "dD": D, "dz": z, "ddelta_bias": delta_bias,
             "dW": W, "dinitial_state": initial_state}
-    return tuple(
-        u.new_empty((0,)) if grads[k] is None else grads[k].to(like[k].dtype) for k in _GRAD_NAMES
-    )
+
+    def shaped_like(g: Optional[Tensor], t: Optional[Tensor]) -> Tensor:
+        # Each gradient takes its input's dtype and strides (what the fake promises, torch.empty_like).
+        if g is None:
+            return u.new_empty((0,))
+        if g.dtype == t.dtype and g.stride() == t.stride():
+            return g
+        return torch.empty_like(t).copy_(g)
+
+    return tuple(shaped_like(grads[k], like[k]) for k in _GRAD_NAMES)
 
 
 @scan_bwd.register_fake
@@ -180,8 +187,8 @@ def _scan_bwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling
     def like(t):
         return u.new_empty((0,)) if t is None else torch.empty_like(t)
 
-    return (torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
-            torch.empty_like(C), like(D), like(z), like(delta_bias), like(W), like(initial_state))
+    return (like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias), like(W),
+            like(initial_state))
 
 
 def _backward(saved, flags, dout: Optional[Tensor], dlast: Optional[Tensor]):
@@ -210,6 +217,14 @@ def _op_backward(ctx, dout, dlast, _dck):
 
 
 scan_fwd.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+def _time_contiguous(t: Optional[Tensor]) -> Optional[Tensor]:
+    """The kernels read the time axis contiguously; giving the op such tensors up front keeps the
+    layouts of its inputs and gradients fixed, which compiled graphs rely on."""
+    if t is None or t.size(-1) <= 1 or t.stride(-1) == 1:
+        return t
+    return t.contiguous()
 
 
 def _needs_grad(*tensors) -> bool:
@@ -241,6 +256,7 @@ def coupled_selective_scan(
     """
     M = _validation.check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, coupling, initial_state)
     kind, alpha, W = resolve_coupling(coupling, M)
+    u, delta, B, C, z = (_time_contiguous(t) for t in (u, delta, B, C, z))
     save = _needs_grad(u, delta, A, B, C, D, z, delta_bias, W, initial_state)
     out, last, _ = torch.ops.coupled_mamba.scan_fwd(
         u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), kind, alpha, W, initial_state, save)

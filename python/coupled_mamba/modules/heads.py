@@ -1,0 +1,43 @@
+"""Pooling over time and the prediction head shared by every model, so that models differ only
+in how they fuse the modalities."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+TASKS = ("regression", "classification")
+
+
+def masked_mean(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean over time of valid steps: x (batch, K, L, d), mask (batch, K, L) bool or None ->
+    (batch, K, d). A stream with no valid step pools to zeros."""
+    if mask is None:
+        return x.mean(dim=2)
+    m = mask.to(x.dtype)[..., None]
+    return (x * m).sum(dim=2) / m.sum(dim=2).clamp_min(1.0)
+
+
+class PredictionHead(nn.Module):
+    """MLP from the combined pooled features to one value (regression) or class logits.
+
+    Returns (batch,) for regression and (batch, num_classes) for classification.
+    """
+
+    def __init__(self, in_features: int, hidden: int, task: str = "regression", num_classes: int = 1,
+                 dropout: float = 0.0):
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+        if task == "classification" and num_classes < 2:
+            raise ValueError("classification needs num_classes >= 2")
+        self.task = task
+        out = 1 if task == "regression" else num_classes
+        self.mlp = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out)
+        )
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        y = self.mlp(pooled)
+        return y.squeeze(-1) if self.task == "regression" else y

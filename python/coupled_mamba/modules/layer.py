@@ -1,0 +1,309 @@
+"""One Coupled Mamba layer: M Mamba blocks, one per modality, whose scans run as one coupled call.
+
+Algorithm 1 of the paper, per modality m (docs/model.md, "One block"):
+
+    x' = LayerNorm(x^m);  u, z = in_proj(x');  u' = SiLU(causal depthwise conv(u))
+    dt_r, B, C = x_proj(u');  delta = dt_proj(dt_r)
+    y^m = coupled scan over all M modalities (one call);  out^m = out_proj(y^m * SiLU(z)) + x^m
+
+Every block has its own parameters. They are stored stacked along a leading modality axis
+(weight (M, out, in) and so on) so that the M blocks run as a handful of batched matmuls and one
+grouped conv instead of M small ones; ``param[m]`` is block m's parameter, and slicing the state
+dict of an M-modality layer gives M single-modality layers (the tests rely on this).
+
+Internally the layer works channels-first, (batch, M, channels, L), which is the layout the
+scan wants (time contiguous); the residual stream outside is (batch, M, L, d_model). The
+per-modality projections are einsums, which run as one bmm over the modality axis (a
+broadcasting matmul would copy the weights once per sample).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .streaming import causal_conv_step, coupled_scan_step
+
+COUPLINGS = ("mean", "sum", "none", "learned")
+
+
+def _scan(*args, **kwargs):
+    # Looked up at call time: coupled_mamba.coupled_selective_scan is the fused op once built,
+    # and this keeps the modules importable while the package is being assembled.
+    import coupled_mamba
+
+    return coupled_mamba.coupled_selective_scan(*args, **kwargs)
+
+
+def resolve_dt_rank(dt_rank: Union[int, str, None], d_state: int) -> int:
+    """dt_rank "auto"/None means ceil(d_state / 8): our reading of the paper's "Delta = d_state/8".
+
+    (Mamba's own default, and the authors' code, use ceil(d_model / 16) / ceil(d_model / 8); pass
+    an int to get those.)
+    """
+    if dt_rank is None or dt_rank == "auto":
+        return math.ceil(d_state / 8)
+    if isinstance(dt_rank, str):
+        raise ValueError(f"dt_rank: expected an int, 'auto' or None, got {dt_rank!r}")
+    return int(dt_rank)
+
+
+@dataclass
+class LayerCache:
+    """Streaming state of one layer: the last d_conv - 1 conv inputs and the coupled SSM state."""
+
+    conv_state: torch.Tensor  # (batch, M, E, d_conv - 1), float32, oldest input first
+    ssm_state: torch.Tensor  # (batch, M, E, d_state), float32
+
+
+class CoupledMambaLayer(nn.Module):
+    """M Mamba blocks (one per modality, own parameters) coupled through one coupled scan.
+
+    Args:
+        d_model: width of the residual stream of every modality.
+        n_modalities: M.
+        d_state: SSM state size N.
+        d_conv: kernel size of the depthwise causal conv.
+        expand: inner width E = expand * d_model.
+        dt_rank: rank of the delta projection; "auto" = ceil(d_state / 8) (see resolve_dt_rank).
+        coupling: "mean" (default, W = 1/M, bounded), "sum" (the paper's Eq. 6, W = ones: the
+            state grows like M^L and overflows float32 near L = 80 for M = 3, kept for fidelity),
+            "none" (M independent Mamba blocks) or "learned" (W = softmax(logits, -1), row
+            stochastic hence bounded, logits initialised to zero so training starts at "mean").
+        dt_min, dt_max, dt_init_floor, dt_scale: Mamba's delta initialisation.
+        conv_bias, bias: biases of the conv and of the in/out projections (Mamba: True, False).
+        norm_eps: LayerNorm epsilon.
+
+    Input and output: (batch, M, L, d_model). Parameters are always float32; run under
+    torch.autocast for bf16/f16 compute.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_modalities: int,
+        d_state: int = 64,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: Union[int, str, None] = "auto",
+        coupling: str = "mean",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        dt_scale: float = 1.0,
+        conv_bias: bool = True,
+        bias: bool = False,
+        norm_eps: float = 1e-5,
+        device=None,
+    ):
+        super().__init__()
+        if coupling not in COUPLINGS:
+            raise ValueError(f"coupling: expected one of {COUPLINGS}, got {coupling!r}")
+        if d_conv < 1:
+            raise ValueError("d_conv must be >= 1")
+        M, E, N = n_modalities, expand * d_model, d_state
+        R = resolve_dt_rank(dt_rank, d_state)
+        self.d_model, self.n_modalities, self.d_state, self.d_conv = d_model, M, N, d_conv
+        self.d_inner, self.dt_rank, self.coupling, self.norm_eps = E, R, coupling, norm_eps
+        f32 = dict(device=device, dtype=torch.float32)
+
+        self.norm_weight = nn.Parameter(torch.ones(M, d_model, **f32))
+        self.norm_bias = nn.Parameter(torch.zeros(M, d_model, **f32))
+        self.in_proj_weight = nn.Parameter(torch.empty(M, 2 * E, d_model, **f32))
+        self.in_proj_bias = nn.Parameter(torch.empty(M, 2 * E, **f32)) if bias else None
+        self.conv_weight = nn.Parameter(torch.empty(M, E, d_conv, **f32))
+        self.conv_bias = nn.Parameter(torch.empty(M, E, **f32)) if conv_bias else None
+        self.x_proj_weight = nn.Parameter(torch.empty(M, R + 2 * N, E, **f32))
+        self.dt_proj_weight = nn.Parameter(torch.empty(M, E, R, **f32))
+        self.dt_proj_bias = nn.Parameter(torch.empty(M, E, **f32))  # the scan's delta_bias
+        self.A_log = nn.Parameter(torch.empty(M, E, N, **f32))
+        self.D = nn.Parameter(torch.empty(M, E, **f32))
+        self.out_proj_weight = nn.Parameter(torch.empty(M, d_model, E, **f32))
+        self.out_proj_bias = nn.Parameter(torch.empty(M, d_model, **f32)) if bias else None
+        self.coupling_logits = nn.Parameter(torch.zeros(M, M, **f32)) if coupling == "learned" else None
+        # Mamba excludes these from weight decay; optimisers can read the flag.
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self._dt_init = (dt_min, dt_max, dt_init_floor, dt_scale)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Mamba's initialisation, applied to every block independently."""
+        dt_min, dt_max, dt_init_floor, dt_scale = self._dt_init
+
+        def linear_(weight, bias):  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+            bound = 1.0 / math.sqrt(weight.shape[-1])
+            weight.uniform_(-bound, bound)
+            if bias is not None:
+                bias.uniform_(-bound, bound)
+
+        self.norm_weight.fill_(1.0)
+        self.norm_bias.zero_()
+        linear_(self.in_proj_weight, self.in_proj_bias)
+        linear_(self.conv_weight, self.conv_bias)  # depthwise conv: fan_in = d_conv
+        linear_(self.x_proj_weight, None)
+        linear_(self.out_proj_weight, self.out_proj_bias)
+        # dt_proj: weight U(+-dt_rank^-0.5 * dt_scale); bias = softplus^-1(dt) with dt log-uniform
+        # in [dt_min, dt_max], so the initial step sizes span two decades.
+        std = self.dt_rank ** -0.5 * dt_scale
+        self.dt_proj_weight.uniform_(-std, std)
+        dt = torch.exp(
+            torch.rand_like(self.dt_proj_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
+        self.dt_proj_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        # S4D-real: A = -[1, ..., N] for every channel, stored as log so A stays negative.
+        N = self.d_state
+        a = torch.arange(1, N + 1, dtype=torch.float32, device=self.A_log.device)
+        self.A_log.copy_(torch.log(a).expand_as(self.A_log))
+        self.D.fill_(1.0)
+        if self.coupling_logits is not None:
+            self.coupling_logits.zero_()  # softmax of zeros = mean coupling
+
+    def coupling_weights(self) -> Union[str, torch.Tensor]:
+        """What the scan gets as ``coupling``: the mode string, or for "learned" the (M, M)
+        row-stochastic W = softmax(logits, -1) (a tensor, so the logits get a gradient)."""
+        if self.coupling_logits is not None:
+            return torch.softmax(self.coupling_logits.float(), dim=-1)
+        return self.coupling
+
+    def A(self) -> torch.Tensor:
+        return -torch.exp(self.A_log.float())
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        # One LayerNorm per modality: normalise, then that modality's affine.
+        xn = F.layer_norm(x, (self.d_model,), eps=self.norm_eps)
+        if x.dim() == 4:  # (batch, M, L, d)
+            return xn * self.norm_weight[:, None] + self.norm_bias[:, None]
+        return xn * self.norm_weight + self.norm_bias  # (batch, M, d)
+
+    def _in_proj(self, xn: torch.Tensor, half: int) -> torch.Tensor:
+        """Half 0 (u) or 1 (z) of in_proj: (batch, M, L, d_model) -> (batch, M, E, L)."""
+        E = self.d_inner
+        w = self.in_proj_weight[:, half * E : (half + 1) * E]
+        out = torch.einsum("med,bmld->bmel", w, xn)
+        if self.in_proj_bias is not None:
+            out = out + self.in_proj_bias[:, half * E : (half + 1) * E, None].to(out.dtype)
+        return out
+
+    def allocate_cache(self, batch_size: int, device=None) -> LayerCache:
+        device = device if device is not None else self.A_log.device
+        M, E = self.n_modalities, self.d_inner
+        return LayerCache(
+            conv_state=torch.zeros(batch_size, M, E, self.d_conv - 1, device=device),
+            ssm_state=torch.zeros(batch_size, M, E, self.d_state, device=device),
+        )
+
+    def forward(
+        self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, cache: Optional[LayerCache] = None
+    ) -> torch.Tensor:
+        """x: (batch, M, L, d_model) -> (batch, M, L, d_model).
+
+        mask: optional (batch, M, L) bool, True at valid steps. A modality's masked steps get
+        dt = 0 (state carried over unchanged into the coupling, no input, no decay), so the values
+        at padded steps never change any output at a valid step, of any modality.
+        cache: optional LayerCache; the layer starts from its conv and SSM state (so a long
+        sequence can be processed in chunks) and leaves the state after the last step in it.
+        """
+        Bt, M, L, _ = x.shape
+        if M != self.n_modalities:
+            raise ValueError(f"expected {self.n_modalities} modalities, got input of shape {tuple(x.shape)}")
+        E, N, R, k = self.d_inner, self.d_state, self.dt_rank, self.d_conv
+
+        # in_proj in two halves, z computed just before the scan, and intermediates dropped as soon
+        # as they are used: at inference this cuts the layer's peak memory by about a third.
+        xn = self._norm(x)
+        u = self._in_proj(xn, 0)  # (B, M, E, L)
+
+        # Depthwise causal conv over all M*E channels at once; the cache supplies the left context.
+        if cache is not None:
+            u_in = torch.cat([cache.conv_state.to(u.dtype), u], dim=-1)
+            if k > 1:
+                cache.conv_state = u_in[..., u_in.shape[-1] - (k - 1):].detach().float()
+        else:
+            u_in = F.pad(u, (k - 1, 0))
+        conv_w = self.conv_weight.reshape(M * E, 1, k)
+        conv_b = self.conv_bias.reshape(M * E) if self.conv_bias is not None else None
+        u = F.conv1d(u_in.reshape(Bt, M * E, -1), conv_w, conv_b, groups=M * E)
+        del u_in
+        u = F.silu(u).view(Bt, M, E, L)
+
+        x_dbl = torch.einsum("mre,bmel->bmrl", self.x_proj_weight, u)  # (B, M, R + 2N, L)
+        dt_r, B, C = x_dbl.split([R, N, N], dim=2)
+        delta = torch.einsum("mer,bmrl->bmel", self.dt_proj_weight, dt_r)  # (B, M, E, L)
+        z = self._in_proj(xn, 1)
+        del xn
+
+        if mask is None:
+            delta_bias, softplus = self.dt_proj_bias, True
+        else:
+            # Apply bias and softplus here so padded steps can get dt = 0 exactly.
+            dt = F.softplus(delta.float() + self.dt_proj_bias[..., None])
+            delta = (dt * mask[:, :, None, :].to(dt.dtype)).to(u.dtype)
+            delta_bias, softplus = None, False
+
+        # Views with a contiguous time axis are fine: the op takes strides.
+        result = _scan(
+            u,
+            delta,
+            self.A(),
+            B,
+            C,
+            D=self.D,
+            z=z,
+            delta_bias=delta_bias,
+            delta_softplus=softplus,
+            coupling=self.coupling_weights(),
+            initial_state=cache.ssm_state if cache is not None else None,
+            return_last_state=cache is not None,
+        )
+        if cache is not None:
+            y, last_state = result
+            cache.ssm_state = last_state.detach().float()
+        else:
+            y = result
+        out = torch.einsum("mde,bmel->bmld", self.out_proj_weight, y)
+        if self.out_proj_bias is not None:
+            out = out + self.out_proj_bias[:, None].to(out.dtype)
+        return out + x
+
+    def step(self, x: torch.Tensor, cache: LayerCache, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Advance all modalities one time step: x (batch, M, d_model) -> (batch, M, d_model).
+
+        Updates ``cache`` in place (O(1) work and memory in the sequence length) and equals
+        :meth:`forward` at that step. mask: optional (batch, M) bool, as in forward.
+        """
+        E, N, R = self.d_inner, self.d_state, self.dt_rank
+        xn = self._norm(x)
+        xz = torch.einsum("med,bmd->bme", self.in_proj_weight, xn)  # (B, M, 2E)
+        if self.in_proj_bias is not None:
+            xz = xz + self.in_proj_bias
+        u, z = xz.split(E, dim=-1)
+        u, cache.conv_state = causal_conv_step(cache.conv_state, u, self.conv_weight, self.conv_bias)
+        u = F.silu(u)
+        x_dbl = torch.einsum("mre,bme->bmr", self.x_proj_weight, u)  # (B, M, R + 2N)
+        dt_r, B, C = x_dbl.split([R, N, N], dim=-1)
+        delta = torch.einsum("mer,bmr->bme", self.dt_proj_weight, dt_r)  # (B, M, E)
+        if mask is None:
+            delta_bias, softplus = self.dt_proj_bias, True
+        else:
+            delta = F.softplus(delta + self.dt_proj_bias) * mask[..., None].to(delta.dtype)
+            delta_bias, softplus = None, False
+        y, cache.ssm_state = coupled_scan_step(
+            cache.ssm_state, u, delta, self.A(), B, C, D=self.D, z=z,
+            delta_bias=delta_bias, delta_softplus=softplus, coupling=self.coupling_weights(),
+        )
+        out = torch.einsum("mde,bme->bmd", self.out_proj_weight, y)
+        if self.out_proj_bias is not None:
+            out = out + self.out_proj_bias
+        return out + x
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_modalities={self.n_modalities}, d_state={self.d_state}, "
+            f"d_conv={self.d_conv}, d_inner={self.d_inner}, dt_rank={self.dt_rank}, coupling={self.coupling!r}"
+        )
