@@ -58,7 +58,7 @@ CS_HD To bit_cast(const From& from) {
 // about 1e-7. NaN propagates, overflow gives +inf, results below about 2e-38 flush to 0.
 template <typename F, typename U>
 CS_HD F fast_exp_impl(F x) {
-  const F lo = F{} - 87.0f, hi = F{} + 88.72f;
+  const F lo = F{} - 87.0f, hi = F{} + 88.7228f;  // hi: log(FLT_MAX)
   F xc = x < lo ? lo : x;  // NaN compares false and passes through
   xc = xc > hi ? hi : xc;
   const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits

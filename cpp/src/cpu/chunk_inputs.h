@@ -11,11 +11,12 @@ namespace coupled_scan {
 namespace cpu {
 
 // Channels are processed in fixed blocks; a task is (batch, channel block, modality group).
-// The block size depends on D only, so results never depend on the thread count. At most 16
-// blocks per batch row bounds the backward's per-block partial sums of dB and dC.
+// Every channel of a block reuses the block's transposed B and C chunk, so blocks of at least 32
+// channels keep that copy cheap; at most 16 blocks per batch row bound the backward's per-block
+// partial sums of dB and dC. The size depends on D only, so results never depend on the threads.
 CS_HD int64_t channel_block(int64_t channels) {
   const int64_t even = (channels + 15) / 16;
-  return even > 16 ? even : 16;
+  return even > 32 ? even : 32;
 }
 
 // Modality groups: the rank-one and general paths couple all M modalities in one task; "none"

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "chunk_inputs.h"
 
@@ -49,17 +50,21 @@ CS_HD Simd<double>::V block_exp(Simd<double>::V x) {
   return x;
 }
 
-// Sum of the lanes by halving (deterministic order, short dependency chain).
+// Sum of the lanes by halving (deterministic order, short dependency chain, in registers).
+template <typename T, int Bytes, std::size_t... I>
+CS_HD T block_sum_halves(typename VecOf<T, Bytes>::type v, std::index_sequence<I...>) {
+  typedef typename VecOf<T, Bytes / 2>::type Half;
+  const Half lo = __builtin_shufflevector(v, v, I...);
+  const Half hi = __builtin_shufflevector(v, v, (I + sizeof...(I))...);
+  if constexpr (Bytes / 2 == sizeof(T)) {
+    return lo[0] + hi[0];
+  } else {
+    return block_sum_halves<T, Bytes / 2>(lo + hi, std::make_index_sequence<sizeof...(I) / 2>());
+  }
+}
 template <typename T, int Bytes>
 CS_HD T block_sum(typename VecOf<T, Bytes>::type v) {
-  if constexpr (Bytes == sizeof(T)) {
-    return v[0];
-  } else {
-    typename VecOf<T, Bytes / 2>::type lo, hi;
-    std::memcpy(&lo, &v, Bytes / 2);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + Bytes / 2, Bytes / 2);
-    return block_sum<T, Bytes / 2>(lo + hi);
-  }
+  return block_sum_halves<T, Bytes>(v, std::make_index_sequence<Bytes / sizeof(T) / 2>());
 }
 template <typename T>
 CS_HD T block_sum(typename Simd<T>::V v) {
