@@ -18,8 +18,8 @@ const char* status_string(Status s) {
   switch (s) {
     case Status::kOk: return "ok";
     case Status::kInvalidSize: return "a size is out of its supported range";
+    case Status::kInvalidArgument: return "an argument has an unsupported value (e.g. the coupling kind)";
     case Status::kNullPointer: return "a required tensor pointer is null";
-    case Status::kInvalidStride: return "the time axis of a sequence tensor is not contiguous";
     case Status::kOutOfMemory: return "out of memory while allocating a workspace";
     case Status::kInternalError: return "internal error";
     case Status::kNotCompiled: return "this back end is not compiled into the library";
@@ -76,6 +76,9 @@ Status check_forward(const ForwardArgs<T>& a) {
   if (s.modalities < 1 || s.modalities > kMaxModalities) return Status::kInvalidSize;
   if (s.state < 1 || s.state > kMaxState) return Status::kInvalidSize;
   if (a.num_threads < 1) return Status::kInvalidSize;
+  if (a.coupling != CouplingKind::kRankOne && a.coupling != CouplingKind::kNone &&
+      a.coupling != CouplingKind::kGeneral)
+    return Status::kInvalidArgument;
   if (s.batch == 0 || s.channels == 0) return Status::kOk;
   if (s.length > 0 && (!a.u.data || !a.delta.data || !a.B.data || !a.C.data || !a.A))
     return Status::kNullPointer;

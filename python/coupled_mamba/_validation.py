@@ -95,3 +95,30 @@ def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, coupling, initial_sta
                   "rebuild on a machine with the CUDA toolkit: COUPLED_MAMBA_CUDA=ON pip install . "
                   "(or move the tensors to the CPU)")
     return M
+
+
+def check_op_inputs(u, delta, A, B, C, D, z, delta_bias, coupling_kind, W, initial_state) -> int:
+    """The checks of check_scan_inputs for the raw ops (coupling given as the library's kind code),
+    so that calling torch.ops.coupled_mamba.* directly cannot pass bad memory to the library."""
+    if coupling_kind not in (0, 1, 2):
+        _fail(ValueError, "coupling", f"expected kind 0 (rank one), 1 (none) or 2 (general), got {coupling_kind!r}")
+    if (coupling_kind == 2) != (W is not None):
+        _fail(ValueError, "W", "expected an (M, M) tensor exactly when the coupling kind is 2 (general)")
+    coupling = W if coupling_kind == 2 else ("mean" if coupling_kind == 0 else "none")
+    return check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, coupling, initial_state)
+
+
+def check_backward_inputs(u, A, dout, dlast_state, checkpoints, width: int, chunks: int) -> None:
+    """Shapes of the backward op's extra inputs."""
+    Bt, M, Dch, L = u.shape
+    N = A.shape[-1]
+    _tensor("dout", dout, 4)
+    _shape("dout", dout, (Bt, M, Dch, L), "(Bt, M, D, L)")
+    if dlast_state is not None:
+        _tensor("dlast_state", dlast_state, 4)
+        _shape("dlast_state", dlast_state, (Bt, M, Dch, N), "(Bt, M, D, N)")
+    if checkpoints is not None and checkpoints.numel() > 0:
+        _shape("checkpoints", checkpoints, (Bt, Dch, chunks, width), "(Bt, D, chunks, width)")
+    for name, t in (("dout", dout), ("dlast_state", dlast_state), ("checkpoints", checkpoints)):
+        if t is not None and t.device != u.device:
+            _fail(ValueError, name, f"expected a tensor on {u.device} (like u), got one on {t.device}")

@@ -112,6 +112,7 @@ def scan_fwd(
     initial_state: Optional[Tensor], save_checkpoints: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Returns (out in u's dtype, last_state in the compute dtype, checkpoints or an empty tensor)."""
+    _validation.check_op_inputs(u, delta, A, B, C, D, z, delta_bias, coupling, W, initial_state)
     keep, args, cdt = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W,
                                initial_state)
     Bt, M, Dch, L = u.shape
@@ -149,6 +150,10 @@ def scan_bwd(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dW, dinitial_state), each in its input's
     dtype; an absent optional input gets an empty tensor."""
+    _validation.check_op_inputs(u, delta, A, B, C, D, z, delta_bias, coupling, W, initial_state)
+    M, N = u.shape[1], A.shape[-1]
+    _validation.check_backward_inputs(u, A, dout, dlast_state, checkpoints, extension().checkpoint_width(coupling, M, N),
+                                      num_chunks(u.shape[-1]))
     keep, args, cdt = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W,
                                initial_state)
     keep["dout"], args["dout"] = _seq(dout, cdt)

@@ -255,12 +255,14 @@ static void determinism_case() {
   std::normal_distribution<double> normal(0.0, 1.0);
   for (auto& x : dout) x = normal(rng);
   for (auto& x : dlast) x = normal(rng);
-  for (const char* mode : {"general", "mean"}) {
+  for (const char* mode : {"general", "mean", "none"}) {
     const CouplingKind kind = kind_of(mode);
     const KernelResult<float> one = run_kernel<float>(p, kind, 1.0 / 3, dout, dlast, 1);
     const KernelResult<float> three = run_kernel<float>(p, kind, 1.0 / 3, dout, dlast, 3);
-    const bool same = one.dB == three.dB && one.dC == three.dC && one.dA == three.dA &&
-                      one.dW == three.dW && one.dbias == three.dbias && one.du == three.du;
+    const bool same = one.out == three.out && one.last == three.last && one.dB == three.dB &&
+                      one.dC == three.dC && one.dA == three.dA && one.dW == three.dW && one.dbias == three.dbias &&
+                      one.du == three.du && one.ddelta == three.ddelta && one.dD == three.dD &&
+                      one.dz == three.dz && one.dinit == three.dinit;
     check(same, std::string("backward bitwise identical with 1 and 3 threads (") + mode + ")");
   }
 }
@@ -290,6 +292,7 @@ static void status_cases() {
   g = f; g.num_threads = 0; expect(g, Status::kInvalidSize, "0 threads rejected");
   g = f; g.A = nullptr; expect(g, Status::kNullPointer, "null A rejected");
   g = f; g.coupling = CouplingKind::kGeneral; expect(g, Status::kNullPointer, "general without W rejected");
+  g = f; g.coupling = static_cast<CouplingKind>(7); expect(g, Status::kInvalidArgument, "unknown coupling kind rejected");
   check(std::string(coupled_scan::status_string(Status::kInvalidSize)).size() > 0, "status strings");
 }
 
@@ -316,6 +319,12 @@ int main() {
       {1, 3, 17, 19, 63, "sum", false}, {2, 4, 3, 1, 65, "none", true},  {1, 1, 5, 9, 63, "none", true},
       {2, 3, 3, 5, 7, "general", true}, {1, 5, 17, 19, 130, "general", true},
       {1, 1, 2, 4, 20, "general", false}, {1, 8, 2, 3, 9, "general", true}, {1, 8, 2, 3, 70, "mean", true},
+      // several channel blocks (32 channels each; above 512 channels, 16 blocks of D / 16)
+      {2, 3, 33, 5, 70, "mean", true},  {1, 2, 33, 3, 9, "general", true}, {1, 1, 600, 1, 3, "general", false},
+      {1, 2, 600, 2, 3, "none", true},
+      // "sum" with M > 3; state sizes that fill whole vector blocks, up to the limit
+      {1, 5, 3, 4, 9, "sum", true},     {1, 2, 3, 32, 20, "mean", true}, {1, 3, 2, 256, 9, "general", true},
+      {1, 8, 2, 256, 5, "mean", true},
   };
   for (const Case& c : cases) {
     compare_case<double>(c, 1e-10, 1e-9);

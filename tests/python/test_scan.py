@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import zlib
 
 import pytest
 import torch
@@ -65,6 +66,7 @@ SIZES = [  # (Bt, M, D, N, L): odd sizes, N not a multiple of the vector width, 
     (2, 3, 17, 19, 63),
     (1, 5, 4, 9, 130),
     (1, 2, 2, 3, 2049),
+    (2, 2, 40, 16, 20),  # two channel blocks, a whole vector block of states
 ]
 COUPLINGS = ["mean", "sum", "none", "matrix"]
 
@@ -83,7 +85,7 @@ def test_matches_reference(size, coupling, dtype):
     Bt, M, D, N, L = size
     if coupling == "sum" and M * L > 300:
         pytest.skip("'sum' grows like M^L; covered at shorter lengths")
-    inputs = make_inputs(*size, dtype=dtype, seed=hash((size, coupling)) % 1000)
+    inputs = make_inputs(*size, dtype=dtype, seed=zlib.crc32(repr((size, coupling)).encode()) % 1000)
     w = coupling_for(coupling, M)
     if isinstance(w, torch.Tensor):
         w = w.to(torch.float64 if dtype == torch.float64 else torch.float32)
@@ -218,23 +220,44 @@ def test_autograd_function_matches_op():
     torch.testing.assert_close(single, coupled_selective_scan(a["u"], a["delta"], a["A"], a["B"], a["C"]))
 
 
-def test_backward_is_deterministic_across_runs_and_threads():
-    x = make_inputs(3, 3, 40, 16, 150)
-    w = coupling_for("matrix", 3).float()
+@pytest.mark.parametrize("coupling", ["matrix", "mean", "none"])
+def test_backward_is_deterministic_across_runs_and_threads(coupling):
+    x = make_inputs(3, 3, 70, 16, 150)
+    w = coupling_for(coupling, 3)
     grads = []
     for threads in (1, 2, 2):
         coupled_mamba.set_num_threads(threads)
         try:
             xs = {k: v.clone().requires_grad_() for k, v in x.items()}
-            wt = w.clone().requires_grad_()
-            out = coupled_selective_scan(**xs, delta_softplus=True, coupling=wt)
-            out.square().sum().backward()
-            grads.append([xs[k].grad for k in x] + [wt.grad])
+            wt = w.float().clone().requires_grad_() if isinstance(w, torch.Tensor) else w
+            out, last = coupled_selective_scan(**xs, delta_softplus=True, coupling=wt, return_last_state=True)
+            (out.square().sum() + last.sum()).backward()
+            grads.append([out, last] + [xs[k].grad for k in x] + ([wt.grad] if isinstance(w, torch.Tensor) else []))
         finally:
             coupled_mamba.set_num_threads(None)
     for other in grads[1:]:
         for a, b in zip(grads[0], other):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("coupling", ["mean", "matrix"])
+def test_infinite_dt_leaves_earlier_gradients_finite(coupling):
+    """dt = +inf at t = 4 zeroes exp(dt A): gradients before it stay finite, as in the reference
+    (N = 5 leaves padding lanes in the kernels' vector blocks, which must not turn into NaN)."""
+    x = make_inputs(1, 3, 3, 5, 10, dtype=torch.float64)
+    x["delta"][0, 1, 2, 4] = float("inf")
+    w = coupling_for(coupling, 3)
+    grads = []
+    for fn in (coupled_selective_scan, coupled_selective_scan_ref):
+        xs = {k: v.clone().requires_grad_() for k, v in x.items()}
+        out = fn(**xs, delta_softplus=True, coupling=w)
+        dout = torch.ones_like(out)
+        dout[..., 4:] = 0  # the loss ignores the infinite outputs
+        out.backward(dout)
+        grads.append({k: xs[k].grad for k in ("u", "delta", "B", "C", "z")})
+    for k, g in grads[0].items():
+        assert torch.isfinite(g[..., :4]).all(), k
+        torch.testing.assert_close(g[..., :4], grads[1][k][..., :4], rtol=1e-9, atol=1e-12)
 
 
 def test_opcheck():
@@ -283,7 +306,8 @@ def test_every_cpu_instruction_set(isa):
     env = dict(os.environ, COUPLED_MAMBA_CPU_ISA=isa)
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     chosen, err = res.stdout.split()
-    assert chosen in (isa, "baseline")
+    cpu_has_avx2 = "avx2" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
+    assert chosen == isa or (isa == "avx2" and not cpu_has_avx2)
     assert float(err) < 1e-4
 
 

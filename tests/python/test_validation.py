@@ -62,14 +62,32 @@ def test_thread_count():
         set_num_threads(0)
 
 
-def test_cuda_tensors_without_cuda_build():
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    import coupled_mamba
-
-    if coupled_mamba.has_cuda():
-        pytest.skip("this build has CUDA kernels")
-    # No GPU here: the meta device stands in to reach the device check for non-CPU tensors.
+def test_tensors_on_an_unsupported_device():
     x = {k: v.to("meta") for k, v in make_inputs(1, 2, 2, 3, 4).items()}
     with pytest.raises(ValueError, match=r"u: expected a CPU or CUDA tensor, got one on meta"):
         coupled_selective_scan(**x)
+
+
+def test_raw_ops_check_their_inputs():
+    """torch.ops.coupled_mamba.* called directly must not pass bad shapes or codes to the library."""
+    x = make_inputs(1, 1, 1, 8, 16)
+    args = [x["u"], x["delta"], x["A"], x["B"], x["C"], None, None, None, True, 0, 1.0, None, None, False]
+    bad_B = list(args)
+    bad_B[3] = torch.randn(1, 1, 1, 4096)
+    with pytest.raises(ValueError, match=r"B: expected shape"):
+        torch.ops.coupled_mamba.scan_fwd(*bad_B)
+    bad_kind = list(args)
+    bad_kind[9] = 7
+    with pytest.raises(ValueError, match=r"coupling: expected kind 0"):
+        torch.ops.coupled_mamba.scan_fwd(*bad_kind)
+    no_w = list(args)
+    no_w[9] = 2
+    with pytest.raises(ValueError, match=r"W: expected an \(M, M\) tensor"):
+        torch.ops.coupled_mamba.scan_fwd(*no_w)
+    out, last, ck = torch.ops.coupled_mamba.scan_fwd(*args[:-1], True)
+    bwd = args[:13] + [ck, torch.randn(1, 1, 1, 15), None]
+    with pytest.raises(ValueError, match=r"dout: expected shape"):
+        torch.ops.coupled_mamba.scan_bwd(*bwd)
+    bwd = args[:13] + [ck[..., :4], torch.randn(1, 1, 1, 16), None]
+    with pytest.raises(ValueError, match=r"checkpoints: expected shape"):
+        torch.ops.coupled_mamba.scan_bwd(*bwd)

@@ -4,17 +4,19 @@
 
 #include <cstdint>
 
+#include "coupled_scan/math.h"  // CS_HD
+
 namespace coupled_scan {
 
 enum class Status : int {
   kOk = 0,
   kInvalidSize = 1,      // a size is negative or out of its supported range
   kNullPointer = 2,      // a required pointer is null
-  kInvalidStride = 3,    // the time axis of a sequence tensor is not contiguous
   kOutOfMemory = 4,      // a workspace allocation failed
   kInternalError = 5,    // an unexpected exception inside the library
   kNotCompiled = 6,      // the requested back end (e.g. CUDA) is not in this build
   kCudaError = 7,        // a CUDA runtime call failed
+  kInvalidArgument = 8,  // an enum or flag has an unsupported value
 };
 
 const char* status_string(Status s);
@@ -25,7 +27,7 @@ constexpr int64_t kMaxState = 256;
 // Time steps between two saved states (checkpoints) that the backward pass restarts from.
 constexpr int64_t kChunk = 64;
 
-inline int64_t num_chunks(int64_t length) { return (length + kChunk - 1) / kChunk; }
+CS_HD int64_t num_chunks(int64_t length) { return (length + kChunk - 1) / kChunk; }
 
 enum class CouplingKind : int {
   kRankOne = 0,  // W = alpha * ones(M, M) ("sum": alpha 1, "mean": alpha 1/M): one state per (b, d, n)
@@ -34,7 +36,7 @@ enum class CouplingKind : int {
 };
 
 // Values of one state checkpoint: N for the rank-one path, M * N otherwise.
-inline int64_t checkpoint_width(CouplingKind kind, int64_t modalities, int64_t state) {
+CS_HD int64_t checkpoint_width(CouplingKind kind, int64_t modalities, int64_t state) {
   return kind == CouplingKind::kRankOne ? state : modalities * state;
 }
 
@@ -53,7 +55,7 @@ struct SeqTensor {
   int64_t stride_batch = 0;
   int64_t stride_modality = 0;
   int64_t stride_row = 0;
-  T* row(int64_t b, int64_t m, int64_t r) const {
+  CS_HD T* row(int64_t b, int64_t m, int64_t r) const {
     return data + b * stride_batch + m * stride_modality + r * stride_row;
   }
 };

@@ -152,7 +152,7 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
         for (int64_t g = 0; g < G; ++g) {
           const int64_t o = g * kChunk + k;
           y[o] = state_step(Arows + g * Np, pk, alpha, Bt + o * Np, Ct + o * Np, next, expo + (k * G + g) * Np,
-                            dt[o], dtu[o], Np, g > 0);
+                            dt[o], dtu[o], N, Np, g > 0);
         }
         for (int64_t n = 0; n < Np; ++n) st[n] = next[n];
       }
@@ -177,7 +177,7 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
           const T* cin = final_chunk && k == kc - 1 && a.dlast_state ? dlast + g * Np : cr;
           reverse_step(Arows + g * Np, pk, alpha, Bt + o * Np, Ct + o * Np, expo + (k * G + g) * Np, cin, rho,
                        dBt + o * Np, dCt + o * Np, p.dA + bmd_offset(s, task.b, m, d, Np), dt[o], dtu[o], dy[o],
-                       Np, g > 0, lb + o, mga + o);
+                       N, Np, g > 0, lb + o, mga + o);
         }
         for (int64_t n = 0; n < Np; ++n) cr[n] = alpha * rho[n];
       }
@@ -255,7 +255,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
           const int64_t o = m * kChunk + k;
           couple(pk, m, coupled);
           y[o] = state_step(Arows + m * Np, coupled, T(1), Bt + o * Np, Ct + o * Np, next + m * Np,
-                            expo + (k * M + m) * Np, dt[o], dtu[o], Np, false);
+                            expo + (k * M + m) * Np, dt[o], dtu[o], N, Np, false);
         }
         for (int64_t i = 0; i < MN; ++i) st[i] = next[i];
       }
@@ -274,7 +274,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
           couple(pk, m, coupled);
           reverse_step(Arows + m * Np, coupled, T(1), Bt + o * Np, Ct + o * Np, expo + (k * M + m) * Np,
                        cr + m * Np, mu + m * Np, dBt + o * Np, dCt + o * Np, p.dA + bmd_offset(s, task.b, m, d, Np),
-                       dt[o], dtu[o], dy[o], Np, false, lb + o, mga + o);
+                       dt[o], dtu[o], dy[o], N, Np, false, lb + o, mga + o);
         }
         for (int64_t m = 0; m < M; ++m)  // dW[m, i] += sum_n mu^m h^i_{t-1}
           for (int64_t i = 0; i < M; ++i) dW[m * M + i] += block_dot(mu + m * Np, pk + i * Np, Np);

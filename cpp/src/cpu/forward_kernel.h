@@ -93,7 +93,7 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, T alpha, T* scr
           const T* Ck = Ct + (g * kChunk + k) * Np;
           const T dtv = dt[g * kChunk + k], dtuv = dtu[g * kChunk + k];
           ys[g * kChunk + k] = state_step(Arows + g * Np, st, alpha, Bk, Ck, next, static_cast<T*>(nullptr), dtv,
-                                          dtuv, Np, g > 0);
+                                          dtuv, N, Np, g > 0);
           if (t0 + k == L - 1 && a.last_state) {  // h^m of the final step
             const T* Arow = Arows + g * Np;
             T* last = a.last_state + bmd_offset(s, task.b, task.m0 + g, d, N);
@@ -158,8 +158,8 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, T* scratch) {
           const T* Bk = Bt + (m * kChunk + k) * Np;
           const T* Ck = Ct + (m * kChunk + k) * Np;
           ys[m * kChunk + k] = state_step(Arows + m * Np, coupled + m * Np, T(1), Bk, Ck, next + m * Np,
-                                          static_cast<T*>(nullptr), dt[m * kChunk + k], dtu[m * kChunk + k], Np,
-                                          false);
+                                          static_cast<T*>(nullptr), dt[m * kChunk + k], dtu[m * kChunk + k], N,
+                                          Np, false);
         }
         for (int64_t i = 0; i < MN; ++i) h[i] = next[i];
       }

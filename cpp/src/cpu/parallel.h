@@ -17,7 +17,9 @@ namespace cpu {
 template <typename T, typename Body>
 void run_tasks(int64_t num_tasks, int num_threads, size_t scratch_elems, const Body& body) {
   if (num_tasks <= 0) return;
-  const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, num_tasks)));
+  // More workers than tasks or than hardware threads only costs thread starts.
+  const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({num_threads, num_tasks, hw})));
   std::atomic<int64_t> next{0};
   std::exception_ptr error;
   std::atomic<bool> failed{false};
@@ -30,8 +32,13 @@ void run_tasks(int64_t num_tasks, int num_threads, size_t scratch_elems, const B
     }
   };
   std::vector<std::thread> threads;
-  threads.reserve(workers - 1);
-  for (int i = 1; i < workers; ++i) threads.emplace_back(work);
+  try {
+    threads.reserve(workers - 1);
+    for (int i = 1; i < workers; ++i) threads.emplace_back(work);
+  } catch (const std::exception&) {
+    // Could not start another thread (resource limits): the ones running, and this one, still
+    // drain every task.
+  }
   work();
   for (auto& t : threads) t.join();
   if (error) std::rethrow_exception(error);
