@@ -2,9 +2,11 @@
 // modality group). Compiled once per instruction set: the including file defines CS_ISA, the
 // namespace that keeps each compilation's templates apart.
 //
-// Loop order per task: time chunks outer (B and C of the chunk are transposed once and shared
-// by every channel of the block), channels, then time steps, modalities, and the state axis n
-// innermost and vectorised. States live in task scratch; only checkpoints leave it.
+// Vectorised across channels: a SIMD vector holds one state value n of `width` neighbouring
+// channels d, so exp(dt A), the state update and y = sum_n C h are all lane-wise (B and C do not
+// depend on d and are broadcast) and no horizontal sums are needed. Loop order per task: time
+// chunks (B, C of the chunk transposed once for the block; dt for all its channels), time steps,
+// channel vectors, modalities, then n. States live in task scratch; only checkpoints leave it.
 #pragma once
 
 #include "chunk_inputs.h"
@@ -18,16 +20,26 @@ namespace coupled_scan {
 namespace cpu {
 namespace CS_ISA {
 
-// Scratch elements for one forward task (state rows padded to Np).
+// Channels of a block rounded up to whole SIMD vectors.
+template <typename T>
+CS_HD int64_t padded_block(int64_t channels) {
+  const int64_t w = Simd<T>::width, cb = channel_block(channels);
+  return (cb + w - 1) / w * w;
+}
+
+// Scratch elements for one forward task.
 template <typename T>
 int64_t forward_scratch(const Sizes& s, CouplingKind kind) {
   const int64_t G = modality_grouping(kind, s.modalities).width;
-  const int64_t Np = padded_state(s.state), cb = channel_block(s.channels);
-  const int64_t states = kind == CouplingKind::kGeneral ? G * Np : Np;
-  return 2 * G * kChunk * Np         // transposed B and C chunk
-         + cb * states               // the state of every channel in the block
-         + 3 * G * Np                // next state, coupled state, A rows
-         + 3 * G * kChunk;           // dt, dt * u, y
+  const int64_t N = s.state, Np = padded_state(N), cbp = padded_block<T>(s.channels);
+  const int64_t w = Simd<T>::width;
+  const int64_t states = kind == CouplingKind::kGeneral ? G * N * cbp : N * cbp;
+  return 2 * G * kChunk * Np     // B and C of the chunk as [g][k][n] (contiguous per step)
+         + G * N * cbp           // A transposed to [g][n][d]
+         + states                // the state of every channel of the block
+         + 2 * G * N * w         // next state and coupled state of one channel vector
+         + 3 * G * kChunk * cbp  // dt, dt * u and y as [g][k][d]
+         + 2 * kChunk;           // one channel's dt, dt * u
 }
 
 // Write out = (y + D u) * silu(z) for steps t0 .. t0+kc of one (b, m, d); y = sum_n C h.
@@ -48,130 +60,209 @@ CS_HD void store_outputs(const ForwardArgs<T>& a, int64_t b, int64_t m, int64_t 
   }
 }
 
+// Gather the per-channel inputs of one chunk into [g][k][d] rows (padding channels get dt = 0,
+// which keeps their state at exactly zero), and A into [g][n][d] (once per task: pass t0 < 0).
+template <typename T>
+CS_HD void load_block_steps(const ForwardArgs<T>& a, const Task& task, int64_t cbp, int64_t t0, int64_t kc,
+                            T* DT, T* DTU, T* tmp) {
+  const int64_t G = task.m1 - task.m0;
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t j = 0; j < cbp; ++j) {
+      const int64_t d = task.d0 + j;
+      if (d < task.d1) load_steps(a, task.b, task.m0 + g, d, t0, kc, tmp, tmp + kChunk);
+      for (int64_t k = 0; k < kc; ++k) {
+        DT[(g * kChunk + k) * cbp + j] = d < task.d1 ? tmp[k] : T(0);
+        DTU[(g * kChunk + k) * cbp + j] = d < task.d1 ? tmp[kChunk + k] : T(0);
+      }
+    }
+}
+
+template <typename T>
+CS_HD void load_block_A(const ForwardArgs<T>& a, const Task& task, int64_t cbp, T* AT) {
+  const int64_t N = a.size.state;
+  for (int64_t m = task.m0; m < task.m1; ++m)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t j = 0; j < cbp; ++j) {
+        const int64_t d = task.d0 + j;
+        AT[((m - task.m0) * N + n) * cbp + j] = d < task.d1 ? a.A[(m * a.size.channels + d) * N + n] : T(0);
+      }
+}
+
+// Outputs of the chunk for every real channel of the block, from y stored as [g][k][d].
+template <typename T>
+CS_HD void store_block_outputs(const ForwardArgs<T>& a, const Task& task, int64_t cbp, int64_t t0, int64_t kc,
+                               const T* Y, T* tmp) {
+  for (int64_t m = task.m0; m < task.m1; ++m)
+    for (int64_t d = task.d0; d < task.d1; ++d) {
+      for (int64_t k = 0; k < kc; ++k) tmp[k] = Y[((m - task.m0) * kChunk + k) * cbp + (d - task.d0)];
+      store_outputs(a, task.b, m, d, t0, kc, tmp);
+    }
+}
+
+// One step of one modality for one vector of channels: h = exp(dt A) (gscale g) + dt u B over
+// n (B and C of the step are scalars shared by the channels), next = h or next += h, and, when
+// `keep` is given, a copy of h. Returns y = sum_n C h for every channel of the vector.
+template <typename T>
+CS_HD typename Simd<T>::V channel_step(const T* A, int64_t a_stride, const T* g, T gscale, const T* B, const T* C,
+                                       typename Simd<T>::V dtv, typename Simd<T>::V dtuv, int64_t N, T* next,
+                                       bool accumulate, T* keep) {
+  typedef typename Simd<T>::V V;
+  const int64_t w = Simd<T>::width;
+  V y = V{};
+  if (accumulate) {
+    for (int64_t n = 0; n < N; ++n) {
+      const V h = block_exp(dtv * load_block<V>(A + n * a_stride)) * (gscale * load_block<V>(g + n * w)) + dtuv * B[n];
+      y += C[n] * h;
+      store_block(next + n * w, load_block<V>(next + n * w) + h);
+      if (keep) store_block(keep + n * w, h);
+    }
+  } else {
+    for (int64_t n = 0; n < N; ++n) {
+      const V h = block_exp(dtv * load_block<V>(A + n * a_stride)) * (gscale * load_block<V>(g + n * w)) + dtuv * B[n];
+      y += C[n] * h;
+      store_block(next + n * w, h);
+      if (keep) store_block(keep + n * w, h);
+    }
+  }
+  return y;
+}
+
 // Rank-one coupling (W = alpha * ones over the group): one scalar state s = sum_m h^m per
 // (b, d, n). h^m_t = alpha a^m_t s_{t-1} + dt u B, s_t = sum_m h^m_t. With a group of one
 // modality and alpha = 1 this is the plain (uncoupled) selective scan.
 template <typename T>
 void forward_rank_one(const ForwardArgs<T>& a, const Task& task, T alpha, T* scratch) {
+  typedef typename Simd<T>::V V;
+  const int64_t w = Simd<T>::width;
   const Sizes& s = a.size;
   const int64_t N = s.state, Np = padded_state(N), L = s.length, G = task.m1 - task.m0;
+  const int64_t cbp = padded_block<T>(s.channels), nv = (task.d1 - task.d0 + w - 1) / w;
   T* Bt = scratch;
   T* Ct = Bt + G * kChunk * Np;
-  T* state = Ct + G * kChunk * Np;
-  T* next = state + (task.d1 - task.d0) * Np;
-  T* Arows = next + G * Np;
-  T* dt = Arows + 2 * G * Np;
-  T* dtu = dt + G * kChunk;
-  T* ys = dtu + G * kChunk;
+  T* AT = Ct + G * kChunk * Np;
+  T* S = AT + G * N * cbp;      // [v][n][lane]
+  T* NX = S + N * cbp;          // [n][lane]
+  T* DT = NX + 2 * G * N * w;
+  T* DTU = DT + G * kChunk * cbp;
+  T* Y = DTU + G * kChunk * cbp;
+  T* tmp = Y + G * kChunk * cbp;
+
+  load_block_A(a, task, cbp, AT);
+  for (int64_t i = 0; i < N * cbp; ++i) S[i] = T(0);
+  if (a.initial_state)
+    for (int64_t d = task.d0; d < task.d1; ++d)
+      for (int64_t m = task.m0; m < task.m1; ++m) {
+        const T* h0 = a.initial_state + bmd_offset(s, task.b, m, d, N);
+        const int64_t j = d - task.d0;
+        for (int64_t n = 0; n < N; ++n) S[((j / w) * N + n) * w + j % w] += h0[n];
+      }
 
   const int64_t nch = num_chunks(L);
   for (int64_t c = 0; c < nch; ++c) {
     const int64_t t0 = c * kChunk, kc = L - t0 < kChunk ? L - t0 : kChunk;
+    // B and C rows are L apart (often a power of two: cache-set conflicts), so copy the chunk.
     load_transposed(a.B, task.b, task.m0, task.m1, N, t0, kc, Bt);
     load_transposed(a.C, task.b, task.m0, task.m1, N, t0, kc, Ct);
-    for (int64_t d = task.d0; d < task.d1; ++d) {
-      T* st = state + (d - task.d0) * Np;
-      if (c == 0) {
-        for (int64_t n = 0; n < Np; ++n) st[n] = T(0);
-        if (a.initial_state)
-          for (int64_t m = task.m0; m < task.m1; ++m) {
-            const T* h0 = a.initial_state + bmd_offset(s, task.b, m, d, N);
-            for (int64_t n = 0; n < N; ++n) st[n] += h0[n];
-          }
-      }
-      if (a.checkpoints) {
+    load_block_steps(a, task, cbp, t0, kc, DT, DTU, tmp);
+    if (a.checkpoints)
+      for (int64_t d = task.d0; d < task.d1; ++d) {
         T* ck = a.checkpoints + checkpoint_offset(s, a.coupling, task.b, d, c, task.m0);
-        for (int64_t n = 0; n < N; ++n) ck[n] = st[n];
+        const int64_t j = d - task.d0;
+        for (int64_t n = 0; n < N; ++n) ck[n] = S[((j / w) * N + n) * w + j % w];
       }
-      load_A_rows(a, task.m0, task.m1, d, Arows);
-      for (int64_t g = 0; g < G; ++g)
-        load_steps(a, task.b, task.m0 + g, d, t0, kc, dt + g * kChunk, dtu + g * kChunk);
-
-      for (int64_t k = 0; k < kc; ++k) {
+    for (int64_t k = 0; k < kc; ++k) {
+      const bool final_step = t0 + k == L - 1;
+      for (int64_t v = 0; v < nv; ++v) {
+        T* sv = S + v * N * w;
         for (int64_t g = 0; g < G; ++g) {
-          const T* Bk = Bt + (g * kChunk + k) * Np;
-          const T* Ck = Ct + (g * kChunk + k) * Np;
-          const T dtv = dt[g * kChunk + k], dtuv = dtu[g * kChunk + k];
-          ys[g * kChunk + k] = state_step(Arows + g * Np, st, alpha, Bk, Ck, next, static_cast<T*>(nullptr), dtv,
-                                          dtuv, N, Np, g > 0);
-          if (t0 + k == L - 1 && a.last_state) {  // h^m of the final step
-            const T* Arow = Arows + g * Np;
-            T* last = a.last_state + bmd_offset(s, task.b, task.m0 + g, d, N);
-            for (int64_t n = 0; n < N; ++n) last[n] = scan_exp(dtv * Arow[n]) * (alpha * st[n]) + dtuv * Bk[n];
-          }
+          const int64_t row = (g * kChunk + k) * cbp + v * w;
+          const V y = channel_step(AT + g * N * cbp + v * w, cbp, sv, alpha, Bt + (g * kChunk + k) * Np,
+                                   Ct + (g * kChunk + k) * Np, load_block<V>(DT + row), load_block<V>(DTU + row),
+                                   N, NX, g > 0,
+                                   final_step && a.last_state ? NX + (G + g) * N * w : nullptr);
+          store_block(Y + row, y);
         }
-        for (int64_t n = 0; n < Np; ++n) st[n] = next[n];
+        for (int64_t i = 0; i < N * w; ++i) sv[i] = NX[i];
+        if (final_step && a.last_state)  // h^m of the final step, lane by lane
+          for (int64_t j = 0; j < w && task.d0 + v * w + j < task.d1; ++j)
+            for (int64_t g = 0; g < G; ++g) {
+              T* last = a.last_state + bmd_offset(s, task.b, task.m0 + g, task.d0 + v * w + j, N);
+              for (int64_t n = 0; n < N; ++n) last[n] = NX[(G + g) * N * w + n * w + j];
+            }
       }
-      if (a.out)
-        for (int64_t g = 0; g < G; ++g) store_outputs(a, task.b, task.m0 + g, d, t0, kc, ys + g * kChunk);
     }
+    if (a.out) store_block_outputs(a, task, cbp, t0, kc, Y, tmp);
   }
 }
 
 // General coupling: an M-vector of states per (b, d, n); g^m = sum_i W[m, i] h^i.
 template <typename T>
 void forward_general(const ForwardArgs<T>& a, const Task& task, T* scratch) {
+  typedef typename Simd<T>::V V;
+  const int64_t w = Simd<T>::width;
   const Sizes& s = a.size;
-  const int64_t N = s.state, Np = padded_state(N), L = s.length, M = s.modalities, MN = M * Np;
+  const int64_t N = s.state, Np = padded_state(N), L = s.length, M = s.modalities;
+  const int64_t cbp = padded_block<T>(s.channels), nv = (task.d1 - task.d0 + w - 1) / w;
   T* Bt = scratch;
   T* Ct = Bt + M * kChunk * Np;
-  T* state = Ct + M * kChunk * Np;
-  T* next = state + (task.d1 - task.d0) * MN;
-  T* coupled = next + MN;
-  T* Arows = coupled + MN;
-  T* dt = Arows + MN;
-  T* dtu = dt + M * kChunk;
-  T* ys = dtu + M * kChunk;
+  T* AT = Ct + M * kChunk * Np;
+  T* H = AT + M * N * cbp;      // [v][m][n][lane]
+  T* NX = H + M * N * cbp;      // [m][n][lane]
+  T* GC = NX + M * N * w;       // coupled state [m][n][lane]
+  T* DT = GC + M * N * w;
+  T* DTU = DT + M * kChunk * cbp;
+  T* Y = DTU + M * kChunk * cbp;
+  T* tmp = Y + M * kChunk * cbp;
+
+  load_block_A(a, task, cbp, AT);
+  for (int64_t i = 0; i < M * N * cbp; ++i) H[i] = T(0);
+  if (a.initial_state)
+    for (int64_t d = task.d0; d < task.d1; ++d)
+      for (int64_t m = 0; m < M; ++m) {
+        const T* h0 = a.initial_state + bmd_offset(s, task.b, m, d, N);
+        const int64_t j = d - task.d0;
+        for (int64_t n = 0; n < N; ++n) H[(((j / w) * M + m) * N + n) * w + j % w] = h0[n];
+      }
+  auto scatter_states = [&](int64_t c_or_last, bool last) {
+    for (int64_t d = task.d0; d < task.d1; ++d) {
+      const int64_t j = d - task.d0;
+      for (int64_t m = 0; m < M; ++m) {
+        T* dst = last ? a.last_state + bmd_offset(s, task.b, m, d, N)
+                      : a.checkpoints + checkpoint_offset(s, a.coupling, task.b, d, c_or_last, 0) + m * N;
+        for (int64_t n = 0; n < N; ++n) dst[n] = H[(((j / w) * M + m) * N + n) * w + j % w];
+      }
+    }
+  };
 
   const int64_t nch = num_chunks(L);
   for (int64_t c = 0; c < nch; ++c) {
     const int64_t t0 = c * kChunk, kc = L - t0 < kChunk ? L - t0 : kChunk;
     load_transposed(a.B, task.b, 0, M, N, t0, kc, Bt);
     load_transposed(a.C, task.b, 0, M, N, t0, kc, Ct);
-    for (int64_t d = task.d0; d < task.d1; ++d) {
-      T* h = state + (d - task.d0) * MN;
-      if (c == 0)
-        for (int64_t m = 0; m < M; ++m) {
-          const T* h0 = a.initial_state ? a.initial_state + bmd_offset(s, task.b, m, d, N) : nullptr;
-          for (int64_t n = 0; n < Np; ++n) h[m * Np + n] = h0 && n < N ? h0[n] : T(0);
-        }
-      if (a.checkpoints) {
-        T* ck = a.checkpoints + checkpoint_offset(s, a.coupling, task.b, d, c, 0);
+    load_block_steps(a, task, cbp, t0, kc, DT, DTU, tmp);
+    if (a.checkpoints) scatter_states(c, false);
+    for (int64_t k = 0; k < kc; ++k) {
+      for (int64_t v = 0; v < nv; ++v) {
+        T* hv = H + v * M * N * w;
         for (int64_t m = 0; m < M; ++m)
-          for (int64_t n = 0; n < N; ++n) ck[m * N + n] = h[m * Np + n];
-      }
-      load_A_rows(a, 0, M, d, Arows);
-      for (int64_t m = 0; m < M; ++m) load_steps(a, task.b, m, d, t0, kc, dt + m * kChunk, dtu + m * kChunk);
-
-      for (int64_t k = 0; k < kc; ++k) {
-        for (int64_t m = 0; m < M; ++m) {
-          T* gm = coupled + m * Np;
-          for (int64_t n = 0; n < Np; ++n) gm[n] = T(0);
-          for (int64_t i = 0; i < M; ++i) {
-            const T w = a.W[m * M + i];
-            const T* hi = h + i * Np;
-#pragma omp simd
-            for (int64_t n = 0; n < Np; ++n) gm[n] += w * hi[n];
+          for (int64_t n = 0; n < N; ++n) {
+            V acc = V{};
+            for (int64_t i = 0; i < M; ++i) acc += a.W[m * M + i] * load_block<V>(hv + (i * N + n) * w);
+            store_block(GC + (m * N + n) * w, acc);
           }
-        }
         for (int64_t m = 0; m < M; ++m) {
-          const T* Bk = Bt + (m * kChunk + k) * Np;
-          const T* Ck = Ct + (m * kChunk + k) * Np;
-          ys[m * kChunk + k] = state_step(Arows + m * Np, coupled + m * Np, T(1), Bk, Ck, next + m * Np,
-                                          static_cast<T*>(nullptr), dt[m * kChunk + k], dtu[m * kChunk + k], N,
-                                          Np, false);
+          const int64_t row = (m * kChunk + k) * cbp + v * w;
+          const V y = channel_step(AT + m * N * cbp + v * w, cbp, GC + m * N * w, T(1), Bt + (m * kChunk + k) * Np,
+                                   Ct + (m * kChunk + k) * Np, load_block<V>(DT + row), load_block<V>(DTU + row),
+                                   N, NX + m * N * w, false, static_cast<T*>(nullptr));
+          store_block(Y + row, y);
         }
-        for (int64_t i = 0; i < MN; ++i) h[i] = next[i];
+        for (int64_t i = 0; i < M * N * w; ++i) hv[i] = NX[i];
       }
-      if (a.out)
-        for (int64_t m = 0; m < M; ++m) store_outputs(a, task.b, m, d, t0, kc, ys + m * kChunk);
-      if (c == nch - 1 && a.last_state)
-        for (int64_t m = 0; m < M; ++m) {
-          T* last = a.last_state + bmd_offset(s, task.b, m, d, N);
-          for (int64_t n = 0; n < N; ++n) last[n] = h[m * Np + n];
-        }
     }
+    if (a.out) store_block_outputs(a, task, cbp, t0, kc, Y, tmp);
   }
+  if (a.last_state) scatter_states(0, true);
 }
 
 template <typename T>
