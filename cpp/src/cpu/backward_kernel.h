@@ -1,7 +1,8 @@
 // CPU backward kernels of the coupled selective scan (reverse recurrence of
-// docs/coupled-scan.md). Same task split as the forward. For each channel and time chunk, taken
-// last to first, the chunk's states are recomputed from the forward's checkpoint (keeping exp(dt A)
-// and the previous states in task scratch), then the reverse recurrence runs through the chunk.
+// docs/coupled-scan.md). Same task split and channel vectors as the forward. For each time chunk,
+// taken last to first, and each vector of channels, the chunk's states are recomputed from the
+// forward's checkpoint (keeping exp(dt A) and the previous states in task scratch), then the
+// reverse recurrence runs through the chunk.
 //
 // Gradients summed over axes the task does not own go to per-task slots (dB, dC: per channel
 // block; dA, dD, d delta_bias: per batch row; dW: per task) that the caller reduces in a fixed
@@ -25,15 +26,17 @@ namespace CS_ISA {
 template <typename T>
 int64_t backward_scratch(const Sizes& s, CouplingKind kind) {
   const int64_t G = modality_grouping(kind, s.modalities).width;
-  const int64_t Np = padded_state(s.state), cb = channel_block(s.channels);
-  const int64_t states = kind == CouplingKind::kGeneral ? G * Np : Np;
-  return 4 * G * kChunk * Np     // transposed B, C and the chunk's dB, dC sums
-         + kChunk * G * Np       // exp(dt A) for every step of the chunk
-         + kChunk * states       // the state before every step of the chunk
-         + cb * states           // reverse carry of every channel in the block
-         + 8 * G * Np            // state, next, coupled, mu, new carry (2), rho, A rows
-         + 8 * G * kChunk        // dt, dt*u, slope, y, dy, sum_n lambda B, sum_n mu g A
-         + G * G;                // dW of the task
+  const int64_t N = s.state, Np = padded_state(N), cbp = padded_block<T>(s.channels), w = Simd<T>::width;
+  const int64_t S = kind == CouplingKind::kGeneral ? G : 1;  // state rows per channel
+  return 4 * G * kChunk * Np       // B, C of the chunk as [g][k][n] and their gradient sums
+         + 2 * G * N * cbp         // A as [g][n][d] and its gradient sums
+         + 7 * G * kChunk * cbp    // dt, dt u, slope, y, dy, sum_n lambda B, sum_n mu g A as [g][k][d]
+         + S * N * cbp             // the reverse carry of every channel of the block
+         + kChunk * S * N * w      // one channel vector: the state before every step of the chunk
+         + kChunk * G * N * w      //   exp(dt A) of every step
+         + 6 * G * N * w           //   state, next, coupled state, mu, new carry, d last_state
+         + G * G * w               // dW sums
+         + 3 * kChunk * 5;         // one channel's columns
 }
 
 // Gate: dy = dout * silu(z), dz = dout * y * silu'(z) with y = sum_n C h + D u (the caller
@@ -105,204 +108,299 @@ CS_HD void store_chunk_sums(const Sizes& s, const BackwardPartials<T>& p, const 
   }
 }
 
+// Per-channel work of one chunk for the real channels of channel vector v: the gate (dy, dz)
+// from y, then, after the reverse pass, du, d delta, dD and d delta_bias.
 template <typename T>
-void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, const Task& task,
-                       T alpha, T* scratch) {
-  const ForwardArgs<T>& f = a.fwd;
-  const Sizes& s = f.size;
-  const int64_t N = s.state, Np = padded_state(N), L = s.length, G = task.m1 - task.m0;
-  const int64_t GKN = G * kChunk * Np;
-  T* Bt = scratch;
-  T* Ct = Bt + GKN;
-  T* dBt = Ct + GKN;
-  T* dCt = dBt + GKN;
-  T* expo = dCt + GKN;                // [k][g][n]
-  T* prev = expo + GKN;               // [k][n]: s_{t-1}
-  T* carry = prev + kChunk * Np;      // [d][n]: alpha * rho_{t+1}
-  T* st = carry + (task.d1 - task.d0) * Np;
-  T* next = st + G * Np;
-  T* rho = next + G * Np;
-  T* dlast = rho + G * Np;            // [g][n]: d last_state of the channel, padded
-  T* Arows = dlast + 3 * G * Np;
-  T* dt = Arows + 2 * G * Np;
-  T* dtu = dt + G * kChunk;
-  T* y = dtu + G * kChunk;
-  T* dy = y + G * kChunk;
-  T* slope = dy + G * kChunk;
-  T* lb = slope + G * kChunk;
-  T* mga = lb + G * kChunk;
-
-  const int64_t nch = num_chunks(L);
-  for (int64_t c = nch - 1; c >= 0; --c) {
-    const int64_t t0 = c * kChunk, kc = L - t0 < kChunk ? L - t0 : kChunk;
-    load_transposed(f.B, task.b, task.m0, task.m1, N, t0, kc, Bt);
-    load_transposed(f.C, task.b, task.m0, task.m1, N, t0, kc, Ct);
-    for (int64_t i = 0; i < GKN; ++i) dBt[i] = dCt[i] = T(0);
-
-    for (int64_t d = task.d0; d < task.d1; ++d) {
-      // Recompute the chunk: states before each step, exp(dt A), and y.
-      const T* ck = a.checkpoints + checkpoint_offset(s, f.coupling, task.b, d, c, task.m0);
-      for (int64_t n = 0; n < Np; ++n) st[n] = n < N ? ck[n] : T(0);
-      load_A_rows(f, task.m0, task.m1, d, Arows);
-      for (int64_t g = 0; g < G; ++g)
-        load_steps(f, task.b, task.m0 + g, d, t0, kc, dt + g * kChunk, dtu + g * kChunk, slope + g * kChunk);
-      for (int64_t k = 0; k < kc; ++k) {
-        T* pk = prev + k * Np;
-        for (int64_t n = 0; n < Np; ++n) pk[n] = st[n];
-        for (int64_t g = 0; g < G; ++g) {
-          const int64_t o = g * kChunk + k;
-          y[o] = state_step(Arows + g * Np, pk, alpha, Bt + o * Np, Ct + o * Np, next, expo + (k * G + g) * Np,
-                            dt[o], dtu[o], N, Np, g > 0);
-        }
-        for (int64_t n = 0; n < Np; ++n) st[n] = next[n];
-      }
-      for (int64_t g = 0; g < G; ++g)
-        gate_backward(a, task.b, task.m0 + g, d, t0, kc, y + g * kChunk, dy + g * kChunk);
-
-      // Reverse through the chunk.
-      T* cr = carry + (d - task.d0) * Np;
-      const bool final_chunk = c == nch - 1;
-      if (final_chunk) {
-        for (int64_t n = 0; n < Np; ++n) cr[n] = T(0);
-        for (int64_t g = 0; g < G && a.dlast_state; ++g) {
-          const T* src = a.dlast_state + bmd_offset(s, task.b, task.m0 + g, d, N);
-          for (int64_t n = 0; n < Np; ++n) dlast[g * Np + n] = n < N ? src[n] : T(0);
-        }
-      }
-      for (int64_t k = kc - 1; k >= 0; --k) {
-        const T* pk = prev + k * Np;
-        for (int64_t g = 0; g < G; ++g) {
-          const int64_t m = task.m0 + g, o = g * kChunk + k;
-          // d last_state enters lambda at the final step, where the carry is still zero.
-          const T* cin = final_chunk && k == kc - 1 && a.dlast_state ? dlast + g * Np : cr;
-          reverse_step(Arows + g * Np, pk, alpha, Bt + o * Np, Ct + o * Np, expo + (k * G + g) * Np, cin, rho,
-                       dBt + o * Np, dCt + o * Np, p.dA + bmd_offset(s, task.b, m, d, Np), dt[o], dtu[o], dy[o],
-                       N, Np, g > 0, lb + o, mga + o);
-        }
-        for (int64_t n = 0; n < Np; ++n) cr[n] = alpha * rho[n];
-      }
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t o = g * kChunk;
-        input_grads(a, p, task.b, task.m0 + g, d, t0, kc, dt + o, slope + o, dy + o, lb + o, mga + o);
-      }
-      if (c == 0 && a.dinitial_state)
-        for (int64_t m = task.m0; m < task.m1; ++m) {  // d h^i_{-1} = sum_m W[m, i] mu^m_0
-          T* di = a.dinitial_state + bmd_offset(s, task.b, m, d, N);
-          for (int64_t n = 0; n < N; ++n) di[n] = cr[n];
-        }
+CS_HD void gate_columns(const BackwardArgs<T>& a, const Task& task, int64_t cbp, int64_t v, int64_t t0, int64_t kc,
+                        const T* Y, T* DY, T* col) {
+  const int64_t w = Simd<T>::width;
+  for (int64_t g = 0; g < task.m1 - task.m0; ++g)
+    for (int64_t j = v * w; j < (v + 1) * w && task.d0 + j < task.d1; ++j) {
+      gather_column(Y + g * kChunk * cbp, cbp, j, kc, col);
+      gate_backward(a, task.b, task.m0 + g, task.d0 + j, t0, kc, col, col + kChunk);
+      for (int64_t k = 0; k < kc; ++k) DY[(g * kChunk + k) * cbp + j] = col[kChunk + k];
     }
-    store_chunk_sums(s, p, task, t0, kc, dBt, dCt);
-  }
 }
 
 template <typename T>
-void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, const Task& task,
-                      T* scratch) {
+CS_HD void input_grad_columns(const BackwardArgs<T>& a, const BackwardPartials<T>& p, const Task& task, int64_t cbp,
+                              int64_t v, int64_t t0, int64_t kc, const T* DT, const T* SLOPE, const T* DY,
+                              const T* LB, const T* MGA, T* col) {
+  const int64_t w = Simd<T>::width;
+  for (int64_t g = 0; g < task.m1 - task.m0; ++g)
+    for (int64_t j = v * w; j < (v + 1) * w && task.d0 + j < task.d1; ++j) {
+      const int64_t o = g * kChunk * cbp;
+      gather_column(DT + o, cbp, j, kc, col);
+      gather_column(SLOPE + o, cbp, j, kc, col + kChunk);
+      gather_column(DY + o, cbp, j, kc, col + 2 * kChunk);
+      gather_column(LB + o, cbp, j, kc, col + 3 * kChunk);
+      gather_column(MGA + o, cbp, j, kc, col + 4 * kChunk);
+      input_grads(a, p, task.b, task.m0 + g, task.d0 + j, t0, kc, col, col + kChunk, col + 2 * kChunk,
+                  col + 3 * kChunk, col + 4 * kChunk);
+    }
+}
+
+// One reverse step of one modality for one channel vector (docs/coupled-scan.md, Backward):
+// lambda = dy C + carry, mu = a lambda (into mu, or added to it when accumulate), g = gscale * prev
+// state, and this step's terms of dC, dB (summed over the channels), dA, sum_n lambda B, sum_n mu g A.
+template <typename T>
+CS_HD void reverse_channel_step(const T* A, int64_t a_stride, T* dA, const T* g, T gscale, const T* B, const T* C,
+                                T* dB, T* dC, const T* e, const T* carry, T* mu, bool accumulate,
+                                typename Simd<T>::V dtv, typename Simd<T>::V dtuv, typename Simd<T>::V dyv,
+                                int64_t N, T* lb, T* mga) {
+  typedef typename Simd<T>::V V;
+  const int64_t w = Simd<T>::width;
+  V pl = V{}, pa = V{};
+  for (int64_t n = 0; n < N; ++n) {
+    const V ev = load_block<V>(e + n * w);
+    const V lam = dyv * C[n] + load_block<V>(carry + n * w);
+    const V muv = ev * lam;
+    const V gv = gscale * load_block<V>(g + n * w);
+    store_block(mu + n * w, accumulate ? load_block<V>(mu + n * w) + muv : muv);
+    dC[n] += block_sum<T>(dyv * (ev * gv + dtuv * B[n]));
+    dB[n] += block_sum<T>(lam * dtuv);
+    pl += lam * B[n];
+    const V mg = muv * gv;
+    pa += mg * load_block<V>(A + n * a_stride);
+    store_block(dA + n * a_stride, load_block<V>(dA + n * a_stride) + mg * dtv);
+  }
+  store_block(lb, pl);
+  store_block(mga, pa);
+}
+
+// Lane j of a [n][lane] block of N values into a contiguous row, or back.
+template <typename T>
+CS_HD void lane_to_row(const T* block, int64_t j, int64_t N, T* row) {
+  for (int64_t n = 0; n < N; ++n) row[n] = block[n * Simd<T>::width + j];
+}
+template <typename T>
+CS_HD void row_to_lane(const T* row, int64_t j, int64_t N, T* block) {
+  for (int64_t n = 0; n < N; ++n) block[n * Simd<T>::width + j] = row ? row[n] : T(0);
+}
+
+// Rank-one coupling and "none" (a group of one modality): the carried state is s = sum_m h^m.
+template <typename T>
+void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, const Task& task,
+                       T alpha, T* scratch) {
+  typedef typename Simd<T>::V V;
   const ForwardArgs<T>& f = a.fwd;
   const Sizes& s = f.size;
-  const int64_t N = s.state, Np = padded_state(N), L = s.length, M = s.modalities, MN = M * Np;
-  const int64_t GKN = M * kChunk * Np;
+  const int64_t w = Simd<T>::width, N = s.state, Np = padded_state(N), L = s.length, G = task.m1 - task.m0;
+  const int64_t cbp = padded_block<T>(s.channels), nv = (task.d1 - task.d0 + w - 1) / w;
+  const int64_t GKN = G * kChunk * Np, GKD = G * kChunk * cbp;
   T* Bt = scratch;
   T* Ct = Bt + GKN;
   T* dBt = Ct + GKN;
   T* dCt = dBt + GKN;
-  T* expo = dCt + GKN;               // [k][m][n]
-  T* prev = expo + GKN;              // [k][m][n]: h_{t-1}
-  T* carry = prev + kChunk * MN;     // [d][m][n]: sum_k W[k, m] mu^k_{t+1}
-  T* st = carry + (task.d1 - task.d0) * MN;
-  T* next = st + MN;
-  T* coupled = next + MN;
-  T* mu = coupled + MN;
-  T* fresh = mu + MN;
-  T* Arows = fresh + 2 * MN;
-  T* dt = Arows + MN;
-  T* dtu = dt + M * kChunk;
-  T* y = dtu + M * kChunk;
-  T* dy = y + M * kChunk;
-  T* slope = dy + M * kChunk;
-  T* lb = slope + M * kChunk;
-  T* mga = lb + M * kChunk;
-  T* dW = dt + 8 * M * kChunk;
-  for (int64_t i = 0; i < M * M; ++i) dW[i] = T(0);
+  T* AT = dCt + GKN;               // [g][n][d]
+  T* dAT = AT + G * N * cbp;       // [g][n][d]
+  T* DT = dAT + G * N * cbp;       // [g][k][d] ...
+  T* DTU = DT + GKD;
+  T* SLOPE = DTU + GKD;
+  T* Y = SLOPE + GKD;
+  T* DY = Y + GKD;
+  T* LB = DY + GKD;
+  T* MGA = LB + GKD;
+  T* CARRY = MGA + GKD;            // [v][n][lane]: alpha * rho_{t+1}
+  T* P = CARRY + N * cbp;          // [k][n][lane]: s_{t-1}
+  T* E = P + kChunk * N * w;       // [k][g][n][lane]
+  T* ST = E + kChunk * G * N * w;
+  T* NX = ST + G * N * w;
+  T* RHO = NX + G * N * w;
+  T* DL = RHO + G * N * w;         // [g][n][lane]: d last_state
+  T* col = DL + 3 * G * N * w + G * G * w;
 
-  auto couple = [&](const T* h, int64_t m, T* gm) {  // gm = sum_i W[m, i] h^i
-    for (int64_t n = 0; n < Np; ++n) gm[n] = T(0);
-    for (int64_t i = 0; i < M; ++i) {
-      const T w = f.W[m * M + i];
-#pragma omp simd
-      for (int64_t n = 0; n < Np; ++n) gm[n] += w * h[i * Np + n];
+  load_block_A(f, task, cbp, AT);
+  for (int64_t i = 0; i < G * N * cbp; ++i) dAT[i] = T(0);
+  const int64_t nch = num_chunks(L);
+  for (int64_t c = nch - 1; c >= 0; --c) {
+    const int64_t t0 = c * kChunk, kc = L - t0 < kChunk ? L - t0 : kChunk;
+    const bool final_chunk = c == nch - 1;
+    load_transposed(f.B, task.b, task.m0, task.m1, N, t0, kc, Bt);
+    load_transposed(f.C, task.b, task.m0, task.m1, N, t0, kc, Ct);
+    for (int64_t i = 0; i < GKN; ++i) dBt[i] = dCt[i] = T(0);
+    for (int64_t i = 0; i < GKD; ++i) DY[i] = T(0);
+    load_block_steps(f, task, cbp, t0, kc, DT, DTU, col, SLOPE);
+
+    for (int64_t v = 0; v < nv; ++v) {
+      // Recompute the chunk from its checkpoint: states before each step, exp(dt A), and y.
+      for (int64_t j = 0; j < w; ++j) {
+        const int64_t d = task.d0 + v * w + j;
+        row_to_lane(d < task.d1 ? a.checkpoints + checkpoint_offset(s, f.coupling, task.b, d, c, task.m0) : nullptr,
+                    j, N, ST);
+      }
+      for (int64_t k = 0; k < kc; ++k) {
+        for (int64_t i = 0; i < N * w; ++i) P[k * N * w + i] = ST[i];
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t row = (g * kChunk + k) * cbp + v * w;
+          const V y = channel_step(AT + g * N * cbp + v * w, cbp, P + k * N * w, alpha, Bt + (g * kChunk + k) * Np,
+                                   Ct + (g * kChunk + k) * Np, load_block<V>(DT + row), load_block<V>(DTU + row), N,
+                                   NX, g > 0, static_cast<T*>(nullptr), E + (k * G + g) * N * w);
+          store_block(Y + row, y);
+        }
+        for (int64_t i = 0; i < N * w; ++i) ST[i] = NX[i];
+      }
+      gate_columns(a, task, cbp, v, t0, kc, Y, DY, col);
+
+      // Reverse through the chunk.
+      T* CR = CARRY + v * N * w;
+      if (final_chunk) {
+        for (int64_t i = 0; i < N * w; ++i) CR[i] = T(0);
+        for (int64_t g = 0; g < G && a.dlast_state; ++g)
+          for (int64_t j = 0; j < w; ++j) {
+            const int64_t d = task.d0 + v * w + j;
+            row_to_lane(d < task.d1 ? a.dlast_state + bmd_offset(s, task.b, task.m0 + g, d, N) : nullptr, j, N,
+                        DL + g * N * w);
+          }
+      }
+      for (int64_t k = kc - 1; k >= 0; --k) {
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t row = (g * kChunk + k) * cbp + v * w;
+          // d last_state enters lambda at the final step, where the carry is still zero.
+          const T* cin = final_chunk && k == kc - 1 && a.dlast_state ? DL + g * N * w : CR;
+          reverse_channel_step(AT + g * N * cbp + v * w, cbp, dAT + g * N * cbp + v * w, P + k * N * w, alpha,
+                               Bt + (g * kChunk + k) * Np, Ct + (g * kChunk + k) * Np, dBt + (g * kChunk + k) * Np,
+                               dCt + (g * kChunk + k) * Np, E + (k * G + g) * N * w, cin, RHO, g > 0,
+                               load_block<V>(DT + row), load_block<V>(DTU + row), load_block<V>(DY + row), N,
+                               LB + row, MGA + row);
+        }
+        for (int64_t i = 0; i < N * w; ++i) CR[i] = alpha * RHO[i];
+      }
+      input_grad_columns(a, p, task, cbp, v, t0, kc, DT, SLOPE, DY, LB, MGA, col);
+      if (c == 0 && a.dinitial_state)  // d h^i_{-1} = sum_m W[m, i] mu^m_0 = alpha rho_0
+        for (int64_t j = 0; j < w && task.d0 + v * w + j < task.d1; ++j)
+          for (int64_t m = task.m0; m < task.m1; ++m)
+            lane_to_row(CR, j, N, a.dinitial_state + bmd_offset(s, task.b, m, task.d0 + v * w + j, N));
     }
+    store_chunk_sums(s, p, task, t0, kc, dBt, dCt);
+  }
+  for (int64_t g = 0; g < G; ++g)  // dA of the block's channels, rows padded to Np
+    for (int64_t d = task.d0; d < task.d1; ++d) {
+      T* dst = p.dA + bmd_offset(s, task.b, task.m0 + g, d, Np);
+      for (int64_t n = 0; n < N; ++n) dst[n] = dAT[(g * N + n) * cbp + (d - task.d0)];
+    }
+}
+
+// General coupling: an M-vector of states per (b, d, n); g^m = sum_i W[m, i] h^i, and the carry
+// into h^i is sum_m W[m, i] mu^m.
+template <typename T>
+void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, const Task& task,
+                      T* scratch) {
+  typedef typename Simd<T>::V V;
+  const ForwardArgs<T>& f = a.fwd;
+  const Sizes& s = f.size;
+  const int64_t w = Simd<T>::width, N = s.state, Np = padded_state(N), L = s.length, M = s.modalities;
+  const int64_t cbp = padded_block<T>(s.channels), nv = (task.d1 - task.d0 + w - 1) / w;
+  const int64_t GKN = M * kChunk * Np, GKD = M * kChunk * cbp, MNW = M * N * w;
+  T* Bt = scratch;
+  T* Ct = Bt + GKN;
+  T* dBt = Ct + GKN;
+  T* dCt = dBt + GKN;
+  T* AT = dCt + GKN;
+  T* dAT = AT + M * N * cbp;
+  T* DT = dAT + M * N * cbp;
+  T* DTU = DT + GKD;
+  T* SLOPE = DTU + GKD;
+  T* Y = SLOPE + GKD;
+  T* DY = Y + GKD;
+  T* LB = DY + GKD;
+  T* MGA = LB + GKD;
+  T* CARRY = MGA + GKD;            // [v][m][n][lane]
+  T* P = CARRY + M * N * cbp;      // [k][m][n][lane]: h_{t-1}
+  T* E = P + kChunk * MNW;         // [k][m][n][lane]
+  T* ST = E + kChunk * MNW;
+  T* NX = ST + MNW;
+  T* GC = NX + MNW;
+  T* MU = GC + MNW;
+  T* FR = MU + MNW;
+  T* dWv = FR + 2 * MNW;           // [m][i][lane]
+  T* col = dWv + M * M * w;
+  for (int64_t i = 0; i < M * M * w; ++i) dWv[i] = T(0);
+
+  auto couple = [&](const T* h, T* out, bool transpose) {  // out^m = sum_i W[m, i] h^i (or W[i, m])
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        V acc = V{};
+        for (int64_t i = 0; i < M; ++i)
+          acc += f.W[transpose ? i * M + m : m * M + i] * load_block<V>(h + (i * N + n) * w);
+        store_block(out + (m * N + n) * w, acc);
+      }
   };
 
+  load_block_A(f, task, cbp, AT);
+  for (int64_t i = 0; i < M * N * cbp; ++i) dAT[i] = T(0);
   const int64_t nch = num_chunks(L);
   for (int64_t c = nch - 1; c >= 0; --c) {
     const int64_t t0 = c * kChunk, kc = L - t0 < kChunk ? L - t0 : kChunk;
     load_transposed(f.B, task.b, 0, M, N, t0, kc, Bt);
     load_transposed(f.C, task.b, 0, M, N, t0, kc, Ct);
     for (int64_t i = 0; i < GKN; ++i) dBt[i] = dCt[i] = T(0);
+    for (int64_t i = 0; i < GKD; ++i) DY[i] = T(0);
+    load_block_steps(f, task, cbp, t0, kc, DT, DTU, col, SLOPE);
 
-    for (int64_t d = task.d0; d < task.d1; ++d) {
-      const T* ck = a.checkpoints + checkpoint_offset(s, f.coupling, task.b, d, c, 0);
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < Np; ++n) st[m * Np + n] = n < N ? ck[m * N + n] : T(0);
-      load_A_rows(f, 0, M, d, Arows);
-      for (int64_t m = 0; m < M; ++m)
-        load_steps(f, task.b, m, d, t0, kc, dt + m * kChunk, dtu + m * kChunk, slope + m * kChunk);
-      for (int64_t k = 0; k < kc; ++k) {
-        T* pk = prev + k * MN;
-        for (int64_t i = 0; i < MN; ++i) pk[i] = st[i];
-        for (int64_t m = 0; m < M; ++m) {
-          const int64_t o = m * kChunk + k;
-          couple(pk, m, coupled);
-          y[o] = state_step(Arows + m * Np, coupled, T(1), Bt + o * Np, Ct + o * Np, next + m * Np,
-                            expo + (k * M + m) * Np, dt[o], dtu[o], N, Np, false);
-        }
-        for (int64_t i = 0; i < MN; ++i) st[i] = next[i];
+    for (int64_t v = 0; v < nv; ++v) {
+      for (int64_t j = 0; j < w; ++j) {
+        const int64_t d = task.d0 + v * w + j;
+        for (int64_t m = 0; m < M; ++m)
+          row_to_lane(d < task.d1 ? a.checkpoints + checkpoint_offset(s, f.coupling, task.b, d, c, 0) + m * N : nullptr,
+                      j, N, ST + m * N * w);
       }
-      for (int64_t m = 0; m < M; ++m) gate_backward(a, task.b, m, d, t0, kc, y + m * kChunk, dy + m * kChunk);
-
-      T* cr = carry + (d - task.d0) * MN;
-      if (c == nch - 1)
+      for (int64_t k = 0; k < kc; ++k) {
+        for (int64_t i = 0; i < MNW; ++i) P[k * MNW + i] = ST[i];
+        couple(P + k * MNW, GC, false);
         for (int64_t m = 0; m < M; ++m) {
-          const T* dl = a.dlast_state ? a.dlast_state + bmd_offset(s, task.b, m, d, N) : nullptr;
-          for (int64_t n = 0; n < Np; ++n) cr[m * Np + n] = dl && n < N ? dl[n] : T(0);
+          const int64_t row = (m * kChunk + k) * cbp + v * w;
+          const V y = channel_step(AT + m * N * cbp + v * w, cbp, GC + m * N * w, T(1), Bt + (m * kChunk + k) * Np,
+                                   Ct + (m * kChunk + k) * Np, load_block<V>(DT + row), load_block<V>(DTU + row), N,
+                                   ST + m * N * w, false, static_cast<T*>(nullptr), E + (k * M + m) * N * w);
+          store_block(Y + row, y);
+        }
+      }
+      gate_columns(a, task, cbp, v, t0, kc, Y, DY, col);
+
+      T* CR = CARRY + v * MNW;
+      if (c == nch - 1)
+        for (int64_t j = 0; j < w; ++j) {
+          const int64_t d = task.d0 + v * w + j;
+          for (int64_t m = 0; m < M; ++m)
+            row_to_lane(d < task.d1 && a.dlast_state ? a.dlast_state + bmd_offset(s, task.b, m, d, N) : nullptr, j, N,
+                        CR + m * N * w);
         }
       for (int64_t k = kc - 1; k >= 0; --k) {
-        const T* pk = prev + k * MN;
+        const T* pk = P + k * MNW;
+        couple(pk, GC, false);
         for (int64_t m = 0; m < M; ++m) {
-          const int64_t o = m * kChunk + k;
-          couple(pk, m, coupled);
-          reverse_step(Arows + m * Np, coupled, T(1), Bt + o * Np, Ct + o * Np, expo + (k * M + m) * Np,
-                       cr + m * Np, mu + m * Np, dBt + o * Np, dCt + o * Np, p.dA + bmd_offset(s, task.b, m, d, Np),
-                       dt[o], dtu[o], dy[o], N, Np, false, lb + o, mga + o);
+          const int64_t row = (m * kChunk + k) * cbp + v * w;
+          reverse_channel_step(AT + m * N * cbp + v * w, cbp, dAT + m * N * cbp + v * w, GC + m * N * w, T(1),
+                               Bt + (m * kChunk + k) * Np, Ct + (m * kChunk + k) * Np, dBt + (m * kChunk + k) * Np,
+                               dCt + (m * kChunk + k) * Np, E + (k * M + m) * N * w, CR + m * N * w, MU + m * N * w,
+                               false, load_block<V>(DT + row), load_block<V>(DTU + row), load_block<V>(DY + row), N,
+                               LB + row, MGA + row);
         }
-        for (int64_t m = 0; m < M; ++m)  // dW[m, i] += sum_n mu^m h^i_{t-1}
-          for (int64_t i = 0; i < M; ++i) dW[m * M + i] += block_dot(mu + m * Np, pk + i * Np, Np);
-        for (int64_t i = 0; i < M; ++i) {  // carry^i = sum_m W[m, i] mu^m
-          T* ci = fresh + i * Np;
-          for (int64_t n = 0; n < Np; ++n) ci[n] = T(0);
-          for (int64_t m = 0; m < M; ++m) {
-            const T w = f.W[m * M + i];
-#pragma omp simd
-            for (int64_t n = 0; n < Np; ++n) ci[n] += w * mu[m * Np + n];
+        for (int64_t m = 0; m < M; ++m)  // dW[m, i] += sum_n mu^m h^i_{t-1}, lane-wise
+          for (int64_t i = 0; i < M; ++i) {
+            V acc = load_block<V>(dWv + (m * M + i) * w);
+            for (int64_t n = 0; n < N; ++n) acc += load_block<V>(MU + (m * N + n) * w) * load_block<V>(pk + (i * N + n) * w);
+            store_block(dWv + (m * M + i) * w, acc);
           }
-        }
-        for (int64_t i = 0; i < MN; ++i) cr[i] = fresh[i];
+        couple(MU, FR, true);  // carry^i = sum_m W[m, i] mu^m
+        for (int64_t i = 0; i < MNW; ++i) CR[i] = FR[i];
       }
-      for (int64_t m = 0; m < M; ++m) {
-        const int64_t o = m * kChunk;
-        input_grads(a, p, task.b, m, d, t0, kc, dt + o, slope + o, dy + o, lb + o, mga + o);
-      }
+      input_grad_columns(a, p, task, cbp, v, t0, kc, DT, SLOPE, DY, LB, MGA, col);
       if (c == 0 && a.dinitial_state)
-        for (int64_t m = 0; m < M; ++m) {
-          T* di = a.dinitial_state + bmd_offset(s, task.b, m, d, N);
-          for (int64_t n = 0; n < N; ++n) di[n] = cr[m * Np + n];
-        }
+        for (int64_t j = 0; j < w && task.d0 + v * w + j < task.d1; ++j)
+          for (int64_t m = 0; m < M; ++m)
+            lane_to_row(CR + m * N * w, j, N, a.dinitial_state + bmd_offset(s, task.b, m, task.d0 + v * w + j, N));
     }
     store_chunk_sums(s, p, task, t0, kc, dBt, dCt);
   }
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t d = task.d0; d < task.d1; ++d) {
+      T* dst = p.dA + bmd_offset(s, task.b, m, d, Np);
+      for (int64_t n = 0; n < N; ++n) dst[n] = dAT[(m * N + n) * cbp + (d - task.d0)];
+    }
   T* slot = p.dW + (task.b * p.blocks + task.block) * M * M;
-  for (int64_t i = 0; i < M * M; ++i) slot[i] = dW[i];
+  for (int64_t i = 0; i < M * M; ++i) slot[i] = block_sum<T>(load_block<V>(dWv + i * w));
 }
 
 template <typename T>

@@ -20,13 +20,6 @@ namespace coupled_scan {
 namespace cpu {
 namespace CS_ISA {
 
-// Channels of a block rounded up to whole SIMD vectors.
-template <typename T>
-CS_HD int64_t padded_block(int64_t channels) {
-  const int64_t w = Simd<T>::width, cb = channel_block(channels);
-  return (cb + w - 1) / w * w;
-}
-
 // Scratch elements for one forward task.
 template <typename T>
 int64_t forward_scratch(const Sizes& s, CouplingKind kind) {
@@ -39,7 +32,7 @@ int64_t forward_scratch(const Sizes& s, CouplingKind kind) {
          + states                // the state of every channel of the block
          + 2 * G * N * w         // next state and coupled state of one channel vector
          + 3 * G * kChunk * cbp  // dt, dt * u and y as [g][k][d]
-         + 2 * kChunk;           // one channel's dt, dt * u
+         + 3 * kChunk;           // one channel's dt, dt * u, slope
 }
 
 // Write out = (y + D u) * silu(z) for steps t0 .. t0+kc of one (b, m, d); y = sum_n C h.
@@ -60,34 +53,6 @@ CS_HD void store_outputs(const ForwardArgs<T>& a, int64_t b, int64_t m, int64_t 
   }
 }
 
-// Gather the per-channel inputs of one chunk into [g][k][d] rows (padding channels get dt = 0,
-// which keeps their state at exactly zero), and A into [g][n][d] (once per task: pass t0 < 0).
-template <typename T>
-CS_HD void load_block_steps(const ForwardArgs<T>& a, const Task& task, int64_t cbp, int64_t t0, int64_t kc,
-                            T* DT, T* DTU, T* tmp) {
-  const int64_t G = task.m1 - task.m0;
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t j = 0; j < cbp; ++j) {
-      const int64_t d = task.d0 + j;
-      if (d < task.d1) load_steps(a, task.b, task.m0 + g, d, t0, kc, tmp, tmp + kChunk);
-      for (int64_t k = 0; k < kc; ++k) {
-        DT[(g * kChunk + k) * cbp + j] = d < task.d1 ? tmp[k] : T(0);
-        DTU[(g * kChunk + k) * cbp + j] = d < task.d1 ? tmp[kChunk + k] : T(0);
-      }
-    }
-}
-
-template <typename T>
-CS_HD void load_block_A(const ForwardArgs<T>& a, const Task& task, int64_t cbp, T* AT) {
-  const int64_t N = a.size.state;
-  for (int64_t m = task.m0; m < task.m1; ++m)
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t j = 0; j < cbp; ++j) {
-        const int64_t d = task.d0 + j;
-        AT[((m - task.m0) * N + n) * cbp + j] = d < task.d1 ? a.A[(m * a.size.channels + d) * N + n] : T(0);
-      }
-}
-
 // Outputs of the chunk for every real channel of the block, from y stored as [g][k][d].
 template <typename T>
 CS_HD void store_block_outputs(const ForwardArgs<T>& a, const Task& task, int64_t cbp, int64_t t0, int64_t kc,
@@ -97,34 +62,6 @@ CS_HD void store_block_outputs(const ForwardArgs<T>& a, const Task& task, int64_
       for (int64_t k = 0; k < kc; ++k) tmp[k] = Y[((m - task.m0) * kChunk + k) * cbp + (d - task.d0)];
       store_outputs(a, task.b, m, d, t0, kc, tmp);
     }
-}
-
-// One step of one modality for one vector of channels: h = exp(dt A) (gscale g) + dt u B over
-// n (B and C of the step are scalars shared by the channels), next = h or next += h, and, when
-// `keep` is given, a copy of h. Returns y = sum_n C h for every channel of the vector.
-template <typename T>
-CS_HD typename Simd<T>::V channel_step(const T* A, int64_t a_stride, const T* g, T gscale, const T* B, const T* C,
-                                       typename Simd<T>::V dtv, typename Simd<T>::V dtuv, int64_t N, T* next,
-                                       bool accumulate, T* keep) {
-  typedef typename Simd<T>::V V;
-  const int64_t w = Simd<T>::width;
-  V y = V{};
-  if (accumulate) {
-    for (int64_t n = 0; n < N; ++n) {
-      const V h = block_exp(dtv * load_block<V>(A + n * a_stride)) * (gscale * load_block<V>(g + n * w)) + dtuv * B[n];
-      y += C[n] * h;
-      store_block(next + n * w, load_block<V>(next + n * w) + h);
-      if (keep) store_block(keep + n * w, h);
-    }
-  } else {
-    for (int64_t n = 0; n < N; ++n) {
-      const V h = block_exp(dtv * load_block<V>(A + n * a_stride)) * (gscale * load_block<V>(g + n * w)) + dtuv * B[n];
-      y += C[n] * h;
-      store_block(next + n * w, h);
-      if (keep) store_block(keep + n * w, h);
-    }
-  }
-  return y;
 }
 
 // Rank-one coupling (W = alpha * ones over the group): one scalar state s = sum_m h^m per
