@@ -2,6 +2,7 @@
 // the fixed-order reductions of the backward's per-task partial sums.
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <string>
 #include <vector>
@@ -166,9 +167,13 @@ Status run_backward(const BackwardArgs<T>& a) {
     }
     const int64_t cb = channel_block(D), blocks = (D + cb - 1) / cb;
     const int64_t Np = padded_state(N);
-    std::vector<T> dB(s.batch * blocks * M * N * L), dC(dB.size()), dA(bmd * Np), dD(bmd),
-        dbias(bmd), dW(general ? s.batch * blocks * M * M : 0);
-    BackwardPartials<T> p{dB.data(), dC.data(), dA.data(), dD.data(), dbias.data(), dW.data(), blocks};
+    // The tasks write every slot of dB, dC, dA and dW, so those need no zero fill (tens of MB at
+    // the paper's sizes); dD and d delta_bias are accumulated into.
+    const int64_t nbc = s.batch * blocks * M * N * L;
+    std::unique_ptr<T[]> dB(new T[nbc]), dC(new T[nbc]), dA(new T[bmd * Np]),
+        dW(new T[general ? s.batch * blocks * M * M : 1]);
+    std::vector<T> dD(bmd), dbias(bmd);
+    BackwardPartials<T> p{dB.get(), dC.get(), dA.get(), dD.data(), dbias.data(), dW.get(), blocks};
     run_tasks<T>(num_tasks(s, f.coupling), f.num_threads, k.backward_scratch(s, f.coupling),
                  [&](int64_t task, T* scratch) { k.backward(args, p, task, scratch); });
 
@@ -191,7 +196,7 @@ Status run_backward(const BackwardArgs<T>& a) {
       T sd = T(0), sb = T(0);
       for (int64_t n = 0; n < N; ++n) oa[n] = T(0);
       for (int64_t b = 0; b < s.batch; ++b) {
-        const T* pa = dA.data() + (b * M * D + md) * Np;
+        const T* pa = dA.get() + (b * M * D + md) * Np;
         for (int64_t n = 0; n < N; ++n) oa[n] += pa[n];
         sd += dD[b * M * D + md];
         sb += dbias[b * M * D + md];
