@@ -178,6 +178,36 @@ CS_HD void row_to_lane(const T* row, int64_t j, int64_t N, T* block) {
   for (int64_t n = 0; n < N; ++n) block[n * Simd<T>::width + j] = row ? row[n] : T(0);
 }
 
+// Per-chunk [g][k][d] rows of the backward, carved out of scratch in one place.
+template <typename T>
+struct StepRows {
+  T *DT, *DTU, *SLOPE, *Y, *DY, *LB, *MGA;
+  T* end;
+};
+template <typename T>
+CS_HD StepRows<T> step_rows(T* base, int64_t GKD) {
+  StepRows<T> r;
+  T** slots[] = {&r.DT, &r.DTU, &r.SLOPE, &r.Y, &r.DY, &r.LB, &r.MGA};
+  for (T** slot : slots) {
+    *slot = base;
+    base += GKD;
+  }
+  r.end = base;
+  return r;
+}
+
+// Start of a chunk: B, C in [g][k][n], their gradient sums and dy zeroed, dt / dt u / slope rows.
+template <typename T>
+CS_HD void begin_backward_chunk(const ForwardArgs<T>& f, const Task& task, int64_t cbp, int64_t t0, int64_t kc,
+                                T* Bt, T* Ct, T* dBt, T* dCt, const StepRows<T>& r, T* col) {
+  const int64_t G = task.m1 - task.m0, GKN = G * kChunk * padded_state(f.size.state), GKD = G * kChunk * cbp;
+  load_transposed(f.B, task.b, task.m0, task.m1, f.size.state, t0, kc, Bt);
+  load_transposed(f.C, task.b, task.m0, task.m1, f.size.state, t0, kc, Ct);
+  for (int64_t i = 0; i < GKN; ++i) dBt[i] = dCt[i] = T(0);
+  for (int64_t i = 0; i < GKD; ++i) r.DY[i] = T(0);
+  load_block_steps(f, task, cbp, t0, kc, r.DT, r.DTU, col, r.SLOPE);
+}
+
 // Rank-one coupling and "none" (a group of one modality): the carried state is s = sum_m h^m.
 template <typename T>
 void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, const Task& task,
@@ -194,14 +224,9 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
   T* dCt = dBt + GKN;
   T* AT = dCt + GKN;               // [g][n][d]
   T* dAT = AT + G * N * cbp;       // [g][n][d]
-  T* DT = dAT + G * N * cbp;       // [g][k][d] ...
-  T* DTU = DT + GKD;
-  T* SLOPE = DTU + GKD;
-  T* Y = SLOPE + GKD;
-  T* DY = Y + GKD;
-  T* LB = DY + GKD;
-  T* MGA = LB + GKD;
-  T* CARRY = MGA + GKD;            // [v][n][lane]: alpha * rho_{t+1}
+  const StepRows<T> rows = step_rows(dAT + G * N * cbp, GKD);
+  T *DT = rows.DT, *DTU = rows.DTU, *SLOPE = rows.SLOPE, *Y = rows.Y, *DY = rows.DY, *LB = rows.LB, *MGA = rows.MGA;
+  T* CARRY = rows.end;             // [v][n][lane]: alpha * rho_{t+1}
   T* P = CARRY + N * cbp;          // [k][n][lane]: s_{t-1}
   T* E = P + kChunk * N * w;       // [k][g][n][lane]
   T* ST = E + kChunk * G * N * w;
@@ -216,11 +241,7 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
   for (int64_t c = nch - 1; c >= 0; --c) {
     const int64_t t0 = c * kChunk, kc = L - t0 < kChunk ? L - t0 : kChunk;
     const bool final_chunk = c == nch - 1;
-    load_transposed(f.B, task.b, task.m0, task.m1, N, t0, kc, Bt);
-    load_transposed(f.C, task.b, task.m0, task.m1, N, t0, kc, Ct);
-    for (int64_t i = 0; i < GKN; ++i) dBt[i] = dCt[i] = T(0);
-    for (int64_t i = 0; i < GKD; ++i) DY[i] = T(0);
-    load_block_steps(f, task, cbp, t0, kc, DT, DTU, col, SLOPE);
+    begin_backward_chunk(f, task, cbp, t0, kc, Bt, Ct, dBt, dCt, rows, col);
 
     for (int64_t v = 0; v < nv; ++v) {
       // Recompute the chunk from its checkpoint: states before each step, exp(dt A), and y.
@@ -298,14 +319,9 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
   T* dCt = dBt + GKN;
   T* AT = dCt + GKN;
   T* dAT = AT + M * N * cbp;
-  T* DT = dAT + M * N * cbp;
-  T* DTU = DT + GKD;
-  T* SLOPE = DTU + GKD;
-  T* Y = SLOPE + GKD;
-  T* DY = Y + GKD;
-  T* LB = DY + GKD;
-  T* MGA = LB + GKD;
-  T* CARRY = MGA + GKD;            // [v][m][n][lane]
+  const StepRows<T> rows = step_rows(dAT + M * N * cbp, GKD);
+  T *DT = rows.DT, *DTU = rows.DTU, *SLOPE = rows.SLOPE, *Y = rows.Y, *DY = rows.DY, *LB = rows.LB, *MGA = rows.MGA;
+  T* CARRY = rows.end;             // [v][m][n][lane]
   T* P = CARRY + M * N * cbp;      // [k][m][n][lane]: h_{t-1}
   T* E = P + kChunk * MNW;         // [k][m][n][lane]
   T* ST = E + kChunk * MNW;
@@ -332,11 +348,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
   const int64_t nch = num_chunks(L);
   for (int64_t c = nch - 1; c >= 0; --c) {
     const int64_t t0 = c * kChunk, kc = L - t0 < kChunk ? L - t0 : kChunk;
-    load_transposed(f.B, task.b, 0, M, N, t0, kc, Bt);
-    load_transposed(f.C, task.b, 0, M, N, t0, kc, Ct);
-    for (int64_t i = 0; i < GKN; ++i) dBt[i] = dCt[i] = T(0);
-    for (int64_t i = 0; i < GKD; ++i) DY[i] = T(0);
-    load_block_steps(f, task, cbp, t0, kc, DT, DTU, col, SLOPE);
+    begin_backward_chunk(f, task, cbp, t0, kc, Bt, Ct, dBt, dCt, rows, col);
 
     for (int64_t v = 0; v < nv; ++v) {
       for (int64_t j = 0; j < w; ++j) {

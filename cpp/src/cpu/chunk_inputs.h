@@ -75,17 +75,6 @@ CS_HD void load_transposed(const SeqTensor<const T>& X, int64_t b, int64_t m0, i
   }
 }
 
-// Rows A[m, d, :] of modalities [m0, m1), zero padded to Np: dst[g][n].
-template <typename T>
-CS_HD void load_A_rows(const ForwardArgs<T>& a, int64_t m0, int64_t m1, int64_t d, T* dst) {
-  const int64_t N = a.size.state, Np = padded_state(N);
-  for (int64_t m = m0; m < m1; ++m) {
-    const T* src = a.A + (m * a.size.channels + d) * N;
-    T* out = dst + (m - m0) * Np;
-    for (int64_t n = 0; n < Np; ++n) out[n] = n < N ? src[n] : T(0);
-  }
-}
-
 // dt and dt * u for one (b, m, d) over steps t0 .. t0+kc of the chunk; with `slope`, also
 // d dt / d delta (sigmoid of the pre-activation under softplus, else 1) for the backward.
 template <typename T>

@@ -30,15 +30,6 @@ struct Simd {
 };
 static_assert(kLanes % (CS_VEC_BYTES / sizeof(float)) == 0, "kLanes must be a multiple of the float width");
 
-// Lanes n0 .. n0+width-1 that are real states (n < N): padding lanes must stay exactly zero even
-// when dt or dy is infinite (exp(inf * 0) and inf * 0 are NaN).
-template <typename T>
-CS_HD typename Simd<T>::V valid_lanes(int64_t n0, int64_t N) {
-  typename Simd<T>::V idx;
-  for (int64_t j = 0; j < Simd<T>::width; ++j) idx[j] = static_cast<T>(n0 + j);
-  return idx < static_cast<T>(N) ? typename Simd<T>::V{} + T(1) : typename Simd<T>::V{};
-}
-
 template <typename V, typename T>
 CS_HD V load_block(const T* p) {
   V v;
@@ -153,64 +144,6 @@ CS_HD typename Simd<T>::V channel_step(const T* A, int64_t a_stride, const T* g,
     }
   }
   return y;
-}
-
-// One step of one modality: h = exp(dt A) (gscale g) + dt u B over the padded state; next = h,
-// or next += h when accumulate; optionally keeps exp(dt A) in ek. Returns y = sum_n C h.
-template <typename T>
-CS_HD T state_step(const T* Arow, const T* g, T gscale, const T* Bk, const T* Ck, T* next, T* ek, T dtv,
-                   T dtuv, int64_t N, int64_t Np, bool accumulate) {
-  typedef typename Simd<T>::V V;
-  V acc = V{};
-  for (int64_t n0 = 0; n0 < Np; n0 += Simd<T>::width) {
-    V e = block_exp(dtv * load_block<V>(Arow + n0));
-    V h = e * (gscale * load_block<V>(g + n0)) + dtuv * load_block<V>(Bk + n0);
-    if (n0 + Simd<T>::width > N) {
-      const V keep = valid_lanes<T>(n0, N);
-      e = keep != V{} ? e : V{};
-      h = keep != V{} ? h : V{};
-    }
-    if (ek) store_block(ek + n0, e);
-    acc += load_block<V>(Ck + n0) * h;
-    store_block(next + n0, accumulate ? load_block<V>(next + n0) + h : h);
-  }
-  return block_sum<T>(acc);
-}
-
-// One reverse step of one modality (docs/coupled-scan.md, Backward): lambda = dy C + carry,
-// mu = a lambda (into mu, or added to it when accumulate), and this step's dC, dB, dA terms.
-// Writes sum_n lambda B to *lb and sum_n mu g A to *mga.
-template <typename T>
-CS_HD void reverse_step(const T* Arow, const T* g, T gscale, const T* Bk, const T* Ck, const T* ek,
-                        const T* carry, T* mu, T* dBk, T* dCk, T* dArow, T dtv, T dtuv, T dyv, int64_t N,
-                        int64_t Np, bool accumulate, T* lb, T* mga) {
-  typedef typename Simd<T>::V V;
-  V pl = V{}, pa = V{};
-  for (int64_t n0 = 0; n0 < Np; n0 += Simd<T>::width) {
-    const V e = load_block<V>(ek + n0), B = load_block<V>(Bk + n0);
-    V lam = dyv * load_block<V>(Ck + n0) + load_block<V>(carry + n0);
-    if (n0 + Simd<T>::width > N) lam = valid_lanes<T>(n0, N) != V{} ? lam : V{};
-    const V muv = e * lam;
-    const V gv = gscale * load_block<V>(g + n0);
-    store_block(mu + n0, accumulate ? load_block<V>(mu + n0) + muv : muv);
-    store_block(dCk + n0, load_block<V>(dCk + n0) + dyv * (e * gv + dtuv * B));
-    store_block(dBk + n0, load_block<V>(dBk + n0) + lam * dtuv);
-    pl += lam * B;
-    const V mg = muv * gv;
-    pa += mg * load_block<V>(Arow + n0);
-    store_block(dArow + n0, load_block<V>(dArow + n0) + mg * dtv);
-  }
-  *lb = block_sum<T>(pl);
-  *mga = block_sum<T>(pa);
-}
-
-// sum_n x[n] y[n] over the padded state.
-template <typename T>
-CS_HD T block_dot(const T* x, const T* y, int64_t Np) {
-  typedef typename Simd<T>::V V;
-  V acc = V{};
-  for (int64_t n0 = 0; n0 < Np; n0 += Simd<T>::width) acc += load_block<V>(x + n0) * load_block<V>(y + n0);
-  return block_sum<T>(acc);
 }
 
 }  // namespace CS_ISA
