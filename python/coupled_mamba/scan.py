@@ -224,14 +224,6 @@ def _op_backward(ctx, dout, dlast, _dck):
 scan_fwd.register_autograd(_op_backward, setup_context=_setup_context)
 
 
-def _time_contiguous(t: Optional[Tensor]) -> Optional[Tensor]:
-    """The kernels read the time axis contiguously; giving the op such tensors up front keeps the
-    layouts of its inputs and gradients fixed, which compiled graphs rely on."""
-    if t is None or t.size(-1) <= 1 or t.stride(-1) == 1:
-        return t
-    return t.contiguous()
-
-
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -261,7 +253,6 @@ def coupled_selective_scan(
     """
     M = _validation.check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, coupling, initial_state)
     kind, alpha, W = resolve_coupling(coupling, M)
-    u, delta, B, C, z = (_time_contiguous(t) for t in (u, delta, B, C, z))
     save = _needs_grad(u, delta, A, B, C, D, z, delta_bias, W, initial_state)
     out, last, _ = torch.ops.coupled_mamba.scan_fwd(
         u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), kind, alpha, W, initial_state, save)
