@@ -8,6 +8,9 @@
 #include <string>
 
 #include "coupled_scan/coupled_scan.h"
+#ifdef CS_WITH_CUDA
+#include "coupled_scan/coupled_scan_cuda.h"
+#endif
 
 namespace py = pybind11;
 using namespace coupled_scan;
@@ -72,7 +75,7 @@ void forward_cpu_py(const py::dict& d) {
 }
 
 template <typename T>
-void backward_cpu_py(const py::dict& d) {
+BackwardArgs<T> backward_args(const py::dict& d) {
   BackwardArgs<T> g;
   g.fwd = forward_args<T>(d);
   g.checkpoints = ptr<const T>(d, "checkpoints");
@@ -88,6 +91,12 @@ void backward_cpu_py(const py::dict& d) {
   g.ddelta_bias = ptr<T>(d, "ddelta_bias");
   g.dW = ptr<T>(d, "dW");
   g.dinitial_state = ptr<T>(d, "dinitial_state");
+  return g;
+}
+
+template <typename T>
+void backward_cpu_py(const py::dict& d) {
+  const BackwardArgs<T> g = backward_args<T>(d);
   Status st;
   {
     py::gil_scoped_release release;
@@ -102,6 +111,51 @@ void by_dtype(const std::string& dtype, const py::dict& d, void (*f32)(const py:
   if (dtype == "float64") return f64(d);
   throw std::invalid_argument("coupled_scan: compute dtype must be float32 or float64, got " + dtype);
 }
+
+#ifdef CS_WITH_CUDA
+SeqDType seq_dtype(const std::string& dtype) {
+  if (dtype == "float32") return SeqDType::kFloat32;
+  if (dtype == "float16") return SeqDType::kFloat16;
+  if (dtype == "bfloat16") return SeqDType::kBFloat16;
+  throw std::invalid_argument("coupled_scan: CUDA sequence dtype must be float32, float16 or bfloat16, got " + dtype);
+}
+
+void raise_on_cuda(Status st, const char* what) {
+  if (st == Status::kOk) return;
+  std::string msg = std::string("coupled_scan ") + what + " failed: " + status_string(st);
+  const std::string detail = cuda_error_text();
+  if (!detail.empty()) msg += " (" + detail + ")";
+  throw std::runtime_error(msg);
+}
+
+// d["device"]: the CUDA device index; d["stream"]: the cudaStream_t as an integer.
+void forward_cuda_py(const std::string& dtype, const py::dict& d) {
+  const ForwardArgs<float> a = forward_args<float>(d);
+  const SeqDType t = seq_dtype(dtype);
+  const int device = d["device"].cast<int>();
+  void* stream = reinterpret_cast<void*>(d["stream"].cast<std::uintptr_t>());
+  Status st;
+  {
+    py::gil_scoped_release release;
+    st = forward_cuda(a, t, device, stream);
+  }
+  raise_on_cuda(st, "forward (CUDA)");
+}
+
+void backward_cuda_py(const std::string& dtype, const py::dict& d) {
+  const BackwardArgs<float> g = backward_args<float>(d);
+  const SeqDType t = seq_dtype(dtype);
+  const int device = d["device"].cast<int>();
+  void* stream = reinterpret_cast<void*>(d["stream"].cast<std::uintptr_t>());
+  float* work = ptr<float>(d, "workspace");
+  Status st;
+  {
+    py::gil_scoped_release release;
+    st = backward_cuda(g, t, work, device, stream);
+  }
+  raise_on_cuda(st, "backward (CUDA)");
+}
+#endif
 
 }  // namespace
 
@@ -120,6 +174,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_isa", &cpu_isa);
 #ifdef CS_WITH_CUDA
   m.attr("has_cuda") = true;
+  m.def("forward_cuda", &forward_cuda_py);
+  m.def("backward_cuda", &backward_cuda_py);
+  m.def("cuda_workspace", [](int64_t Bt, int64_t M, int64_t D, int64_t N, int64_t L, int kind) {
+    return backward_cuda_workspace(Sizes{Bt, M, D, N, L}, static_cast<CouplingKind>(kind));
+  });
+  m.def("cuda_device_count", &cuda_device_count);
+  m.def("cuda_exp_floor_ms", &cuda_exp_floor_ms);
+  m.attr("cuda_chunk") = kCudaChunk;
 #else
   m.attr("has_cuda") = false;
 #endif

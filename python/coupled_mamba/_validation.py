@@ -94,6 +94,10 @@ def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, coupling, initial_sta
                   "CUDA tensors need the CUDA kernels, and this build of coupled-mamba has none; "
                   "rebuild on a machine with the CUDA toolkit: COUPLED_MAMBA_CUDA=ON pip install . "
                   "(or move the tensors to the CPU)")
+        if u.dtype == torch.float64:
+            _fail(TypeError, "u",
+                  "expected float32, float16 or bfloat16 on CUDA (the CUDA kernels compute in float32), got "
+                  "torch.float64; use float64 on the CPU (e.g. for gradcheck)")
     return M
 
 

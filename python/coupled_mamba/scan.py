@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from . import _validation
-from ._extension import CHUNK, extension, num_chunks
+from ._extension import checkpoint_chunk, extension
 
 Coupling = Union[str, Tensor]
 
@@ -23,6 +23,15 @@ Coupling = Union[str, Tensor]
 RANK_ONE, NONE, GENERAL = 0, 1, 2
 
 _num_threads: Optional[int] = None
+
+# Tests set this to fill every buffer the kernels write with NaN first, so that an element a
+# kernel forgets to write fails the comparison instead of passing with stale memory.
+_POISON_OUTPUTS = False
+
+
+def _new(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
+    t = torch.empty(shape, dtype=dtype, device=device)
+    return t.fill_(float("nan")) if _POISON_OUTPUTS else t
 
 
 def set_num_threads(n: Optional[int]) -> None:
@@ -57,7 +66,7 @@ def _compute_dtype(u: Tensor) -> torch.dtype:
 
 
 def _seq(t: Optional[Tensor], cdt: torch.dtype):
-    """A (Bt, M, R, L) tensor in the compute dtype with a contiguous time axis, and its descriptor."""
+    """A (Bt, M, R, L) tensor in dtype cdt with a contiguous time axis, and its descriptor."""
     if t is None:
         return None, None
     t = t.to(cdt)
@@ -77,32 +86,50 @@ def _ptr(t: Optional[Tensor]):
     return None if t is None else t.data_ptr()
 
 
-def _dtype_name(cdt: torch.dtype) -> str:
-    return "float64" if cdt == torch.float64 else "float32"
+_DTYPE_NAMES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16",
+                torch.bfloat16: "bfloat16"}
+
+
+def _seq_dtype(u: Tensor) -> torch.dtype:
+    """dtype the library reads sequence tensors in: the CUDA kernels read float16 / bfloat16
+    directly; the CPU kernels read the compute dtype."""
+    return u.dtype if u.device.type == "cuda" else _compute_dtype(u)
+
+
+def _num_chunks(L: int, device: torch.device) -> int:
+    chunk = checkpoint_chunk(device.type)
+    return (L + chunk - 1) // chunk
 
 
 def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W, initial_state):
     """Convert inputs for the library; returns (keep-alive tensors, argument dict, compute dtype)."""
     cdt = _compute_dtype(u)
+    sdt = _seq_dtype(u)
     Bt, M, Dch, L = u.shape
     keep = {}
     args = {"sizes": (Bt, M, Dch, A.shape[-1], L), "delta_softplus": bool(delta_softplus),
             "coupling": int(coupling), "alpha": float(alpha), "num_threads": get_num_threads()}
+    if u.device.type == "cuda":
+        args["device"] = u.device.index if u.device.index is not None else torch.cuda.current_device()
+        args["stream"] = torch.cuda.current_stream(u.device).cuda_stream
     for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
-        keep[name], args[name] = _seq(t, cdt)
+        keep[name], args[name] = _seq(t, sdt)
     for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias), ("W", W), ("initial_state", initial_state)):
         keep[name], args[name] = _param(t, cdt)
     return keep, args, cdt
 
 
-def _run(direction: str, args: dict, cdt: torch.dtype, device: torch.device) -> None:
+def _run(direction: str, args: dict, u: Tensor) -> None:
     ext = extension()
-    if device.type != "cpu":
-        raise RuntimeError(
-            f"coupled_selective_scan: tensors on {device} need the CUDA kernels, which this build of "
-            "coupled-mamba does not contain; move the tensors to the CPU"
-        )
-    getattr(ext, f"{direction}_cpu")(_dtype_name(cdt), args)
+    if u.device.type == "cuda":
+        if not ext.has_cuda:
+            raise RuntimeError(
+                f"coupled_selective_scan: tensors on {u.device} need the CUDA kernels, which this build of "
+                "coupled-mamba does not contain; reinstall with the CUDA toolkit present (COUPLED_MAMBA_CUDA=ON) "
+                "or move the tensors to the CPU")
+        getattr(ext, f"{direction}_cuda")(_DTYPE_NAMES[_seq_dtype(u)], args)
+    else:
+        getattr(ext, f"{direction}_cpu")(_DTYPE_NAMES[_compute_dtype(u)], args)
 
 
 @torch.library.custom_op("coupled_mamba::scan_fwd", mutates_args=())
@@ -117,13 +144,13 @@ def scan_fwd(
                                initial_state)
     Bt, M, Dch, L = u.shape
     N = A.shape[-1]
-    out = torch.empty(Bt, M, Dch, L, dtype=cdt, device=u.device)
-    last = torch.empty(Bt, M, Dch, N, dtype=cdt, device=u.device)
+    out = _new((Bt, M, Dch, L), cdt, u.device)
+    last = _new((Bt, M, Dch, N), cdt, u.device)
     width = extension().checkpoint_width(coupling, M, N)
-    ck = (torch.empty(Bt, Dch, num_chunks(L), width, dtype=cdt, device=u.device) if save_checkpoints
+    ck = (_new((Bt, Dch, _num_chunks(L, u.device), width), cdt, u.device) if save_checkpoints
           else torch.empty(0, dtype=cdt, device=u.device))
     args.update(out=out.data_ptr(), last_state=last.data_ptr(), checkpoints=_ptr(ck) if save_checkpoints else None)
-    _run("forward", args, cdt, u.device)
+    _run("forward", args, u)
     return out.to(u.dtype), last, ck
 
 
@@ -134,7 +161,7 @@ def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling
     Bt, M, Dch, L = u.shape
     N = A.shape[-1]
     width = N if coupling == RANK_ONE else M * N
-    ck = (u.new_empty((Bt, Dch, (L + CHUNK - 1) // CHUNK, width), dtype=cdt) if save_checkpoints
+    ck = (u.new_empty((Bt, Dch, _num_chunks(L, u.device), width), dtype=cdt) if save_checkpoints
           else u.new_empty((0,), dtype=cdt))
     return u.new_empty((Bt, M, Dch, L)), u.new_empty((Bt, M, Dch, N), dtype=cdt), ck
 
@@ -153,27 +180,26 @@ def scan_bwd(
     _validation.check_op_inputs(u, delta, A, B, C, D, z, delta_bias, coupling, W, initial_state)
     M, N = u.shape[1], A.shape[-1]
     _validation.check_backward_inputs(u, A, dout, dlast_state, checkpoints, extension().checkpoint_width(coupling, M, N),
-                                      num_chunks(u.shape[-1]))
+                                      _num_chunks(u.shape[-1], u.device))
     keep, args, cdt = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W,
                                initial_state)
-    keep["dout"], args["dout"] = _seq(dout, cdt)
+    keep["dout"], args["dout"] = _seq(dout, _seq_dtype(u))
     keep["dlast"], args["dlast_state"] = _param(dlast_state, cdt)
+    if (checkpoints is None or checkpoints.numel() == 0) and u.device.type == "cuda":
+        # The CPU library recomputes missing checkpoints itself; on the GPU a forward pass does.
+        checkpoints = scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W,
+                               initial_state, True)[2]
     if checkpoints is not None and checkpoints.numel() > 0:
         keep["ck"], args["checkpoints"] = _param(checkpoints, cdt)
-    grads = {
-        "du": torch.empty(u.shape, dtype=cdt, device=u.device), "ddelta": torch.empty(u.shape, dtype=cdt, device=u.device),
-        "dA": torch.empty(A.shape, dtype=cdt, device=u.device), "dB": torch.empty(B.shape, dtype=cdt, device=u.device),
-        "dC": torch.empty(C.shape, dtype=cdt, device=u.device),
-        "dD": None if D is None else torch.empty(D.shape, dtype=cdt, device=u.device),
-        "dz": None if z is None else torch.empty(u.shape, dtype=cdt, device=u.device),
-        "ddelta_bias": None if delta_bias is None else torch.empty(delta_bias.shape, dtype=cdt, device=u.device),
-        "dW": None if W is None else torch.empty(W.shape, dtype=cdt, device=u.device),
-        "dinitial_state": None if initial_state is None else torch.empty(initial_state.shape, dtype=cdt, device=u.device),
-    }
-    args.update({k: _ptr(v) for k, v in grads.items()})
-    _run("backward", args, cdt, u.device)
+    if u.device.type == "cuda":
+        Bt, _, Dch, L = u.shape
+        keep["work"] = _new((max(1, extension().cuda_workspace(Bt, M, Dch, N, L, coupling)),), torch.float32, u.device)
+        args["workspace"] = keep["work"].data_ptr()
     like = {"du": u, "ddelta": delta, "dA": A, "dB": B, "dC": C, "dD": D, "dz": z, "ddelta_bias": delta_bias,
             "dW": W, "dinitial_state": initial_state}
+    grads = {k: None if t is None else _new(t.shape, cdt, u.device) for k, t in like.items()}
+    args.update({k: _ptr(v) for k, v in grads.items()})
+    _run("backward", args, u)
 
     def shaped_like(g: Optional[Tensor], t: Optional[Tensor]) -> Tensor:
         # Each gradient takes its input's dtype and strides (what the fake promises, torch.empty_like).

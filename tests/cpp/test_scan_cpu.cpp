@@ -9,79 +9,10 @@
 
 #include "coupled_scan/coupled_scan.h"
 #include "naive_scan.h"
+#include "test_support.h"
 
 using coupled_scan::CouplingKind;
 using coupled_scan::Status;
-using naive::Vec;
-
-static int g_failed = 0, g_passed = 0;
-
-static void check(bool ok, const std::string& what) {
-  if (ok) {
-    ++g_passed;
-  } else {
-    ++g_failed;
-    std::printf("FAILED: %s\n", what.c_str());
-  }
-}
-
-static double rel_err(const Vec& x, const Vec& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(x[i])) return INFINITY;
-    num += (x[i] - ref[i]) * (x[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
-}
-
-struct Case {
-  int64_t Bt, M, D, N, L;
-  std::string coupling;  // sum, mean, none, general
-  bool with_optional;    // D, z, delta_bias, initial_state, d last_state
-};
-
-static naive::Problem make_problem(const Case& c, std::mt19937_64& rng) {
-  std::normal_distribution<double> normal(0.0, 1.0);
-  std::uniform_real_distribution<double> unif(0.0, 1.0);
-  naive::Problem p{c.Bt, c.M, c.D, c.N, c.L};
-  auto fill = [&](Vec& v, size_t n, double scale, double shift) {
-    v.resize(n);
-    for (auto& x : v) x = shift + scale * normal(rng);
-  };
-  const size_t seq = c.Bt * c.M * c.D * c.L, bc = c.Bt * c.M * c.N * c.L;
-  fill(p.u, seq, 1.0, 0.0);
-  fill(p.delta, seq, 0.5, -1.0);
-  p.A.resize(c.M * c.D * c.N);
-  for (auto& x : p.A) x = -(0.5 + 1.5 * unif(rng));
-  fill(p.B, bc, 1.0, 0.0);
-  fill(p.C, bc, 1.0, 0.0);
-  p.W.assign(c.M * c.M, 0.0);
-  for (int64_t m = 0; m < c.M; ++m)
-    for (int64_t i = 0; i < c.M; ++i) {
-      double& w = p.W[m * c.M + i];
-      if (c.coupling == "sum") w = 1.0;
-      else if (c.coupling == "mean") w = 1.0 / c.M;
-      else if (c.coupling == "none") w = m == i ? 1.0 : 0.0;
-      else w = 0.6 * unif(rng) - 0.1;
-    }
-  if (c.with_optional) {
-    fill(p.Dskip, c.M * c.D, 1.0, 0.0);
-    fill(p.z, seq, 1.0, 0.0);
-    fill(p.bias, c.M * c.D, 0.3, 0.0);
-    fill(p.init, c.Bt * c.M * c.D * c.N, 1.0, 0.0);
-  }
-  return p;
-}
-
-template <typename T>
-static std::vector<T> cast(const Vec& v) {
-  return std::vector<T>(v.begin(), v.end());
-}
-template <typename T>
-static Vec to_double(const std::vector<T>& v) {
-  return Vec(v.begin(), v.end());
-}
 
 template <typename T>
 struct KernelResult {

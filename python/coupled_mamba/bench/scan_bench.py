@@ -122,6 +122,11 @@ def machine() -> dict:
 
 
 def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--device" in argv and argv[argv.index("--device") + 1 :][:1] == ["cuda"]:
+        from .scan_cuda_bench import main as cuda_main  # the GPU benchmark has its own table
+
+        return cuda_main(argv)
     p = argparse.ArgumentParser(prog="python -m coupled_mamba.bench scan", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", nargs="*", default=None, help=f"names among {list(SIZES) + list(QUICK_SIZES)}")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
@@ -129,6 +134,7 @@ def main(argv=None) -> None:
     p.add_argument("--min-time", type=float, default=1.0, help="time each variant at least this long (s)")
     p.add_argument("--ref-repeats", type=int, default=2, help="repeats for the (slow) reference")
     p.add_argument("--out", default="bench_scan.json")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: the GPU benchmark (scan_cuda_bench)")
     p.add_argument("--worker-impl", help=argparse.SUPPRESS)
     p.add_argument("--worker-mode", help=argparse.SUPPRESS)
     p.add_argument("--worker-size", help=argparse.SUPPRESS)

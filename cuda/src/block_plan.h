@@ -1,0 +1,106 @@
+// How the CUDA kernels split the work: the thread-block layout, the shared-memory map and the
+// backward's workspace map. Host and device code (and the CPU emulation in the tests) read the
+// same plan, so the layout is written down once.
+//
+// Layout (chosen for determinism and no cross-lane shuffles; see docs/cuda.md):
+//   one thread block = one batch element b x 32 consecutive channels d (the lanes of a warp)
+//                      x G = ceil(N / 8) warps, warp g owning states n = 8g .. 8g + 7;
+//   each thread walks time sequentially, keeping its 8 states (x M for the vector path) in
+//   registers; sums over n cross the G warps through shared memory, sums over d (dB, dC)
+//   cross the 32 lanes through shared memory and the channel blocks through a workspace that
+//   a second kernel reduces in a fixed order.
+#pragma once
+
+#include <cstdint>
+
+#include "coupled_scan/coupled_scan.h"
+#include "coupled_scan/coupled_scan_cuda.h"
+
+namespace coupled_scan {
+namespace gpu {
+
+constexpr int kRows = 32;    // channels per block: one per lane
+constexpr int kStates = 8;   // states per thread
+constexpr int kPad = 33;     // row pitch of [.][32] shared arrays: column walks avoid bank conflicts
+constexpr int kChunkSteps = static_cast<int>(kCudaChunk);
+
+struct BlockPlan {
+  int64_t Bt = 0, D = 0, L = 0;
+  int M = 0, N = 0;
+  int G = 0;             // warps per block (state groups)
+  int threads = 0;       // 32 * G
+  int sub = 0;           // time steps per y-reduction round (divides kChunkSteps)
+  int64_t row_blocks = 0;  // ceil(D / 32)
+  int64_t blocks = 0;      // Bt * row_blocks
+  int64_t chunks = 0;      // num_cuda_chunks(L)
+  // Offsets (in floats) of the shared arrays; `smem_floats` is the total.
+  int off_dt = 0, off_u = 0, off_dy = 0, off_part = 0, off_red = 0, off_nsum = 0, off_acc = 0;
+  int smem_floats = 0;
+};
+
+// Chunk arrays [M][kChunkSteps][kPad]: dt and u (forward), plus dy (backward). Per round:
+// y partials [sub][M][G][kPad]. Backward per step and modality: dB / dC terms [2][N][kPad] and
+// du / d dt partials [2][G][kPad]; accumulators of dD / d delta_bias [2][M][kPad].
+inline BlockPlan make_plan(const Sizes& s, bool backward, int64_t smem_budget_bytes) {
+  BlockPlan p;
+  p.Bt = s.batch;
+  p.D = s.channels;
+  p.L = s.length;
+  p.M = static_cast<int>(s.modalities);
+  p.N = static_cast<int>(s.state);
+  p.G = (p.N + kStates - 1) / kStates;
+  p.threads = kRows * p.G;
+  p.row_blocks = (p.D + kRows - 1) / kRows;
+  p.blocks = p.Bt * p.row_blocks;
+  p.chunks = num_cuda_chunks(p.L);
+  const int chunk_array = p.M * kChunkSteps * kPad;
+  for (int sub = kChunkSteps; sub >= 1; sub /= 2) {
+    int off = 0;
+    p.off_dt = off, off += chunk_array;
+    p.off_u = off, off += chunk_array;
+    if (backward) p.off_dy = off, off += chunk_array;
+    p.off_part = off, off += sub * p.M * p.G * kPad;
+    if (backward) {
+      p.off_red = off, off += 2 * p.N * kPad;
+      p.off_nsum = off, off += 2 * p.G * kPad;
+      p.off_acc = off, off += 2 * p.M * kPad;
+    }
+    p.sub = sub;
+    p.smem_floats = off;
+    if (int64_t(off) * 4 <= smem_budget_bytes) break;
+  }
+  return p;
+}
+
+inline int64_t smem_bytes(const BlockPlan& p) { return int64_t(p.smem_floats) * 4; }
+
+// Backward workspace (floats): dB and dC terms per channel block [2][Bt][row_blocks][M][N][L],
+// dA per batch element [Bt][M][D][N], dD and d delta_bias per batch element [2][Bt][M][D], and
+// for a general W one M x M partial per thread [blocks][threads][M][M].
+struct Workspace {
+  int64_t bc = 0, a = 0, dd = 0, w = 0, total = 0;
+  int64_t bc_half = 0;  // offset of the dC half inside the dB/dC part
+};
+
+inline Workspace workspace_map(const BlockPlan& p, bool general) {
+  Workspace w;
+  w.bc_half = p.Bt * p.row_blocks * p.M * p.N * p.L;
+  w.bc = 0;
+  w.a = w.bc + 2 * w.bc_half;
+  w.dd = w.a + p.Bt * p.M * p.D * p.N;
+  w.w = w.dd + 2 * p.Bt * p.M * p.D;
+  w.total = w.w + (general ? p.blocks * p.threads * p.M * p.M : 0);
+  return w;
+}
+
+// out[o][i] = sum over k of in[o][k][i], k ascending: the fixed-order reduction of partials.
+CS_HD float sum_leading_at(const float* in, int64_t K, int64_t inner, int64_t index) {
+  const int64_t o = index / inner, i = index % inner;
+  const float* p = in + o * K * inner + i;
+  float acc = 0.0f;
+  for (int64_t k = 0; k < K; ++k) acc += p[k * inner];
+  return acc;
+}
+
+}  // namespace gpu
+}  // namespace coupled_scan

@@ -1,0 +1,86 @@
+// What a thread block of the CUDA kernels sees: its batch element and channels, typed reads of
+// the sequence tensors, the shared arrays of block_plan.h, and the chunk loader that both passes
+// share (dt = softplus(delta + bias) and u for 16 steps x M modalities x 32 channels, read with
+// time fastest so that neighbouring threads read neighbouring addresses).
+#pragma once
+
+#include <cstdint>
+
+#include "block_exec.h"
+#include "block_plan.h"
+#include "coupled_scan/coupled_scan.h"
+#include "coupled_scan/math.h"
+
+namespace coupled_scan {
+namespace gpu {
+
+template <typename Tin>
+struct BlockView {
+  ForwardArgs<float> a;
+  BlockPlan p;
+  int64_t b = 0;   // batch element
+  int64_t d0 = 0;  // first channel
+  int64_t x = 0;   // channel block index (d0 / 32)
+  float* sm = nullptr;
+
+  CS_HD BlockView(const ForwardArgs<float>& args, const BlockPlan& plan, int64_t block, float* smem)
+      : a(args), p(plan), b(block / plan.row_blocks), d0((block % plan.row_blocks) * kRows),
+        x(block % plan.row_blocks), sm(smem) {}
+
+  // Thread -> (lane, channel, warp = state group).
+  CS_HD static int lane(int tid) { return tid % kRows; }
+  CS_HD static int group(int tid) { return tid / kRows; }
+  CS_HD int64_t channel(int tid) const { return d0 + lane(tid); }
+  CS_HD bool row_valid(int tid) const { return channel(tid) < p.D; }
+
+  // Element t of row r of a (Bt, M, R, L) sequence tensor of the input dtype.
+  CS_HD float seq(const SeqTensor<const float>& s, int m, int64_t r, int64_t t) const {
+    const Tin* base = reinterpret_cast<const Tin*>(s.data);
+    return SeqLoad<Tin>::at(base + b * s.stride_batch + m * s.stride_modality + r * s.stride_row + t);
+  }
+  CS_HD float A(int m, int64_t d, int n) const { return a.A[(m * p.D + d) * p.N + n]; }
+  CS_HD int64_t state_index(int m, int64_t d, int n) const { return ((b * p.M + m) * p.D + d) * p.N + n; }
+  CS_HD int64_t seq_index(int m, int64_t d, int64_t t) const { return ((b * p.M + m) * p.D + d) * p.L + t; }
+  // Coupling weight W[m, i] of the vector path (identity for "none").
+  CS_HD float W(int m, int i) const {
+    return a.coupling == CouplingKind::kGeneral ? a.W[m * p.M + i] : (m == i ? 1.0f : 0.0f);
+  }
+  CS_HD float pre_dt(int m, int64_t d, int64_t t) const {
+    return seq(a.delta, m, d, t) + (a.delta_bias ? a.delta_bias[m * p.D + d] : 0.0f);
+  }
+
+  // Shared arrays.
+  CS_HD float& dt(int m, int s, int ln) const { return sm[p.off_dt + (m * kChunkSteps + s) * kPad + ln]; }
+  CS_HD float& u(int m, int s, int ln) const { return sm[p.off_u + (m * kChunkSteps + s) * kPad + ln]; }
+  CS_HD float& dy(int m, int s, int ln) const { return sm[p.off_dy + (m * kChunkSteps + s) * kPad + ln]; }
+  CS_HD float& part(int ss, int m, int g, int ln) const {
+    return sm[p.off_part + ((ss * p.M + m) * p.G + g) * kPad + ln];
+  }
+
+  CS_HD int64_t chunk_start(int64_t c) const { return c * kChunkSteps; }
+  CS_HD int chunk_length(int64_t c) const {
+    const int64_t left = p.L - c * kChunkSteps;
+    return static_cast<int>(left < kChunkSteps ? left : kChunkSteps);
+  }
+
+  // Phase: dt and u of chunk c into shared memory (zeros past the end and for absent channels).
+  CS_HD void load_chunk(int tid, int64_t c) const {
+    const int64_t t0 = chunk_start(c);
+    const int len = chunk_length(c);
+    for (int i = tid; i < p.M * kRows * kChunkSteps; i += p.threads) {
+      const int s = i % kChunkSteps, ln = (i / kChunkSteps) % kRows, m = i / (kChunkSteps * kRows);
+      const int64_t d = d0 + ln;
+      float dtv = 0.0f, uv = 0.0f;
+      if (s < len && d < p.D) {
+        const float pre = pre_dt(m, d, t0 + s);
+        dtv = a.delta_softplus ? scan_softplus(pre) : pre;
+        uv = seq(a.u, m, d, t0 + s);
+      }
+      dt(m, s, ln) = dtv;
+      u(m, s, ln) = uv;
+    }
+  }
+};
+
+}  // namespace gpu
+}  // namespace coupled_scan

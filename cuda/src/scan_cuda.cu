@@ -1,0 +1,252 @@
+// CUDA entry points: the kernels (one thread block per batch element x 32 channels, see
+// block_plan.h), the launcher that scan_driver.h drives, and the public functions of
+// coupled_scan_cuda.h. Only the combinations in use are instantiated: sequence dtype (float32,
+// float16, bfloat16) x path (rank one, vector) x block size class (<= 256 or <= 1024 threads) for
+// forward and backward, plus a reduction and a fill kernel.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "coupled_scan/coupled_scan_cuda.h"
+
+namespace coupled_scan {
+namespace gpu {
+template <typename T>
+struct SeqLoad;
+template <>
+struct SeqLoad<__half> {
+  __device__ __forceinline__ static float at(const __half* p) { return __half2float(*p); }
+};
+template <>
+struct SeqLoad<__nv_bfloat16> {
+  __device__ __forceinline__ static float at(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+};
+}  // namespace gpu
+}  // namespace coupled_scan
+
+#include "backward_block.h"
+#include "forward_block.h"
+#include "scan_driver.h"
+
+namespace coupled_scan {
+namespace gpu {
+namespace {
+
+thread_local std::string g_error;
+
+Status cuda_status(cudaError_t e, const char* where) {
+  if (e == cudaSuccess) return Status::kOk;
+  g_error = std::string(where) + ": " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e);
+  return Status::kCudaError;
+}
+
+// kMaxThreads bounds the registers per thread so that a block fits an SM's 64 K registers:
+// 256 for N <= 64 (up to 255 registers), 1024 for larger N (64 registers, the rest spills to L1).
+template <typename Tin, bool kVector, int kMaxThreads>
+__global__ void __launch_bounds__(kMaxThreads) forward_kernel(ForwardArgs<float> a, BlockPlan p) {
+  extern __shared__ float smem[];
+  using Block = ForwardBlock<Tin, kVector>;
+  const Block block(a, p, static_cast<int64_t>(blockIdx.x), smem);
+  DeviceExec<typename Block::Thread> ex;
+  run_forward_block(block, ex);
+}
+
+template <typename Tin, bool kVector, int kMaxThreads>
+__global__ void __launch_bounds__(kMaxThreads) backward_kernel(BackwardArgs<float> g, Workspace map, float* work, BlockPlan p) {
+  extern __shared__ float smem[];
+  using Block = BackwardBlock<Tin, kVector>;
+  const Block block(g, p, map, work, static_cast<int64_t>(blockIdx.x), smem);
+  DeviceExec<typename Block::Thread> ex;
+  run_backward_block(block, ex);
+}
+
+__global__ void sum_leading_kernel(const float* in, float* out, int64_t K, int64_t inner, int64_t count) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = sum_leading_at(in, K, inner, i);
+}
+
+__global__ void fill_kernel(float* p, int64_t count, float v) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
+    p[i] = v;
+}
+
+// Eight independent exp chains per thread (enough to hide the latency), `iters` steps each; the
+// store keeps the compiler from dropping the work.
+__global__ void exp_probe_kernel(float* sink, int iters) {
+  float x[8];
+  for (int k = 0; k < 8; ++k) x[k] = -1e-3f * (threadIdx.x + k);
+  for (int i = 0; i < iters; ++i)
+    for (int k = 0; k < 8; ++k) x[k] = scan_exp(x[k]) - 1.0f;
+  float acc = 0.0f;
+  for (int k = 0; k < 8; ++k) acc += x[k];
+  if (acc == 12345.0f) sink[0] = acc;
+}
+
+constexpr int64_t kMaxGrid = 2147483647;
+
+int grid_for(int64_t count, int threads) {
+  const int64_t g = (count + threads - 1) / threads;
+  return static_cast<int>(g < 65535 ? g : 65535);  // grid-stride loops cover the rest
+}
+
+struct DeviceLauncher {
+  SeqDType dtype;
+  cudaStream_t stream;
+  int64_t budget = 48 * 1024;
+
+  Status init(int dev) {
+    int optin = 0;
+    Status st = cuda_status(cudaSetDevice(dev), "cudaSetDevice");
+    if (st != Status::kOk) return st;
+    st = cuda_status(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+                     "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
+    if (st != Status::kOk) return st;
+    budget = optin;
+    return Status::kOk;
+  }
+  int64_t smem_budget() const { return budget; }
+
+  template <typename Kernel, typename... Args>
+  Status launch_blocks(Kernel kernel, const BlockPlan& p, Args... args) {
+    if (p.blocks > kMaxGrid) return Status::kInvalidSize;
+    const int64_t bytes = smem_bytes(p);
+    Status st = cuda_status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(bytes)),
+                            "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+    if (st != Status::kOk) return st;
+    kernel<<<static_cast<unsigned>(p.blocks), p.threads, bytes, stream>>>(args..., p);
+    return cuda_status(cudaGetLastError(), "kernel launch");
+  }
+
+  template <typename Tin>
+  Status forward_typed(const ForwardArgs<float>& a, const BlockPlan& p, bool vector) {
+    if (p.threads <= 256)
+      return vector ? launch_blocks(forward_kernel<Tin, true, 256>, p, a)
+                    : launch_blocks(forward_kernel<Tin, false, 256>, p, a);
+    return vector ? launch_blocks(forward_kernel<Tin, true, 1024>, p, a)
+                  : launch_blocks(forward_kernel<Tin, false, 1024>, p, a);
+  }
+  Status blocks_forward(const ForwardArgs<float>& a, const BlockPlan& p, bool vector) {
+    switch (dtype) {
+      case SeqDType::kFloat32: return forward_typed<float>(a, p, vector);
+      case SeqDType::kFloat16: return forward_typed<__half>(a, p, vector);
+      case SeqDType::kBFloat16: return forward_typed<__nv_bfloat16>(a, p, vector);
+    }
+    return Status::kInvalidArgument;
+  }
+
+  template <typename Tin>
+  Status backward_typed(const BackwardArgs<float>& g, const BlockPlan& p, const Workspace& w, float* work,
+                        bool vector) {
+    if (p.threads <= 256)
+      return vector ? launch_blocks(backward_kernel<Tin, true, 256>, p, g, w, work)
+                    : launch_blocks(backward_kernel<Tin, false, 256>, p, g, w, work);
+    return vector ? launch_blocks(backward_kernel<Tin, true, 1024>, p, g, w, work)
+                  : launch_blocks(backward_kernel<Tin, false, 1024>, p, g, w, work);
+  }
+  Status blocks_backward(const BackwardArgs<float>& g, const BlockPlan& p, const Workspace& w, float* work,
+                         bool vector) {
+    switch (dtype) {
+      case SeqDType::kFloat32: return backward_typed<float>(g, p, w, work, vector);
+      case SeqDType::kFloat16: return backward_typed<__half>(g, p, w, work, vector);
+      case SeqDType::kBFloat16: return backward_typed<__nv_bfloat16>(g, p, w, work, vector);
+    }
+    return Status::kInvalidArgument;
+  }
+
+  Status sum_leading(const float* in, float* out, int64_t K, int64_t inner, int64_t count) {
+    if (count <= 0) return Status::kOk;
+    sum_leading_kernel<<<grid_for(count, 256), 256, 0, stream>>>(in, out, K, inner, count);
+    return cuda_status(cudaGetLastError(), "reduction kernel launch");
+  }
+  Status fill(float* p, int64_t count, float v) {
+    if (count <= 0) return Status::kOk;
+    fill_kernel<<<grid_for(count, 256), 256, 0, stream>>>(p, count, v);
+    return cuda_status(cudaGetLastError(), "fill kernel launch");
+  }
+  Status copy(float* dst, const float* src, int64_t count) {
+    return cuda_status(cudaMemcpyAsync(dst, src, sizeof(float) * count, cudaMemcpyDeviceToDevice, stream),
+                       "cudaMemcpyAsync");
+  }
+};
+
+bool valid_dtype(SeqDType d) {
+  return d == SeqDType::kFloat32 || d == SeqDType::kFloat16 || d == SeqDType::kBFloat16;
+}
+
+// Runs a driver with a fresh error text; says why when the plan does not fit the GPU.
+template <typename Driver>
+Status run(SeqDType dtype, int device, void* stream, const Sizes& s, bool backward, Driver driver) {
+  g_error.clear();
+  if (!valid_dtype(dtype)) return Status::kInvalidArgument;
+  DeviceLauncher launch{dtype, static_cast<cudaStream_t>(stream)};
+  Status st = launch.init(device);
+  if (st != Status::kOk) return st;
+  st = driver(launch);
+  if (st == Status::kInvalidSize && g_error.empty() && s.modalities >= 1 && s.modalities <= kMaxModalities &&
+      s.state >= 1 && s.state <= kMaxState) {
+    const BlockPlan p = make_plan(s, backward, launch.smem_budget());
+    if (smem_bytes(p) > launch.smem_budget())
+      g_error = "the " + std::string(backward ? "backward" : "forward") + " needs " +
+                std::to_string(smem_bytes(p)) + " bytes of shared memory per block for M = " +
+                std::to_string(s.modalities) + ", N = " + std::to_string(s.state) + "; this GPU allows " +
+                std::to_string(launch.smem_budget());
+  }
+  return st;
+}
+
+}  // namespace
+}  // namespace gpu
+
+Status forward_cuda(const ForwardArgs<float>& a, SeqDType dtype, int device, void* stream) {
+  return gpu::run(dtype, device, stream, a.size, false, [&](gpu::DeviceLauncher& l) { return gpu::forward_driver(a, l); });
+}
+
+int64_t backward_cuda_workspace(const Sizes& size, CouplingKind coupling) {
+  return gpu::workspace_floats(size, coupling);
+}
+
+Status backward_cuda(const BackwardArgs<float>& g, SeqDType dtype, float* workspace, int device, void* stream) {
+  return gpu::run(dtype, device, stream, g.fwd.size, true,
+                  [&](gpu::DeviceLauncher& l) { return gpu::backward_driver(g, workspace, l); });
+}
+
+double cuda_exp_floor_ms(int64_t count, int device) {
+  if (cudaSetDevice(device) != cudaSuccess) return -1.0;
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return -1.0;
+  const int threads = 256, blocks = prop.multiProcessorCount * 8;
+  const int64_t per_launch = int64_t(threads) * blocks * 8;
+  const int iters = static_cast<int>(count / per_launch > 0 ? (count / per_launch < 100000 ? count / per_launch : 100000) : 1);
+  float* sink = nullptr;
+  cudaEvent_t start, stop;
+  if (cudaMalloc(&sink, sizeof(float)) != cudaSuccess) return -1.0;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  gpu::exp_probe_kernel<<<blocks, threads>>>(sink, iters);  // warm-up
+  cudaEventRecord(start);
+  gpu::exp_probe_kernel<<<blocks, threads>>>(sink, iters);
+  cudaEventRecord(stop);
+  float ms = -1.0f;
+  if (cudaEventSynchronize(stop) == cudaSuccess) cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaFree(sink);
+  if (ms < 0) return -1.0;
+  return double(ms) * double(count) / double(per_launch * iters);
+}
+
+const char* cuda_error_text() { return gpu::g_error.c_str(); }
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the error a machine without a driver or GPU reports
+    return 0;
+  }
+  return n;
+}
+
+}  // namespace coupled_scan

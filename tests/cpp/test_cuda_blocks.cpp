@@ -1,0 +1,224 @@
+// The CUDA kernels' block code (cuda/src/*_block.h) and call driver (scan_driver.h), run on the
+// CPU by an emulating launcher, against the naive transcription of the spec. The GPU runs the
+// same phases with __syncthreads between them; this test checks their arithmetic, indexing,
+// shared-memory layout, workspace map and fixed-order reductions without a GPU. Shared memory,
+// thread registers, outputs and the workspace start as NaN, so an unwritten element fails.
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backward_block.h"
+#include "forward_block.h"
+#include "scan_driver.h"
+#include "test_support.h"
+
+using namespace coupled_scan;
+using namespace coupled_scan::gpu;
+
+namespace {
+
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+template <typename Thread>
+void poison(HostExec<Thread>& ex) {
+  for (Thread& th : ex.threads) {
+    float* f = reinterpret_cast<float*>(&th);
+    for (size_t i = 0; i < sizeof(Thread) / sizeof(float); ++i) f[i] = kNaN;
+  }
+}
+
+struct HostLauncher {
+  int64_t budget = 96 * 1024;
+  int64_t smem_budget() const { return budget; }
+
+  Status blocks_forward(const ForwardArgs<float>& a, const BlockPlan& p, bool vector) {
+    if (vector) return run_blocks<ForwardBlock<float, true>>(a, p);
+    return run_blocks<ForwardBlock<float, false>>(a, p);
+  }
+  template <typename Block>
+  Status run_blocks(const ForwardArgs<float>& a, const BlockPlan& p) {
+    for (int64_t blk = 0; blk < p.blocks; ++blk) {
+      std::vector<float> smem(p.smem_floats, kNaN);
+      Block block(a, p, blk, smem.data());
+      HostExec<typename Block::Thread> ex(p.threads);
+      poison(ex);
+      run_forward_block(block, ex);
+    }
+    return Status::kOk;
+  }
+  Status blocks_backward(const BackwardArgs<float>& g, const BlockPlan& p, const Workspace& w, float* work,
+                         bool vector) {
+    if (vector) return run_bwd<BackwardBlock<float, true>>(g, p, w, work);
+    return run_bwd<BackwardBlock<float, false>>(g, p, w, work);
+  }
+  template <typename Block>
+  Status run_bwd(const BackwardArgs<float>& g, const BlockPlan& p, const Workspace& w, float* work) {
+    for (int64_t blk = 0; blk < p.blocks; ++blk) {
+      std::vector<float> smem(p.smem_floats, kNaN);
+      Block block(g, p, w, work, blk, smem.data());
+      HostExec<typename Block::Thread> ex(p.threads);
+      poison(ex);
+      run_backward_block(block, ex);
+    }
+    return Status::kOk;
+  }
+  Status sum_leading(const float* in, float* out, int64_t K, int64_t inner, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) out[i] = sum_leading_at(in, K, inner, i);
+    return Status::kOk;
+  }
+  Status fill(float* p, int64_t n, float v) {
+    for (int64_t i = 0; i < n; ++i) p[i] = v;
+    return Status::kOk;
+  }
+  Status copy(float* dst, const float* src, int64_t n) {
+    std::memcpy(dst, src, sizeof(float) * n);
+    return Status::kOk;
+  }
+};
+
+CouplingKind kind_of(const std::string& c) {
+  if (c == "none") return CouplingKind::kNone;
+  if (c == "general") return CouplingKind::kGeneral;
+  return CouplingKind::kRankOne;
+}
+
+std::vector<float> poisoned(size_t n) { return std::vector<float>(n, kNaN); }
+
+// Forward and backward through the drivers with the emulating launcher; compares with naive.
+void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0) {
+  std::mt19937_64 rng(99 + c.Bt * 7 + c.M * 131 + c.D * 17 + c.N * 3 + c.L * 1009);
+  naive::Problem p = make_problem(c, rng);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  Vec dout(p.u.size()), dlast;
+  for (auto& x : dout) x = normal(rng);
+  if (c.with_optional) {
+    dlast.resize(c.Bt * c.M * c.D * c.N);
+    for (auto& x : dlast) x = normal(rng);
+  }
+  const naive::Grads ref = naive::run(p, dout, dlast);
+  const int64_t Bt = p.Bt, M = p.M, D = p.D, N = p.N, L = p.L, Lp = L + row_pad;
+  const CouplingKind kind = kind_of(c.coupling);
+  auto padded = [&](const Vec& v, int64_t R) {
+    std::vector<float> o(Bt * M * R * Lp, kNaN);
+    for (int64_t r = 0; r < Bt * M * R; ++r)
+      for (int64_t t = 0; t < L; ++t) o[r * Lp + t] = float(v[r * L + t]);
+    return o;
+  };
+  auto seqt = [&](const std::vector<float>& v, int64_t R) {
+    return SeqTensor<const float>{v.empty() ? nullptr : v.data(), M * R * Lp, R * Lp, Lp};
+  };
+  std::vector<float> u = padded(p.u, D), delta = padded(p.delta, D), B = padded(p.B, N), C = padded(p.C, N),
+                     go = padded(dout, D);
+  std::vector<float> z = p.z.empty() ? std::vector<float>() : padded(p.z, D);
+  std::vector<float> A = cast<float>(p.A), Ds = cast<float>(p.Dskip), bias = cast<float>(p.bias),
+                     W = cast<float>(p.W), init = cast<float>(p.init), gl = cast<float>(dlast);
+  ForwardArgs<float> f;
+  f.size = {Bt, M, D, N, L};
+  f.u = seqt(u, D);
+  f.delta = seqt(delta, D);
+  f.A = A.data();
+  f.B = seqt(B, N);
+  f.C = seqt(C, N);
+  f.D = Ds.empty() ? nullptr : Ds.data();
+  f.z = seqt(z, D);
+  f.delta_bias = bias.empty() ? nullptr : bias.data();
+  f.delta_softplus = p.softplus;
+  f.coupling = kind;
+  f.alpha = c.coupling == "mean" ? 1.0f / M : 1.0f;
+  f.W = kind == CouplingKind::kGeneral ? W.data() : nullptr;
+  f.initial_state = init.empty() ? nullptr : init.data();
+  std::vector<float> out = poisoned(Bt * M * D * L), last = poisoned(Bt * M * D * N),
+                     ck = poisoned(Bt * D * num_cuda_chunks(L) * checkpoint_width(kind, M, N));
+  f.out = out.data();
+  f.last_state = last.data();
+  f.checkpoints = ck.data();
+  HostLauncher launch;
+  launch.budget = budget;
+  const Status fst = forward_driver(f, launch);
+
+  BackwardArgs<float> g;
+  g.fwd = f;
+  g.checkpoints = ck.data();
+  g.dout = seqt(go, D);
+  g.dlast_state = gl.empty() ? nullptr : gl.data();
+  std::vector<float> du = poisoned(Bt * M * D * L), dd = poisoned(du.size()), dA = poisoned(A.size()),
+                     dB = poisoned(Bt * M * N * L), dC = poisoned(dB.size()), dD = poisoned(M * D),
+                     dz = poisoned(du.size()), dbias = poisoned(M * D), dW = poisoned(M * M),
+                     dinit = poisoned(Bt * M * D * N);
+  std::vector<float> work = poisoned(std::max<int64_t>(1, workspace_floats(f.size, kind)));
+  g.du = du.data(); g.ddelta = dd.data(); g.dA = dA.data(); g.dB = dB.data(); g.dC = dC.data();
+  g.dD = dD.data(); g.dz = dz.data(); g.ddelta_bias = dbias.data(); g.dW = dW.data();
+  g.dinitial_state = dinit.data();
+  const Status bst = backward_driver(g, work.data(), launch);
+
+  const BlockPlan plan = make_plan(f.size, true, budget);
+  char name[200];
+  std::snprintf(name, sizeof(name), "cuda-emulated Bt=%lld M=%lld D=%lld N=%lld L=%lld %s%s pad=%lld sub=%d",
+                (long long)Bt, (long long)M, (long long)D, (long long)N, (long long)L, c.coupling.c_str(),
+                c.with_optional ? " +opt" : "", (long long)row_pad, plan.sub);
+  check(fst == Status::kOk && bst == Status::kOk, std::string(name) + " status");
+  auto cmp = [&](const char* what, const std::vector<float>& x, const Vec& r, double tol) {
+    const double e = rel_err(to_double(x), r);
+    check(e <= tol, std::string(name) + " " + what + " rel err " + std::to_string(e));
+  };
+  // Outputs (docs: float32 tolerances).
+  cmp("out", out, ref.out, 1e-4);
+  cmp("last_state", last, ref.last, 1e-4);
+  cmp("du", du, ref.du, 1e-3);
+  cmp("ddelta", dd, ref.ddelta, 1e-3);
+  cmp("dA", dA, ref.dA, 1e-3);
+  cmp("dB", dB, ref.dB, 1e-3);
+  cmp("dC", dC, ref.dC, 1e-3);
+  cmp("dinit", dinit, ref.dinit, 1e-3);
+  if (c.with_optional) {
+    cmp("dD", dD, ref.dD, 1e-3);
+    cmp("dz", dz, ref.dz, 1e-3);
+    cmp("ddelta_bias", dbias, ref.dbias, 1e-3);
+  }
+  if (kind == CouplingKind::kGeneral) cmp("dW", dW, ref.dW, 1e-3);
+}
+
+// The plan: shared memory shrinks the reduction rounds to fit. Every configuration the API
+// accepts fits the opt-in limit of an A100 (163 KB per block; H100: 227 KB); the forward also
+// fits the 99 KB of sm_86 / sm_89 GPUs (where a large backward reports kInvalidSize).
+void plan_cases() {
+  for (int64_t M : {1, 3, 8})
+    for (int64_t N : {1, 16, 64, 128, 256}) {
+      const Sizes s{1, M, 64, N, 100};
+      for (bool bwd : {false, true}) {
+        const int64_t limit = bwd ? 163 * 1024 : 99 * 1024;
+        const BlockPlan p = make_plan(s, bwd, limit);
+        check(smem_bytes(p) <= limit, "plan fits M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                          (bwd ? " backward" : " forward"));
+        check(p.sub >= 1 && kChunkSteps % p.sub == 0 && p.threads == 32 * ((N + 7) / 8) && p.threads <= 1024,
+              "plan shape M=" + std::to_string(M) + " N=" + std::to_string(N));
+      }
+    }
+}
+
+}  // namespace
+
+int main() {
+  std::setvbuf(stdout, nullptr, _IONBF, 0);
+  const int64_t big = 163 * 1024;  // an A100's opt-in limit
+  const std::vector<Case> cases = {
+      {2, 3, 3, 5, 1, "mean", true},     {1, 1, 2, 3, 7, "mean", false},    {2, 3, 17, 19, 63, "mean", true},
+      {1, 2, 2, 3, 2049, "mean", true},  {2, 3, 3, 5, 7, "sum", true},      {1, 5, 3, 4, 9, "sum", true},
+      {2, 4, 3, 1, 65, "none", true},    {1, 1, 5, 9, 63, "none", true},    {2, 3, 3, 5, 7, "general", true},
+      {1, 5, 17, 19, 40, "general", true}, {1, 1, 2, 4, 20, "general", false}, {1, 8, 2, 3, 9, "general", true},
+      {1, 8, 2, 3, 33, "mean", true},    {2, 3, 33, 5, 34, "mean", true},   {1, 2, 70, 3, 17, "general", true},
+      {1, 2, 3, 32, 20, "mean", true},   {1, 3, 2, 64, 18, "none", true},   {1, 3, 2, 256, 9, "general", true},
+      {1, 8, 2, 256, 5, "mean", true},   {3, 2, 40, 16, 50, "sum", false},
+  };
+  for (const Case& c : cases) compare_case(c, big);
+  // Small shared-memory budgets force reduction rounds of 8, 4, 2 and 1 steps.
+  // Backward plans of 35.1, 30.4, 28.0 and 26.8 KB (rounds of 8, 4, 2, 1 steps).
+  for (int64_t bytes : {36864, 31744, 29184, 27648}) compare_case({2, 3, 17, 19, 37, "mean", true}, bytes);
+  compare_case({1, 3, 5, 12, 21, "general", true}, 25088);
+  compare_case({2, 3, 17, 19, 63, "mean", true}, big, /*row_pad=*/5);
+  plan_cases();
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}
