@@ -74,6 +74,17 @@ inline BlockPlan make_plan(const Sizes& s, bool backward, int64_t smem_budget_by
 
 inline int64_t smem_bytes(const BlockPlan& p) { return int64_t(p.smem_floats) * 4; }
 
+// Up to 64 KB per block the plan takes the longest reduction rounds; beyond, it takes the
+// longest rounds that fit `limit` (the GPU's opt-in maximum). Small blocks keep more of them
+// resident per SM, which matters more than the rounds' barriers.
+constexpr int64_t kPreferredSmemBytes = 64 * 1024;
+
+inline BlockPlan plan_for(const Sizes& s, bool backward, int64_t limit) {
+  const int64_t preferred = limit < kPreferredSmemBytes ? limit : kPreferredSmemBytes;
+  const BlockPlan p = make_plan(s, backward, preferred);
+  return smem_bytes(p) <= preferred ? p : make_plan(s, backward, limit);
+}
+
 // Backward workspace (floats): dB and dC terms per channel block [2][Bt][row_blocks][M][N][L],
 // dA per batch element [Bt][M][D][N], dD and d delta_bias per batch element [2][Bt][M][D], and
 // for a general W one M x M partial per thread [blocks][threads][M][M].

@@ -187,7 +187,7 @@ Status run(SeqDType dtype, int device, void* stream, const Sizes& s, bool backwa
   st = driver(launch);
   if (st == Status::kInvalidSize && g_error.empty() && s.modalities >= 1 && s.modalities <= kMaxModalities &&
       s.state >= 1 && s.state <= kMaxState) {
-    const BlockPlan p = make_plan(s, backward, launch.smem_budget());
+    const BlockPlan p = plan_for(s, backward, launch.smem_budget());
     if (smem_bytes(p) > launch.smem_budget())
       g_error = "the " + std::string(backward ? "backward" : "forward") + " needs " +
                 std::to_string(smem_bytes(p)) + " bytes of shared memory per block for M = " +

@@ -44,7 +44,7 @@ Status forward_driver(const ForwardArgs<float>& a, Launcher& launch) {
     return a.initial_state ? launch.copy(a.last_state, a.initial_state, states)
                            : launch.fill(a.last_state, states, 0.0f);
   }
-  const BlockPlan plan = make_plan(s, false, launch.smem_budget());
+  const BlockPlan plan = plan_for(s, false, launch.smem_budget());
   if (smem_bytes(plan) > launch.smem_budget()) return Status::kInvalidSize;
   return launch.blocks_forward(a, plan, vector_path(a.coupling));
 }
@@ -77,7 +77,7 @@ Status backward_driver(const BackwardArgs<float>& g, float* work, Launcher& laun
   if (!g.checkpoints || !g.dout.data || !g.du || !g.ddelta || !g.dA || !g.dB || !g.dC || !work)
     return Status::kNullPointer;
   if (a.z.data && !g.dz) return Status::kNullPointer;
-  const BlockPlan plan = make_plan(s, true, launch.smem_budget());
+  const BlockPlan plan = plan_for(s, true, launch.smem_budget());
   if (smem_bytes(plan) > launch.smem_budget()) return Status::kInvalidSize;
   const Workspace map = workspace_map(plan, general);
   if ((st = launch.blocks_backward(g, plan, map, work, vector_path(a.coupling))) != Status::kOk) return st;

@@ -90,45 +90,21 @@ std::vector<float> poisoned(size_t n) { return std::vector<float>(n, kNaN); }
 void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0) {
   std::mt19937_64 rng(99 + c.Bt * 7 + c.M * 131 + c.D * 17 + c.N * 3 + c.L * 1009);
   naive::Problem p = make_problem(c, rng);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  Vec dout(p.u.size()), dlast;
-  for (auto& x : dout) x = normal(rng);
-  if (c.with_optional) {
-    dlast.resize(c.Bt * c.M * c.D * c.N);
-    for (auto& x : dlast) x = normal(rng);
-  }
+  Vec dout, dlast;
+  random_upstream(p, c.with_optional, rng, dout, dlast);
   const naive::Grads ref = naive::run(p, dout, dlast);
   const int64_t Bt = p.Bt, M = p.M, D = p.D, N = p.N, L = p.L, Lp = L + row_pad;
   const CouplingKind kind = kind_of(c.coupling);
-  auto padded = [&](const Vec& v, int64_t R) {
-    std::vector<float> o(Bt * M * R * Lp, kNaN);
-    for (int64_t r = 0; r < Bt * M * R; ++r)
-      for (int64_t t = 0; t < L; ++t) o[r * Lp + t] = float(v[r * L + t]);
-    return o;
-  };
-  auto seqt = [&](const std::vector<float>& v, int64_t R) {
-    return SeqTensor<const float>{v.empty() ? nullptr : v.data(), M * R * Lp, R * Lp, Lp};
-  };
+  auto padded = [&](const Vec& v, int64_t R) { return padded_rows<float>(v, Bt * M * R, L, Lp); };
+
   std::vector<float> u = padded(p.u, D), delta = padded(p.delta, D), B = padded(p.B, N), C = padded(p.C, N),
                      go = padded(dout, D);
   std::vector<float> z = p.z.empty() ? std::vector<float>() : padded(p.z, D);
   std::vector<float> A = cast<float>(p.A), Ds = cast<float>(p.Dskip), bias = cast<float>(p.bias),
                      W = cast<float>(p.W), init = cast<float>(p.init), gl = cast<float>(dlast);
-  ForwardArgs<float> f;
-  f.size = {Bt, M, D, N, L};
-  f.u = seqt(u, D);
-  f.delta = seqt(delta, D);
-  f.A = A.data();
-  f.B = seqt(B, N);
-  f.C = seqt(C, N);
-  f.D = Ds.empty() ? nullptr : Ds.data();
-  f.z = seqt(z, D);
-  f.delta_bias = bias.empty() ? nullptr : bias.data();
-  f.delta_softplus = p.softplus;
-  f.coupling = kind;
-  f.alpha = c.coupling == "mean" ? 1.0f / M : 1.0f;
-  f.W = kind == CouplingKind::kGeneral ? W.data() : nullptr;
-  f.initial_state = init.empty() ? nullptr : init.data();
+  const InputPointers<float> x{u.data(), delta.data(), A.data(), B.data(), C.data(), data_or_null(Ds),
+                               data_or_null(z), data_or_null(bias), W.data(), data_or_null(init)};
+  ForwardArgs<float> f = forward_args_for(p, x, Lp, kind, c.coupling == "mean" ? 1.0 / M : 1.0);
   std::vector<float> out = poisoned(Bt * M * D * L), last = poisoned(Bt * M * D * N),
                      ck = poisoned(Bt * D * num_cuda_chunks(L) * checkpoint_width(kind, M, N));
   f.out = out.data();
@@ -141,7 +117,7 @@ void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0) {
   BackwardArgs<float> g;
   g.fwd = f;
   g.checkpoints = ck.data();
-  g.dout = seqt(go, D);
+  g.dout = {go.data(), M * D * Lp, D * Lp, Lp};
   g.dlast_state = gl.empty() ? nullptr : gl.data();
   std::vector<float> du = poisoned(Bt * M * D * L), dd = poisoned(du.size()), dA = poisoned(A.size()),
                      dB = poisoned(Bt * M * N * L), dC = poisoned(dB.size()), dD = poisoned(M * D),
@@ -153,7 +129,7 @@ void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0) {
   g.dinitial_state = dinit.data();
   const Status bst = backward_driver(g, work.data(), launch);
 
-  const BlockPlan plan = make_plan(f.size, true, budget);
+  const BlockPlan plan = plan_for(f.size, true, budget);
   char name[200];
   std::snprintf(name, sizeof(name), "cuda-emulated Bt=%lld M=%lld D=%lld N=%lld L=%lld %s%s pad=%lld sub=%d",
                 (long long)Bt, (long long)M, (long long)D, (long long)N, (long long)L, c.coupling.c_str(),

@@ -57,22 +57,8 @@ GpuResult run_gpu(const naive::Problem& p, CouplingKind kind, float alpha, const
   const int64_t Bt = p.Bt, M = p.M, D = p.D, N = p.N, L = p.L;
   DeviceBuffer u(f32(p.u)), delta(f32(p.delta)), A(f32(p.A)), B(f32(p.B)), C(f32(p.C)), Ds(f32(p.Dskip)),
       z(f32(p.z)), bias(f32(p.bias)), W(f32(p.W)), init(f32(p.init)), go(f32(dout)), gl(f32(dlast));
-  auto seqt = [&](const DeviceBuffer& b, int64_t R) { return SeqTensor<const float>{b.ptr, M * R * L, R * L, L}; };
-  ForwardArgs<float> f;
-  f.size = {Bt, M, D, N, L};
-  f.u = seqt(u, D);
-  f.delta = seqt(delta, D);
-  f.A = A.ptr;
-  f.B = seqt(B, N);
-  f.C = seqt(C, N);
-  f.D = Ds.ptr;
-  f.z = seqt(z, D);
-  f.delta_bias = bias.ptr;
-  f.delta_softplus = p.softplus;
-  f.coupling = kind;
-  f.alpha = alpha;
-  f.W = kind == CouplingKind::kGeneral ? W.ptr : nullptr;
-  f.initial_state = init.ptr;
+  const InputPointers<float> x{u.ptr, delta.ptr, A.ptr, B.ptr, C.ptr, Ds.ptr, z.ptr, bias.ptr, W.ptr, init.ptr};
+  ForwardArgs<float> f = forward_args_for(p, x, L, kind, alpha);
   DeviceBuffer out(Bt * M * D * L), last(Bt * M * D * N), ck(Bt * D * num_cuda_chunks(L) * checkpoint_width(kind, M, N));
   f.out = out.ptr;
   f.last_state = last.ptr;
@@ -82,7 +68,7 @@ GpuResult run_gpu(const naive::Problem& p, CouplingKind kind, float alpha, const
   BackwardArgs<float> g;
   g.fwd = f;
   g.checkpoints = ck.ptr;
-  g.dout = seqt(go, D);
+  g.dout = {go.ptr, M * D * L, D * L, L};
   g.dlast_state = gl.ptr;
   DeviceBuffer du(Bt * M * D * L), dd(Bt * M * D * L), dA(M * D * N), dB(Bt * M * N * L), dC(Bt * M * N * L),
       dD(M * D), dz(Bt * M * D * L), dbias(M * D), dW(M * M), dinit(Bt * M * D * N),
@@ -100,10 +86,8 @@ GpuResult run_gpu(const naive::Problem& p, CouplingKind kind, float alpha, const
 void gpu_case(const Case& c) {
   std::mt19937_64 rng(7 + c.Bt * 7 + c.M * 131 + c.D * 17 + c.N * 3 + c.L * 1009);
   naive::Problem p = make_problem(c, rng);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  Vec dout(p.u.size()), dlast(c.Bt * c.M * c.D * c.N);
-  for (auto& x : dout) x = normal(rng);
-  for (auto& x : dlast) x = normal(rng);
+  Vec dout, dlast;
+  random_upstream(p, true, rng, dout, dlast);
   const naive::Grads ref = naive::run(p, dout, dlast);
   const CouplingKind kind = kind_of(c.coupling);
   const float alpha = c.coupling == "mean" ? 1.0f / c.M : 1.0f;

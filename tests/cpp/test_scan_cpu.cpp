@@ -27,34 +27,14 @@ static KernelResult<T> run_kernel(const naive::Problem& p, CouplingKind kind, do
   const int64_t Bt = p.Bt, M = p.M, D = p.D, N = p.N, L = p.L;
   // Sequence tensors may be stored with padded rows to test strided input.
   const int64_t Lp = L + row_pad;
-  auto padded = [&](const Vec& v, int64_t R) {
-    std::vector<T> o(Bt * M * R * Lp, T(std::nan("")));
-    for (int64_t r = 0; r < Bt * M * R; ++r)
-      for (int64_t t = 0; t < L; ++t) o[r * Lp + t] = T(v[r * L + t]);
-    return o;
-  };
-  auto seqt = [&](const std::vector<T>& v, int64_t R) {
-    return coupled_scan::SeqTensor<const T>{v.empty() ? nullptr : v.data(), M * R * Lp, R * Lp, Lp};
-  };
+  auto padded = [&](const Vec& v, int64_t R) { return padded_rows<T>(v, Bt * M * R, L, Lp); };
   std::vector<T> u = padded(p.u, D), delta = padded(p.delta, D), B = padded(p.B, N), C = padded(p.C, N);
   std::vector<T> z = p.z.empty() ? std::vector<T>() : padded(p.z, D);
   std::vector<T> A = cast<T>(p.A), Ds = cast<T>(p.Dskip), bias = cast<T>(p.bias), W = cast<T>(p.W),
                  init = cast<T>(p.init), go = cast<T>(dout), gl = cast<T>(dlast);
-  coupled_scan::ForwardArgs<T> f;
-  f.size = {Bt, M, D, N, L};
-  f.u = seqt(u, D);
-  f.delta = seqt(delta, D);
-  f.A = A.data();
-  f.B = seqt(B, N);
-  f.C = seqt(C, N);
-  f.D = Ds.empty() ? nullptr : Ds.data();
-  f.z = seqt(z, D);
-  f.delta_bias = bias.empty() ? nullptr : bias.data();
-  f.delta_softplus = p.softplus;
-  f.coupling = kind;
-  f.alpha = T(alpha);
-  f.W = W.data();
-  f.initial_state = init.empty() ? nullptr : init.data();
+  const InputPointers<T> x{u.data(), delta.data(), A.data(), B.data(), C.data(), data_or_null(Ds),
+                           data_or_null(z), data_or_null(bias), W.data(), data_or_null(init)};
+  coupled_scan::ForwardArgs<T> f = forward_args_for(p, x, Lp, kind, alpha);
   std::vector<T> out(Bt * M * D * L), last(Bt * M * D * N),
       ck(Bt * D * coupled_scan::num_chunks(L) * coupled_scan::checkpoint_width(kind, M, N));
   f.out = out.data();
@@ -93,13 +73,8 @@ template <typename T>
 static void compare_case(const Case& c, double tol_out, double tol_grad, int64_t row_pad = 0) {
   std::mt19937_64 rng(1234 + c.Bt * 7 + c.M * 131 + c.D * 17 + c.N * 3 + c.L * 1009);
   naive::Problem p = make_problem(c, rng);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  Vec dout(p.u.size()), dlast;
-  for (auto& x : dout) x = normal(rng);
-  if (c.with_optional) {
-    dlast.resize(c.Bt * c.M * c.D * c.N);
-    for (auto& x : dlast) x = normal(rng);
-  }
+  Vec dout, dlast;
+  random_upstream(p, c.with_optional, rng, dout, dlast);
   const naive::Grads ref = naive::run(p, dout, dlast);
   const double alpha = c.coupling == "mean" ? 1.0 / c.M : 1.0;
   const KernelResult<T> r = run_kernel<T>(p, kind_of(c.coupling), alpha, dout, dlast, 2, row_pad);

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "coupled_scan/coupled_scan.h"
 #include "naive_scan.h"
 
 using naive::Vec;
@@ -81,3 +82,59 @@ inline Vec to_double(const std::vector<T>& v) {
   return Vec(v.begin(), v.end());
 }
 
+
+// Where one problem's inputs live (host vectors or device buffers); null for absent ones.
+template <typename T>
+struct InputPointers {
+  const T *u, *delta, *A, *B, *C, *Dskip, *z, *bias, *W, *init;
+};
+
+// Forward arguments for problem p whose sequence rows are `pitch` elements apart; outputs unset.
+template <typename T>
+coupled_scan::ForwardArgs<T> forward_args_for(const naive::Problem& p, const InputPointers<T>& x, int64_t pitch,
+                                              coupled_scan::CouplingKind kind, double alpha) {
+  auto seqt = [&](const T* data, int64_t rows) {
+    return coupled_scan::SeqTensor<const T>{data, p.M * rows * pitch, rows * pitch, pitch};
+  };
+  coupled_scan::ForwardArgs<T> f;
+  f.size = {p.Bt, p.M, p.D, p.N, p.L};
+  f.u = seqt(x.u, p.D);
+  f.delta = seqt(x.delta, p.D);
+  f.A = x.A;
+  f.B = seqt(x.B, p.N);
+  f.C = seqt(x.C, p.N);
+  f.D = x.Dskip;
+  f.z = seqt(x.z, p.D);
+  f.delta_bias = x.bias;
+  f.delta_softplus = p.softplus;
+  f.coupling = kind;
+  f.alpha = T(alpha);
+  f.W = kind == coupled_scan::CouplingKind::kGeneral ? x.W : nullptr;
+  f.initial_state = x.init;
+  return f;
+}
+
+template <typename T>
+const T* data_or_null(const std::vector<T>& v) {
+  return v.empty() ? nullptr : v.data();
+}
+
+// A (rows, L) array stored with rows `pitch` >= L apart; the gaps hold NaN (never read).
+template <typename T>
+std::vector<T> padded_rows(const Vec& v, int64_t rows, int64_t L, int64_t pitch) {
+  std::vector<T> o(rows * pitch, T(std::nan("")));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t t = 0; t < L; ++t) o[r * pitch + t] = T(v[r * L + t]);
+  return o;
+}
+
+// Random dout, and d last_state when `with_dlast` (else left empty), for problem p.
+inline void random_upstream(const naive::Problem& p, bool with_dlast, std::mt19937_64& rng, Vec& dout, Vec& dlast) {
+  std::normal_distribution<double> normal(0.0, 1.0);
+  dout.resize(p.u.size());
+  for (auto& x : dout) x = normal(rng);
+  dlast.clear();
+  if (!with_dlast) return;
+  dlast.resize(p.Bt * p.M * p.D * p.N);
+  for (auto& x : dlast) x = normal(rng);
+}

@@ -1,4 +1,6 @@
 """Every bad input gets an error naming the argument, what was expected and what was given."""
+import os
+
 import pytest
 import torch
 
@@ -91,3 +93,17 @@ def test_raw_ops_check_their_inputs():
     bwd = args[:13] + [ck[..., :4], torch.randn(1, 1, 1, 16), None]
     with pytest.raises(ValueError, match=r"checkpoints: expected shape"):
         torch.ops.coupled_mamba.scan_bwd(*bwd)
+
+
+def test_cuda_build_state_is_reported_without_a_gpu():
+    """Importing works with or without CUDA kernels and with or without a GPU; a build with the
+    kernels on a machine without a GPU reports zero devices instead of failing."""
+    import shutil
+
+    from coupled_mamba._extension import cuda_device_count, extension, has_cuda
+
+    assert isinstance(has_cuda(), bool) and cuda_device_count() >= 0
+    if not torch.cuda.is_available():
+        assert cuda_device_count() == 0
+    if os.environ.get("COUPLED_MAMBA_CUDA") == "ON":  # CI with nvcc: the kernels must be in the build
+        assert shutil.which("nvcc") and has_cuda() and extension().cuda_chunk == 16
