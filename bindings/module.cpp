@@ -181,7 +181,9 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("cuda_device_count", &cuda_device_count);
   m.def("cuda_exp_floor_ms", &cuda_exp_floor_ms);
-  m.attr("cuda_chunk") = kCudaChunk;
+  m.def("cuda_error_text", []() { return std::string(cuda_error_text()); });
+  m.attr("cuda_runtime_version") = cuda_runtime_version();
+  m.def("cuda_chunk", [](int kind) { return cuda_chunk(static_cast<CouplingKind>(kind)); });
 #else
   m.attr("has_cuda") = false;
 #endif

@@ -16,9 +16,10 @@ struct BackwardBlock : BlockView<Tin> {
   using View = BlockView<Tin>;
   static constexpr int kMs = kVector ? static_cast<int>(kMaxModalities) : 1;
   static constexpr int kMM = kVector ? static_cast<int>(kMaxModalities * kMaxModalities) : 1;
+  static constexpr int kChunk = static_cast<int>(kVector ? kCudaChunkVector : kCudaChunkRankOne);
   struct Thread {
     float h[kMs][kStates];                   // running state of the recomputation
-    float hist[kChunkSteps][kMs][kStates];   // state before each step of the chunk
+    float hist[kChunk][kMs][kStates];        // state before each step of the chunk
     float carry[kMs][kStates];               // rank one: rho_{t+1}; vector: mu^m_{t+1}
     float next[kMs][kStates];                // the same for step t, built modality by modality
     float dA[kMaxModalities][kStates];

@@ -22,26 +22,27 @@ namespace gpu {
 constexpr int kRows = 32;    // channels per block: one per lane
 constexpr int kStates = 8;   // states per thread
 constexpr int kPad = 33;     // row pitch of [.][32] shared arrays: column walks avoid bank conflicts
-constexpr int kChunkSteps = static_cast<int>(kCudaChunk);
+constexpr int kMaxChunkSteps = static_cast<int>(kCudaChunkRankOne);
 
 struct BlockPlan {
   int64_t Bt = 0, D = 0, L = 0;
   int M = 0, N = 0;
   int G = 0;             // warps per block (state groups)
   int threads = 0;       // 32 * G
-  int sub = 0;           // time steps per y-reduction round (divides kChunkSteps)
+  int chunk = 0;         // time steps per checkpoint chunk (cuda_chunk)
+  int sub = 0;           // time steps per y-reduction round (divides chunk)
   int64_t row_blocks = 0;  // ceil(D / 32)
   int64_t blocks = 0;      // Bt * row_blocks
-  int64_t chunks = 0;      // num_cuda_chunks(L)
+  int64_t chunks = 0;      // num_cuda_chunks(L, coupling)
   // Offsets (in floats) of the shared arrays; `smem_floats` is the total.
   int off_dt = 0, off_u = 0, off_dy = 0, off_part = 0, off_red = 0, off_nsum = 0, off_acc = 0;
   int smem_floats = 0;
 };
 
-// Chunk arrays [M][kChunkSteps][kPad]: dt and u (forward), plus dy (backward). Per round:
+// Chunk arrays [M][chunk][kPad]: dt and u (forward), plus dy (backward). Per round:
 // y partials [sub][M][G][kPad]. Backward per step and modality: dB / dC terms [2][N][kPad] and
 // du / d dt partials [2][G][kPad]; accumulators of dD / d delta_bias [2][M][kPad].
-inline BlockPlan make_plan(const Sizes& s, bool backward, int64_t smem_budget_bytes) {
+inline BlockPlan make_plan(const Sizes& s, CouplingKind kind, bool backward, int64_t smem_budget_bytes) {
   BlockPlan p;
   p.Bt = s.batch;
   p.D = s.channels;
@@ -52,9 +53,10 @@ inline BlockPlan make_plan(const Sizes& s, bool backward, int64_t smem_budget_by
   p.threads = kRows * p.G;
   p.row_blocks = (p.D + kRows - 1) / kRows;
   p.blocks = p.Bt * p.row_blocks;
-  p.chunks = num_cuda_chunks(p.L);
-  const int chunk_array = p.M * kChunkSteps * kPad;
-  for (int sub = kChunkSteps; sub >= 1; sub /= 2) {
+  p.chunk = static_cast<int>(cuda_chunk(kind));
+  p.chunks = num_cuda_chunks(p.L, kind);
+  const int chunk_array = p.M * p.chunk * kPad;
+  for (int sub = p.chunk; sub >= 1; sub /= 2) {
     int off = 0;
     p.off_dt = off, off += chunk_array;
     p.off_u = off, off += chunk_array;
@@ -79,17 +81,18 @@ inline int64_t smem_bytes(const BlockPlan& p) { return int64_t(p.smem_floats) * 
 // resident per SM, which matters more than the rounds' barriers.
 constexpr int64_t kPreferredSmemBytes = 64 * 1024;
 
-inline BlockPlan plan_for(const Sizes& s, bool backward, int64_t limit) {
+inline BlockPlan plan_for(const Sizes& s, CouplingKind kind, bool backward, int64_t limit) {
   const int64_t preferred = limit < kPreferredSmemBytes ? limit : kPreferredSmemBytes;
-  const BlockPlan p = make_plan(s, backward, preferred);
-  return smem_bytes(p) <= preferred ? p : make_plan(s, backward, limit);
+  const BlockPlan p = make_plan(s, kind, backward, preferred);
+  return smem_bytes(p) <= preferred ? p : make_plan(s, kind, backward, limit);
 }
 
 // Backward workspace (floats): dB and dC terms per channel block [2][Bt][row_blocks][M][N][L],
 // dA per batch element [Bt][M][D][N], dD and d delta_bias per batch element [2][Bt][M][D], and
-// for a general W one M x M partial per thread [blocks][threads][M][M].
+// for a general W one M x M partial per thread [blocks][threads][M][M], summed per block into
+// [blocks][M][M] and then over blocks (two fixed-order passes that both run in parallel).
 struct Workspace {
-  int64_t bc = 0, a = 0, dd = 0, w = 0, total = 0;
+  int64_t bc = 0, a = 0, dd = 0, w = 0, w_blocks = 0, total = 0;
   int64_t bc_half = 0;  // offset of the dC half inside the dB/dC part
 };
 
@@ -100,7 +103,8 @@ inline Workspace workspace_map(const BlockPlan& p, bool general) {
   w.a = w.bc + 2 * w.bc_half;
   w.dd = w.a + p.Bt * p.M * p.D * p.N;
   w.w = w.dd + 2 * p.Bt * p.M * p.D;
-  w.total = w.w + (general ? p.blocks * p.threads * p.M * p.M : 0);
+  w.w_blocks = w.w + (general ? p.blocks * p.threads * p.M * p.M : 0);
+  w.total = w.w_blocks + (general ? p.blocks * p.M * p.M : 0);
   return w;
 }
 

@@ -1,6 +1,6 @@
 // What a thread block of the CUDA kernels sees: its batch element and channels, typed reads of
 // the sequence tensors, the shared arrays of block_plan.h, and the chunk loader that both passes
-// share (dt = softplus(delta + bias) and u for 16 steps x M modalities x 32 channels, read with
+// share (dt = softplus(delta + bias) and u for one chunk x M modalities x 32 channels, read with
 // time fastest so that neighbouring threads read neighbouring addresses).
 #pragma once
 
@@ -50,25 +50,25 @@ struct BlockView {
   }
 
   // Shared arrays.
-  CS_HD float& dt(int m, int s, int ln) const { return sm[p.off_dt + (m * kChunkSteps + s) * kPad + ln]; }
-  CS_HD float& u(int m, int s, int ln) const { return sm[p.off_u + (m * kChunkSteps + s) * kPad + ln]; }
-  CS_HD float& dy(int m, int s, int ln) const { return sm[p.off_dy + (m * kChunkSteps + s) * kPad + ln]; }
+  CS_HD float& dt(int m, int s, int ln) const { return sm[p.off_dt + (m * p.chunk + s) * kPad + ln]; }
+  CS_HD float& u(int m, int s, int ln) const { return sm[p.off_u + (m * p.chunk + s) * kPad + ln]; }
+  CS_HD float& dy(int m, int s, int ln) const { return sm[p.off_dy + (m * p.chunk + s) * kPad + ln]; }
   CS_HD float& part(int ss, int m, int g, int ln) const {
     return sm[p.off_part + ((ss * p.M + m) * p.G + g) * kPad + ln];
   }
 
-  CS_HD int64_t chunk_start(int64_t c) const { return c * kChunkSteps; }
+  CS_HD int64_t chunk_start(int64_t c) const { return c * p.chunk; }
   CS_HD int chunk_length(int64_t c) const {
-    const int64_t left = p.L - c * kChunkSteps;
-    return static_cast<int>(left < kChunkSteps ? left : kChunkSteps);
+    const int64_t left = p.L - c * p.chunk;
+    return static_cast<int>(left < p.chunk ? left : p.chunk);
   }
 
   // Phase: dt and u of chunk c into shared memory (zeros past the end and for absent channels).
   CS_HD void load_chunk(int tid, int64_t c) const {
     const int64_t t0 = chunk_start(c);
     const int len = chunk_length(c);
-    for (int i = tid; i < p.M * kRows * kChunkSteps; i += p.threads) {
-      const int s = i % kChunkSteps, ln = (i / kChunkSteps) % kRows, m = i / (kChunkSteps * kRows);
+    for (int i = tid; i < p.M * kRows * p.chunk; i += p.threads) {
+      const int s = i % p.chunk, ln = (i / p.chunk) % kRows, m = i / (p.chunk * kRows);
       const int64_t d = d0 + ln;
       float dtv = 0.0f, uv = 0.0f;
       if (s < len && d < p.D) {

@@ -90,11 +90,12 @@ struct ForwardBlock : BlockView<Tin> {
     }
   }
 
-  // Phase: out for steps [s0, s1) of chunk c.
+  // Phase: out for steps [s0, s1) of chunk c. Time varies fastest across threads, so that
+  // neighbouring threads write neighbouring elements of out (and read neighbouring z).
   CS_HD void reduce(int tid, int64_t c, int s0, int s1) const {
-    const int count = (s1 - s0) * p.M * kRows;
+    const int steps = s1 - s0, count = steps * p.M * kRows;
     for (int i = tid; i < count; i += p.threads) {
-      const int ln = i % kRows, m = (i / kRows) % p.M, ss = i / (kRows * p.M);
+      const int ss = i % steps, ln = (i / steps) % kRows, m = i / (steps * kRows);
       const int64_t d = this->d0 + ln;
       if (d >= p.D) continue;
       const int s = s0 + ss;

@@ -112,8 +112,10 @@ struct DeviceLauncher {
   Status launch_blocks(Kernel kernel, const BlockPlan& p, Args... args) {
     if (p.blocks > kMaxGrid) return Status::kInvalidSize;
     const int64_t bytes = smem_bytes(p);
+    // Always the device's maximum, never this call's size: host threads launching the same
+    // kernel concurrently then cannot shrink the limit under one another's launch.
     Status st = cuda_status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(bytes)),
+                                                 static_cast<int>(budget)),
                             "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
     if (st != Status::kOk) return st;
     kernel<<<static_cast<unsigned>(p.blocks), p.threads, bytes, stream>>>(args..., p);
@@ -176,18 +178,33 @@ bool valid_dtype(SeqDType d) {
   return d == SeqDType::kFloat32 || d == SeqDType::kFloat16 || d == SeqDType::kBFloat16;
 }
 
-// Runs a driver with a fresh error text; says why when the plan does not fit the GPU.
+// Makes `device` current for one call and restores the previous device afterwards: this
+// library's runtime and the caller's (e.g. PyTorch's) share the thread's current context.
+struct DeviceGuard {
+  int previous = -1;
+  DeviceGuard() {
+    if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+  }
+  ~DeviceGuard() {
+    if (previous >= 0) cudaSetDevice(previous);
+  }
+};
+
+// Runs a driver with a fresh error state; says why when the plan does not fit the GPU.
 template <typename Driver>
-Status run(SeqDType dtype, int device, void* stream, const Sizes& s, bool backward, Driver driver) {
+Status run(SeqDType dtype, int device, void* stream, const Sizes& s, CouplingKind kind, bool backward,
+           Driver driver) {
   g_error.clear();
+  (void)cudaGetLastError();  // an earlier failure in this runtime must not be reported as ours
   if (!valid_dtype(dtype)) return Status::kInvalidArgument;
+  DeviceGuard guard;
   DeviceLauncher launch{dtype, static_cast<cudaStream_t>(stream)};
   Status st = launch.init(device);
   if (st != Status::kOk) return st;
   st = driver(launch);
   if (st == Status::kInvalidSize && g_error.empty() && s.modalities >= 1 && s.modalities <= kMaxModalities &&
       s.state >= 1 && s.state <= kMaxState) {
-    const BlockPlan p = plan_for(s, backward, launch.smem_budget());
+    const BlockPlan p = plan_for(s, kind, backward, launch.smem_budget());
     if (smem_bytes(p) > launch.smem_budget())
       g_error = "the " + std::string(backward ? "backward" : "forward") + " needs " +
                 std::to_string(smem_bytes(p)) + " bytes of shared memory per block for M = " +
@@ -201,7 +218,7 @@ Status run(SeqDType dtype, int device, void* stream, const Sizes& s, bool backwa
 }  // namespace gpu
 
 Status forward_cuda(const ForwardArgs<float>& a, SeqDType dtype, int device, void* stream) {
-  return gpu::run(dtype, device, stream, a.size, false, [&](gpu::DeviceLauncher& l) { return gpu::forward_driver(a, l); });
+  return gpu::run(dtype, device, stream, a.size, a.coupling, false, [&](gpu::DeviceLauncher& l) { return gpu::forward_driver(a, l); });
 }
 
 int64_t backward_cuda_workspace(const Sizes& size, CouplingKind coupling) {
@@ -209,11 +226,13 @@ int64_t backward_cuda_workspace(const Sizes& size, CouplingKind coupling) {
 }
 
 Status backward_cuda(const BackwardArgs<float>& g, SeqDType dtype, float* workspace, int device, void* stream) {
-  return gpu::run(dtype, device, stream, g.fwd.size, true,
+  return gpu::run(dtype, device, stream, g.fwd.size, g.fwd.coupling, true,
                   [&](gpu::DeviceLauncher& l) { return gpu::backward_driver(g, workspace, l); });
 }
 
 double cuda_exp_floor_ms(int64_t count, int device) {
+  (void)cudaGetLastError();
+  gpu::DeviceGuard guard;
   if (cudaSetDevice(device) != cudaSuccess) return -1.0;
   cudaDeviceProp prop;
   if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return -1.0;
@@ -242,11 +261,15 @@ const char* cuda_error_text() { return gpu::g_error.c_str(); }
 
 int cuda_device_count() {
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();  // clear the error a machine without a driver or GPU reports
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the error a machine without a driver or GPU reports
+    gpu::cuda_status(e, "cudaGetDeviceCount");  // keep its text for cuda_error_text()
     return 0;
   }
   return n;
 }
+
+int cuda_runtime_version() { return CUDART_VERSION; }
 
 }  // namespace coupled_scan

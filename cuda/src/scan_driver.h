@@ -44,14 +44,14 @@ Status forward_driver(const ForwardArgs<float>& a, Launcher& launch) {
     return a.initial_state ? launch.copy(a.last_state, a.initial_state, states)
                            : launch.fill(a.last_state, states, 0.0f);
   }
-  const BlockPlan plan = plan_for(s, false, launch.smem_budget());
+  const BlockPlan plan = plan_for(s, a.coupling, false, launch.smem_budget());
   if (smem_bytes(plan) > launch.smem_budget()) return Status::kInvalidSize;
   return launch.blocks_forward(a, plan, vector_path(a.coupling));
 }
 
 inline int64_t workspace_floats(const Sizes& s, CouplingKind k) {
   if (s.batch == 0 || s.channels == 0 || s.length == 0) return 0;
-  return workspace_map(make_plan(s, true, 1 << 30), k == CouplingKind::kGeneral).total;
+  return workspace_map(make_plan(s, k, true, 1 << 30), k == CouplingKind::kGeneral).total;
 }
 
 template <typename Launcher>
@@ -77,13 +77,13 @@ Status backward_driver(const BackwardArgs<float>& g, float* work, Launcher& laun
   if (!g.checkpoints || !g.dout.data || !g.du || !g.ddelta || !g.dA || !g.dB || !g.dC || !work)
     return Status::kNullPointer;
   if (a.z.data && !g.dz) return Status::kNullPointer;
-  const BlockPlan plan = plan_for(s, true, launch.smem_budget());
+  const BlockPlan plan = plan_for(s, a.coupling, true, launch.smem_budget());
   if (smem_bytes(plan) > launch.smem_budget()) return Status::kInvalidSize;
   const Workspace map = workspace_map(plan, general);
   if ((st = launch.blocks_backward(g, plan, map, work, vector_path(a.coupling))) != Status::kOk) return st;
 
   // Fixed-order sums: dB and dC over channel blocks, the parameters over the batch (and dW over
-  // every thread of every block).
+  // the threads of each block, then over the blocks).
   const int64_t seq = s.batch * M * N * L;
   if ((st = launch.sum_leading(work + map.bc, g.dB, plan.row_blocks, M * N * L, seq)) != Status::kOk) return st;
   if ((st = launch.sum_leading(work + map.bc + map.bc_half, g.dC, plan.row_blocks, M * N * L, seq)) != Status::kOk)
@@ -94,7 +94,10 @@ Status backward_driver(const BackwardArgs<float>& g, float* work, Launcher& laun
       (st = launch.sum_leading(work + map.dd + s.batch * M * D, g.ddelta_bias, s.batch, M * D, M * D)) != Status::kOk)
     return st;
   if (g.dW) {
-    if (general) return launch.sum_leading(work + map.w, g.dW, plan.blocks * plan.threads, M * M, M * M);
+    if (general) {
+      st = launch.sum_leading(work + map.w, work + map.w_blocks, plan.threads, M * M, plan.blocks * M * M);
+      return st != Status::kOk ? st : launch.sum_leading(work + map.w_blocks, g.dW, plan.blocks, M * M, M * M);
+    }
     return zero(g.dW, M * M);
   }
   return Status::kOk;

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from . import _validation
-from ._extension import checkpoint_chunk, extension
+from ._extension import checkpoint_chunk, cuda_unavailable_reason, extension
 
 Coupling = Union[str, Tensor]
 
@@ -96,8 +96,8 @@ def _seq_dtype(u: Tensor) -> torch.dtype:
     return u.dtype if u.device.type == "cuda" else _compute_dtype(u)
 
 
-def _num_chunks(L: int, device: torch.device) -> int:
-    chunk = checkpoint_chunk(device.type)
+def _num_chunks(L: int, device: torch.device, coupling_kind: int) -> int:
+    chunk = checkpoint_chunk(device.type, coupling_kind)
     return (L + chunk - 1) // chunk
 
 
@@ -127,7 +127,11 @@ def _run(direction: str, args: dict, u: Tensor) -> None:
                 f"coupled_selective_scan: tensors on {u.device} need the CUDA kernels, which this build of "
                 "coupled-mamba does not contain; reinstall with the CUDA toolkit present (COUPLED_MAMBA_CUDA=ON) "
                 "or move the tensors to the CPU")
-        getattr(ext, f"{direction}_cuda")(_DTYPE_NAMES[_seq_dtype(u)], args)
+        if ext.cuda_device_count() == 0:
+            raise RuntimeError(f"coupled_selective_scan: torch has tensors on {u.device}, but {cuda_unavailable_reason()}")
+        # torch's device guard as well as the library's own: both runtimes share the current device.
+        with torch.cuda.device(u.device):
+            getattr(ext, f"{direction}_cuda")(_DTYPE_NAMES[_seq_dtype(u)], args)
     else:
         getattr(ext, f"{direction}_cpu")(_DTYPE_NAMES[_compute_dtype(u)], args)
 
@@ -147,7 +151,7 @@ def scan_fwd(
     out = _new((Bt, M, Dch, L), cdt, u.device)
     last = _new((Bt, M, Dch, N), cdt, u.device)
     width = extension().checkpoint_width(coupling, M, N)
-    ck = (_new((Bt, Dch, _num_chunks(L, u.device), width), cdt, u.device) if save_checkpoints
+    ck = (_new((Bt, Dch, _num_chunks(L, u.device, coupling), width), cdt, u.device) if save_checkpoints
           else torch.empty(0, dtype=cdt, device=u.device))
     args.update(out=out.data_ptr(), last_state=last.data_ptr(), checkpoints=_ptr(ck) if save_checkpoints else None)
     _run("forward", args, u)
@@ -161,7 +165,7 @@ def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling
     Bt, M, Dch, L = u.shape
     N = A.shape[-1]
     width = N if coupling == RANK_ONE else M * N
-    ck = (u.new_empty((Bt, Dch, _num_chunks(L, u.device), width), dtype=cdt) if save_checkpoints
+    ck = (u.new_empty((Bt, Dch, _num_chunks(L, u.device, coupling), width), dtype=cdt) if save_checkpoints
           else u.new_empty((0,), dtype=cdt))
     return u.new_empty((Bt, M, Dch, L)), u.new_empty((Bt, M, Dch, N), dtype=cdt), ck
 
@@ -180,7 +184,7 @@ def scan_bwd(
     _validation.check_op_inputs(u, delta, A, B, C, D, z, delta_bias, coupling, W, initial_state)
     M, N = u.shape[1], A.shape[-1]
     _validation.check_backward_inputs(u, A, dout, dlast_state, checkpoints, extension().checkpoint_width(coupling, M, N),
-                                      _num_chunks(u.shape[-1], u.device))
+                                      _num_chunks(u.shape[-1], u.device, coupling))
     keep, args, cdt = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W,
                                initial_state)
     keep["dout"], args["dout"] = _seq(dout, _seq_dtype(u))

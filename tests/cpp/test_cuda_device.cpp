@@ -59,7 +59,7 @@ GpuResult run_gpu(const naive::Problem& p, CouplingKind kind, float alpha, const
       z(f32(p.z)), bias(f32(p.bias)), W(f32(p.W)), init(f32(p.init)), go(f32(dout)), gl(f32(dlast));
   const InputPointers<float> x{u.ptr, delta.ptr, A.ptr, B.ptr, C.ptr, Ds.ptr, z.ptr, bias.ptr, W.ptr, init.ptr};
   ForwardArgs<float> f = forward_args_for(p, x, L, kind, alpha);
-  DeviceBuffer out(Bt * M * D * L), last(Bt * M * D * N), ck(Bt * D * num_cuda_chunks(L) * checkpoint_width(kind, M, N));
+  DeviceBuffer out(Bt * M * D * L), last(Bt * M * D * N), ck(Bt * D * num_cuda_chunks(L, kind) * checkpoint_width(kind, M, N));
   f.out = out.ptr;
   f.last_state = last.ptr;
   f.checkpoints = ck.ptr;

@@ -8,7 +8,7 @@ import torch
 
 import coupled_mamba
 from coupled_mamba import coupled_selective_scan
-from coupled_mamba._extension import cuda_device_count, has_cuda
+from coupled_mamba._extension import cuda_device_count, cuda_unavailable_reason, has_cuda
 from coupled_mamba.reference import coupled_selective_scan_ref
 from test_scan import SIZES, TOL, coupling_for, make_inputs, rel
 
@@ -18,12 +18,14 @@ def _skip_reason():
         return "this build of coupled-mamba has no CUDA kernels (no nvcc at install time)"
     if not torch.cuda.is_available():
         return "no CUDA GPU visible to torch"
-    if cuda_device_count() == 0:
-        return "torch sees a GPU but the library's CUDA runtime does not"
-    return None
+    return None  # a GPU torch sees but the library does not is a failure (test below), not a skip
 
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))]
+
+
+def test_library_sees_the_gpu_torch_sees():
+    assert cuda_device_count() == torch.cuda.device_count(), cuda_unavailable_reason()
 
 
 @pytest.fixture(autouse=True)
