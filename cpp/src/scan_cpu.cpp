@@ -1,5 +1,6 @@
 // CPU entry points: argument checks, instruction-set dispatch, threading, the L = 0 case and
 // the fixed-order reductions of the backward's per-task partial sums.
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -50,7 +51,12 @@ bool cpu_has(const char* isa) {
 const KernelTable& select_kernels() {
   static const KernelTable* chosen = [] {
     const char* cap = std::getenv("COUPLED_MAMBA_CPU_ISA");
-    const std::string want = cap ? cap : "avx512";
+    std::string want = cap ? cap : "avx512";
+    if (want != "baseline" && want != "avx2" && want != "avx512") {
+      std::fprintf(stderr, "coupled_scan: COUPLED_MAMBA_CPU_ISA=%s is not baseline, avx2 or avx512; ignoring it\n",
+                   want.c_str());
+      want = "avx512";
+    }
     const KernelTable* t = &kBaselineKernels;
 #if defined(CS_HAVE_AVX2)
     if ((want == "avx2" || want == "avx512") && cpu_has("avx2")) t = &kAvx2Kernels;

@@ -18,3 +18,22 @@ def test_model_benchmark_runs(tmp_path):
     subprocess.run([sys.executable, "-m", "coupled_mamba.bench", "model", "--quick", "--repeats", "1", "--out",
                     str(out), "--plot", str(plot)], check=True, capture_output=True)
     assert json.loads(out.read_text()) and plot.stat().st_size > 0
+
+
+def test_gpu_scan_benchmark_runs_or_says_why(tmp_path):
+    """With a GPU: the quick GPU table is written. Without one: a clear message and a non-zero exit."""
+    import torch
+
+    from coupled_mamba._extension import cuda_device_count
+
+    out = tmp_path / "scan_cuda.json"
+    res = subprocess.run([sys.executable, "-m", "coupled_mamba.bench", "scan", "--device", "cuda", "--quick",
+                          "--repeats", "1", "--ref-repeats", "1", "--dtypes", "float32", "--out", str(out)],
+                         capture_output=True, text=True)
+    if torch.cuda.is_available() and cuda_device_count() > 0:
+        assert res.returncode == 0, res.stderr[-2000:]
+        rows = json.loads(out.read_text())["rows"]
+        assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
+        assert all(r["mean_ms"] > 0 and r["none_ms"] > 0 and r["floor_ms"] > 0 for r in rows)
+    else:
+        assert res.returncode != 0 and "no GPU visible" in res.stderr

@@ -317,6 +317,15 @@ def test_every_cpu_instruction_set(isa):
     assert float(err) < 1e-4
 
 
+def test_unknown_cpu_instruction_set_is_reported_and_ignored():
+    code = "import torch, coupled_mamba as cm; cm.coupled_selective_scan(*[torch.randn(1, 1, 2, 3)] * 2, " \
+           "-torch.rand(1, 2, 4), torch.randn(1, 1, 4, 3), torch.randn(1, 1, 4, 3)); print(cm.cpu_isa())"
+    env = dict(os.environ, COUPLED_MAMBA_CPU_ISA="avx9000")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "COUPLED_MAMBA_CPU_ISA=avx9000 is not baseline, avx2 or avx512; ignoring it" in res.stderr
+    assert res.stdout.strip() in ("avx512", "avx2", "baseline")
+
+
 def test_torch_compile_inductor_backward_with_strided_inputs():
     """Inductor checks the fake op's output strides against the real ones: both contiguous."""
     x = make_inputs(2, 3, 4, 6, 12)

@@ -106,4 +106,4 @@ def test_cuda_build_state_is_reported_without_a_gpu():
     if not torch.cuda.is_available():
         assert cuda_device_count() == 0
     if os.environ.get("COUPLED_MAMBA_CUDA") == "ON":  # CI with nvcc: the kernels must be in the build
-        assert shutil.which("nvcc") and has_cuda() and extension().cuda_chunk == 16
+        assert shutil.which("nvcc") and has_cuda() and extension().cuda_chunk(0) == 16
