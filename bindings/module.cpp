@@ -128,32 +128,49 @@ void raise_on_cuda(Status st, const char* what) {
   throw std::runtime_error(msg);
 }
 
-// d["device"]: the CUDA device index; d["stream"]: the cudaStream_t as an integer.
+// d["device"]: the CUDA device index; d["stream"]: the cudaStream_t as an integer;
+// d["time_segments"]: 0 (automatic) or a count; d["workspace"]: cuda_workspace(...) floats.
+CudaCall cuda_call(const std::string& dtype, const py::dict& d) {
+  CudaCall c;
+  c.dtype = seq_dtype(dtype);
+  c.device = d["device"].cast<int>();
+  c.stream = reinterpret_cast<void*>(d["stream"].cast<std::uintptr_t>());
+  c.time_segments = d.contains("time_segments") ? d["time_segments"].cast<int64_t>() : 0;
+  return c;
+}
+
 void forward_cuda_py(const std::string& dtype, const py::dict& d) {
   const ForwardArgs<float> a = forward_args<float>(d);
-  const SeqDType t = seq_dtype(dtype);
-  const int device = d["device"].cast<int>();
-  void* stream = reinterpret_cast<void*>(d["stream"].cast<std::uintptr_t>());
+  const CudaCall call = cuda_call(dtype, d);
+  float* work = ptr<float>(d, "workspace");
   Status st;
   {
     py::gil_scoped_release release;
-    st = forward_cuda(a, t, device, stream);
+    st = forward_cuda(a, call, work);
   }
   raise_on_cuda(st, "forward (CUDA)");
 }
 
 void backward_cuda_py(const std::string& dtype, const py::dict& d) {
   const BackwardArgs<float> g = backward_args<float>(d);
-  const SeqDType t = seq_dtype(dtype);
-  const int device = d["device"].cast<int>();
-  void* stream = reinterpret_cast<void*>(d["stream"].cast<std::uintptr_t>());
+  const CudaCall call = cuda_call(dtype, d);
   float* work = ptr<float>(d, "workspace");
   Status st;
   {
     py::gil_scoped_release release;
-    st = backward_cuda(g, t, work, device, stream);
+    st = backward_cuda(g, call, work);
   }
   raise_on_cuda(st, "backward (CUDA)");
+}
+
+int64_t cuda_workspace_py(const std::string& dtype, const py::dict& d, bool backward) {
+  const py::tuple s = d["sizes"].cast<py::tuple>();
+  const Sizes sizes{s[0].cast<int64_t>(), s[1].cast<int64_t>(), s[2].cast<int64_t>(), s[3].cast<int64_t>(),
+                    s[4].cast<int64_t>()};
+  const int64_t n = cuda_workspace(sizes, static_cast<CouplingKind>(d["coupling"].cast<int>()), backward,
+                                   cuda_call(dtype, d));
+  if (n < 0) throw std::runtime_error("coupled_scan: cannot query the CUDA device for the workspace size");
+  return n;
 }
 #endif
 
@@ -176,9 +193,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("has_cuda") = true;
   m.def("forward_cuda", &forward_cuda_py);
   m.def("backward_cuda", &backward_cuda_py);
-  m.def("cuda_workspace", [](int64_t Bt, int64_t M, int64_t D, int64_t N, int64_t L, int kind) {
-    return backward_cuda_workspace(Sizes{Bt, M, D, N, L}, static_cast<CouplingKind>(kind));
-  });
+  m.def("cuda_workspace", &cuda_workspace_py);
   m.def("cuda_device_count", &cuda_device_count);
   m.def("cuda_exp_floor_ms", &cuda_exp_floor_ms);
   m.def("cuda_error_text", []() { return std::string(cuda_error_text()); });

@@ -24,26 +24,45 @@ struct BackwardBlock : BlockView<Tin> {
     float next[kMs][kStates];                // the same for step t, built modality by modality
     float dA[kMaxModalities][kStates];
     float dW[kMM];
+    float factor[kMs][kStates];  // summary pass: product of the steps' factors
+    float a_sum[kStates];        // rank one: sum_m a^m_t of the current step
   };
 
   BackwardArgs<float> g;
   Workspace ws;
   float* work = nullptr;
+  Pass pass;
 
-  CS_HD BackwardBlock(const BackwardArgs<float>& grads, const BlockPlan& plan, const Workspace& map, float* workspace,
-                      int64_t block, float* smem)
-      : View(grads.fwd, plan, block, smem), g(grads), ws(map), work(workspace) {}
+  CS_HD BackwardBlock(const BackwardArgs<float>& grads, const BlockPlan& plan, Pass which, const Workspace& map,
+                      float* workspace, int64_t block, float* smem)
+      : View(grads.fwd, plan, block, smem), g(grads), ws(map), work(workspace), pass(which) {}
   using View::a;
   using View::p;
   using View::b;
+  CS_HD bool summary() const { return pass == Pass::kSummary; }
+  // Index of this block's (batch element, segment) among the partial sums.
+  CS_HD int64_t bs() const { return b * p.segments + this->seg; }
 
   CS_HD float& red(int q, int n, int ln) const { return this->sm[p.off_red + (q * p.N + n) * kPad + ln]; }
   CS_HD float& nsum(int q, int grp, int ln) const { return this->sm[p.off_nsum + (q * p.G + grp) * kPad + ln]; }
   CS_HD float& acc(int q, int m, int ln) const { return this->sm[p.off_acc + (q * p.M + m) * kPad + ln]; }
 
+  // Phase: zero accumulators; the carry from later steps: zero for the last segment and in a
+  // summary, otherwise what the segment pass computed.
   CS_HD void init(int tid, Thread& th) const {
+    const int64_t d = this->channel(tid);
+    const int grp = View::group(tid);
+    const bool from_later = !summary() && this->seg < p.segments - 1 && d < p.D;
     for (int m = 0; m < kMs; ++m)
-      for (int j = 0; j < kStates; ++j) th.carry[m][j] = th.next[m][j] = 0.0f;
+      for (int j = 0; j < kStates; ++j) {
+        const int n = grp * kStates + j;
+        th.carry[m][j] = (from_later && n < p.N && m < p.M)
+                             ? work[ws.seg.start + this->segment_index(this->seg, d, m * p.N + n)]
+                             : 0.0f;
+        th.next[m][j] = 0.0f;
+        th.factor[m][j] = 1.0f;
+      }
+    for (int j = 0; j < kStates; ++j) th.a_sum[j] = 0.0f;
     for (int m = 0; m < kMaxModalities; ++m)
       for (int j = 0; j < kStates; ++j) th.dA[m][j] = 0.0f;
     for (int k = 0; k < kMM; ++k) th.dW[k] = 0.0f;
@@ -120,9 +139,9 @@ struct BackwardBlock : BlockView<Tin> {
           if (a.z.data) {
             const float zv = this->seq(a.z, m, d, t);
             dyv = dout * silu(zv);
-            g.dz[this->seq_index(m, d, t)] = dout * y * silu_grad(zv);
+            if (!summary()) g.dz[this->seq_index(m, d, t)] = dout * y * silu_grad(zv);
           }
-          acc(0, m, ln) += dyv * uv;
+          if (!summary()) acc(0, m, ln) += dyv * uv;
         }
         this->dy(m, s, ln) = dyv;
       }
@@ -166,10 +185,13 @@ struct BackwardBlock : BlockView<Tin> {
       th.dA[m][j] += mu * coupled * dtv;
       if (kVector) {
         th.next[kVector ? m : 0][j] = mu;
+        th.factor[kVector ? m : 0][j] *= av;  // "none": mu^m_t = a^m_t (... + mu^m_{t+1})
         if (a.coupling == CouplingKind::kGeneral)
           for (int i = 0; i < kMs && i < p.M; ++i) th.dW[kVector ? m * p.M + i : 0] += mu * th.hist[s][i][j];
       } else {
         th.next[0][j] = (m == 0 ? 0.0f : th.next[0][j]) + mu;
+        th.a_sum[j] = (m == 0 ? 0.0f : th.a_sum[j]) + av;
+        if (m == p.M - 1) th.factor[0][j] *= a.alpha * th.a_sum[j];  // rho_t = alpha sum_m a^m_t rho_{t+1} + ...
       }
     }
     nsum(0, grp, ln) = su;
@@ -177,7 +199,7 @@ struct BackwardBlock : BlockView<Tin> {
     if (m != p.M - 1) return;
     for (int k = 0; k < kMs; ++k)
       for (int j = 0; j < kStates; ++j) th.carry[k][j] = th.next[k][j];
-    if (t == 0 && g.dinitial_state && valid) {
+    if (t == 0 && g.dinitial_state && valid && !summary()) {
       for (int j = 0; j < kStates; ++j) {
         const int n = grp * kStates + j;
         if (n >= p.N) break;
@@ -222,25 +244,39 @@ struct BackwardBlock : BlockView<Tin> {
     }
   }
 
-  // Phase: per-thread and per-block partials to the workspace.
+  // Phase: per-thread and per-block partials to the workspace; in a summary, the carry at the
+  // segment's first step and the segment's factor.
   CS_HD void finish(int tid, const Thread& th) const {
     const int64_t d = this->channel(tid);
     const int grp = View::group(tid);
+    if (summary()) {
+      if (d >= p.D) return;
+      for (int j = 0; j < kStates; ++j) {
+        const int n = grp * kStates + j;
+        if (n >= p.N) break;
+        for (int m = 0; m < kMs && m < p.M; ++m) {
+          const int64_t i = this->segment_index(this->seg, d, m * p.N + n);
+          work[ws.seg.end + i] = th.carry[m][j];
+          work[ws.seg.factor + i] = th.factor[m][j];
+        }
+      }
+      return;
+    }
     if (d < p.D)
       for (int j = 0; j < kStates; ++j) {
         const int n = grp * kStates + j;
         if (n >= p.N) break;
-        for (int m = 0; m < p.M; ++m) work[ws.a + this->state_index(m, d, n)] = th.dA[m][j];
+        for (int m = 0; m < p.M; ++m) work[ws.a + ((bs() * p.M + m) * p.D + d) * p.N + n] = th.dA[m][j];
       }
     if (kVector && a.coupling == CouplingKind::kGeneral) {
-      const int64_t block = b * p.row_blocks + this->x;
+      const int64_t block = (b * p.row_blocks + this->x) * p.segments + this->seg;
       float* w = work + ws.w + (block * p.threads + tid) * p.M * p.M;
       for (int k = 0; k < p.M * p.M; ++k) w[k] = th.dW[kVector ? k : 0];
     }
     for (int i = tid; i < 2 * p.M * kRows; i += p.threads) {
       const int ln = i % kRows, m = (i / kRows) % p.M, q = i / (kRows * p.M);
       const int64_t dd = this->d0 + ln;
-      if (dd < p.D) work[ws.dd + ((q * p.Bt + b) * p.M + m) * p.D + dd] = acc(q, m, ln);
+      if (dd < p.D) work[ws.dd + ((q * p.Bt * p.segments + bs()) * p.M + m) * p.D + dd] = acc(q, m, ln);
     }
   }
 };
@@ -248,8 +284,10 @@ struct BackwardBlock : BlockView<Tin> {
 template <typename Block, typename Exec>
 CS_HD void run_backward_block(const Block& blk, Exec& ex) {
   using Thread = typename Block::Thread;
+  // The first segment's summary is never used (nothing comes before it).
+  if (blk.summary() && blk.seg == 0) return;
   ex.each([&](int tid, Thread& th) { blk.init(tid, th); });
-  for (int64_t c = blk.p.chunks - 1; c >= 0; --c) {
+  for (int64_t c = blk.c_end - 1; c >= blk.c_begin; --c) {
     ex.each([&](int tid, Thread& th) { blk.restart(tid, th, c); });
     const int len = blk.chunk_length(c);
     for (int s0 = 0; s0 < len; s0 += blk.p.sub) {
@@ -260,7 +298,7 @@ CS_HD void run_backward_block(const Block& blk, Exec& ex) {
     for (int s = len - 1; s >= 0; --s)
       for (int m = 0; m < blk.p.M; ++m) {
         ex.each([&](int tid, Thread& th) { blk.reverse(tid, th, c, s, m); });
-        ex.each([&](int tid, Thread&) { blk.reverse_sums(tid, c, s, m); });
+        if (!blk.summary()) ex.each([&](int tid, Thread&) { blk.reverse_sums(tid, c, s, m); });
       }
   }
   ex.each([&](int tid, Thread& th) { blk.finish(tid, th); });

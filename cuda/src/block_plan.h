@@ -4,7 +4,9 @@
 //
 // Layout (chosen for determinism and no cross-lane shuffles; see docs/cuda.md):
 //   one thread block = one batch element b x 32 consecutive channels d (the lanes of a warp)
-//                      x G = ceil(N / 8) warps, warp g owning states n = 8g .. 8g + 7;
+//                      x G = ceil(N / 8) warps, warp g owning states n = 8g .. 8g + 7
+//                      x one time segment (all of L, unless the grid is too small to fill the
+//                      GPU: then L splits into segments of whole chunks, see segments below);
 //   each thread walks time sequentially, keeping its 8 states (x M for the vector path) in
 //   registers; sums over n cross the G warps through shared memory, sums over d (dB, dC)
 //   cross the 32 lanes through shared memory and the channel blocks through a workspace that
@@ -32,8 +34,11 @@ struct BlockPlan {
   int chunk = 0;         // time steps per checkpoint chunk (cuda_chunk)
   int sub = 0;           // time steps per y-reduction round (divides chunk)
   int64_t row_blocks = 0;  // ceil(D / 32)
-  int64_t blocks = 0;      // Bt * row_blocks
+  int64_t segments = 1;    // time segments (1: one block walks all of L)
+  int64_t seg_chunks = 0;  // chunks per segment
+  int64_t blocks = 0;      // Bt * row_blocks * segments
   int64_t chunks = 0;      // num_cuda_chunks(L, coupling)
+  int width = 0;           // carried values per (b, d): N (rank one) or M * N (vector path)
   // Offsets (in floats) of the shared arrays; `smem_floats` is the total.
   int off_dt = 0, off_u = 0, off_dy = 0, off_part = 0, off_red = 0, off_nsum = 0, off_acc = 0;
   int smem_floats = 0;
@@ -52,9 +57,11 @@ inline BlockPlan make_plan(const Sizes& s, CouplingKind kind, bool backward, int
   p.G = (p.N + kStates - 1) / kStates;
   p.threads = kRows * p.G;
   p.row_blocks = (p.D + kRows - 1) / kRows;
-  p.blocks = p.Bt * p.row_blocks;
+  p.blocks = p.Bt * p.row_blocks;  // one segment; with_segments() splits time
   p.chunk = static_cast<int>(cuda_chunk(kind));
   p.chunks = num_cuda_chunks(p.L, kind);
+  p.seg_chunks = p.chunks;
+  p.width = static_cast<int>(checkpoint_width(kind, p.M, p.N));
   const int chunk_array = p.M * p.chunk * kPad;
   for (int sub = p.chunk; sub >= 1; sub /= 2) {
     int off = 0;
@@ -87,24 +94,74 @@ inline BlockPlan plan_for(const Sizes& s, CouplingKind kind, bool backward, int6
   return smem_bytes(p) <= preferred ? p : make_plan(s, kind, backward, limit);
 }
 
+// Time segments. With few blocks (small Bt * D at long L) most SMs would idle, so L splits into
+// segments of whole chunks, each a block, in three passes: every segment runs from a zero state
+// and records its end state and the product of its per-step factors (the recurrence is linear:
+// end = factor * start + end_from_zero, per state; rank one: factor alpha * sum_m a^m_t, "none":
+// a^m_t per modality); a short sequential pass over the segments turns those into each segment's
+// true start; then every segment runs for real from its start. The backward does the same with
+// its reverse carry (the same factors). This costs twice the exps, so it is used only where the
+// grid is small. A general W would need M x M factors and always runs as one segment.
+constexpr int64_t kMinSegmentChunks = 4;
+constexpr int64_t kTargetThreadsPerSm = 1024;
+
+inline BlockPlan with_segments(BlockPlan p, int64_t want) {
+  if (want < 1) want = 1;
+  if (want > p.chunks) want = p.chunks > 0 ? p.chunks : 1;
+  p.seg_chunks = (p.chunks + want - 1) / want;
+  p.segments = p.seg_chunks > 0 ? (p.chunks + p.seg_chunks - 1) / p.seg_chunks : 1;
+  p.blocks = p.Bt * p.row_blocks * p.segments;
+  return p;
+}
+
+// Segments for a call: `hint` >= 1 asks for that many, 0 lets the grid size decide on a GPU
+// with `sms` multiprocessors.
+inline int64_t choose_segments(const BlockPlan& p, CouplingKind kind, int64_t hint, int64_t sms) {
+  if (kind == CouplingKind::kGeneral) return 1;
+  if (hint >= 1) return hint;
+  const int64_t threads = p.Bt * p.row_blocks * p.threads, target = sms * kTargetThreadsPerSm;
+  if (threads <= 0 || threads >= target) return 1;
+  const int64_t want = (target + threads - 1) / threads, most = p.chunks / kMinSegmentChunks;
+  return want < most ? want : (most > 1 ? most : 1);
+}
+
+// Per-segment values [Bt][segments][D][width] in a workspace: end states (or reverse carries)
+// from zero, factors, and the true starts (or incoming carries).
+struct SegmentArrays {
+  int64_t end = 0, factor = 0, start = 0, size = 0;
+};
+
+inline SegmentArrays segment_arrays(const BlockPlan& p, int64_t base) {
+  SegmentArrays s;
+  const int64_t n = p.segments > 1 ? p.Bt * p.segments * p.D * p.width : 0;
+  s.end = base, s.factor = base + n, s.start = base + 2 * n, s.size = 3 * n;
+  return s;
+}
+
+inline int64_t forward_workspace(const BlockPlan& p) { return segment_arrays(p, 0).size; }
+
 // Backward workspace (floats): dB and dC terms per channel block [2][Bt][row_blocks][M][N][L],
-// dA per batch element [Bt][M][D][N], dD and d delta_bias per batch element [2][Bt][M][D], and
-// for a general W one M x M partial per thread [blocks][threads][M][M], summed per block into
-// [blocks][M][M] and then over blocks (two fixed-order passes that both run in parallel).
+// dA per (batch element, segment) [Bt * segments][M][D][N], dD and d delta_bias likewise
+// [2][Bt * segments][M][D], for a general W one M x M partial per thread [blocks][threads][M][M],
+// summed per block into [blocks][M][M] and then over blocks (two fixed-order passes that both run
+// in parallel), and the segment arrays.
 struct Workspace {
   int64_t bc = 0, a = 0, dd = 0, w = 0, w_blocks = 0, total = 0;
   int64_t bc_half = 0;  // offset of the dC half inside the dB/dC part
+  SegmentArrays seg;
 };
 
 inline Workspace workspace_map(const BlockPlan& p, bool general) {
   Workspace w;
+  const int64_t bs = p.Bt * p.segments;
   w.bc_half = p.Bt * p.row_blocks * p.M * p.N * p.L;
   w.bc = 0;
   w.a = w.bc + 2 * w.bc_half;
-  w.dd = w.a + p.Bt * p.M * p.D * p.N;
-  w.w = w.dd + 2 * p.Bt * p.M * p.D;
+  w.dd = w.a + bs * p.M * p.D * p.N;
+  w.w = w.dd + 2 * bs * p.M * p.D;
   w.w_blocks = w.w + (general ? p.blocks * p.threads * p.M * p.M : 0);
-  w.total = w.w_blocks + (general ? p.blocks * p.M * p.M : 0);
+  w.seg = segment_arrays(p, w.w_blocks + (general ? p.blocks * p.M * p.M : 0));
+  w.total = w.seg.start + w.seg.size / 3;
   return w;
 }
 

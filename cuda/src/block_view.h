@@ -14,18 +14,32 @@
 namespace coupled_scan {
 namespace gpu {
 
+// A block's pass over its segment: the real one, or (time segments only, see block_plan.h) a
+// summary from a zero state that records the segment's end state and factor.
+enum class Pass : int { kFull = 0, kSummary = 1 };
+
 template <typename Tin>
 struct BlockView {
   ForwardArgs<float> a;
   BlockPlan p;
-  int64_t b = 0;   // batch element
-  int64_t d0 = 0;  // first channel
-  int64_t x = 0;   // channel block index (d0 / 32)
+  int64_t b = 0;    // batch element
+  int64_t d0 = 0;   // first channel
+  int64_t x = 0;    // channel block index (d0 / 32)
+  int64_t seg = 0;  // time segment
+  int64_t c_begin = 0, c_end = 0;  // its chunks
   float* sm = nullptr;
 
+  // block = (b * row_blocks + x) * segments + seg
   CS_HD BlockView(const ForwardArgs<float>& args, const BlockPlan& plan, int64_t block, float* smem)
-      : a(args), p(plan), b(block / plan.row_blocks), d0((block % plan.row_blocks) * kRows),
-        x(block % plan.row_blocks), sm(smem) {}
+      : a(args), p(plan), b(block / (plan.row_blocks * plan.segments)),
+        d0(((block / plan.segments) % plan.row_blocks) * kRows), x((block / plan.segments) % plan.row_blocks),
+        seg(block % plan.segments), c_begin(seg * plan.seg_chunks),
+        c_end(c_begin + plan.seg_chunks < plan.chunks ? c_begin + plan.seg_chunks : plan.chunks), sm(smem) {}
+
+  // Where (b, this segment, d, carried value w) lives in a SegmentArrays array.
+  CS_HD int64_t segment_index(int64_t s, int64_t d, int w) const {
+    return ((b * p.segments + s) * p.D + d) * p.width + w;
+  }
 
   // Thread -> (lane, channel, warp = state group).
   CS_HD static int lane(int tid) { return tid % kRows; }

@@ -17,31 +17,59 @@ struct ForwardBlock : BlockView<Tin> {
   static constexpr int kMs = kVector ? static_cast<int>(kMaxModalities) : 1;
   struct Thread {
     float h[kMs][kStates];
+    float factor[kMs][kStates];  // summary pass: product of the steps' factors
   };
-  using View::View;
+  Pass pass;
+  SegmentArrays segs;
+  float* work;
   using View::a;
   using View::p;
   using View::b;
 
+  CS_HD ForwardBlock(const ForwardArgs<float>& args, const BlockPlan& plan, Pass which, const SegmentArrays& arrays,
+                     float* workspace, int64_t block, float* smem)
+      : View(args, plan, block, smem), pass(which), segs(arrays), work(workspace) {}
+  CS_HD bool summary() const { return pass == Pass::kSummary; }
+
+  // Phase: the state before the segment: initial_state (or zero) for the first segment, zero in
+  // a summary, otherwise the start the segment pass computed.
   CS_HD void init(int tid, Thread& th) const {
     const int64_t d = this->channel(tid);
     const int g = View::group(tid);
     for (int j = 0; j < kStates; ++j) {
       const int n = g * kStates + j;
-      const bool live = a.initial_state && d < p.D && n < p.N;
-      float sum = 0.0f;
-      for (int m = 0; m < kMaxModalities && m < p.M; ++m) {
-        const float v = live ? a.initial_state[this->state_index(m, d, n)] : 0.0f;
-        if (kVector) th.h[kVector ? m : 0][j] = v;
-        sum += v;
+      const bool live = d < p.D && n < p.N && !summary();
+      for (int m = 0; m < kMs; ++m) th.factor[m][j] = 1.0f, th.h[m][j] = 0.0f;
+      if (!live) continue;
+      if (this->seg > 0) {
+        for (int m = 0; m < kMs && m < p.M; ++m)
+          th.h[m][j] = work[segs.start + this->segment_index(this->seg, d, m * p.N + n)];
+      } else if (a.initial_state) {
+        for (int m = 0; m < kMaxModalities && m < p.M; ++m)  // rank one: s = sum_m h^m
+          th.h[kVector ? m : 0][j] += a.initial_state[this->state_index(m, d, n)];
       }
-      if (!kVector) th.h[0][j] = sum;
+    }
+  }
+
+  // Phase (summary): the segment's end state and factor.
+  CS_HD void finish(int tid, const Thread& th) const {
+    const int64_t d = this->channel(tid);
+    if (!summary() || d >= p.D) return;
+    const int g = View::group(tid);
+    for (int j = 0; j < kStates; ++j) {
+      const int n = g * kStates + j;
+      if (n >= p.N) break;
+      for (int m = 0; m < kMs && m < p.M; ++m) {
+        const int64_t i = this->segment_index(this->seg, d, m * p.N + n);
+        work[segs.end + i] = th.h[m][j];
+        work[segs.factor + i] = th.factor[m][j];
+      }
     }
   }
 
   CS_HD void save_checkpoint(int tid, const Thread& th, int64_t c) const {
     const int64_t d = this->channel(tid);
-    if (!a.checkpoints || d >= p.D) return;
+    if (!a.checkpoints || d >= p.D || summary()) return;
     const int width = kVector ? p.M * p.N : p.N;
     float* ck = a.checkpoints + ((b * p.D + d) * p.chunks + c) * width;
     const int g = View::group(tid);
@@ -59,7 +87,7 @@ struct ForwardBlock : BlockView<Tin> {
     const bool valid = d < p.D;
     for (int s = s0; s < s1; ++s) {
       const int64_t t = this->chunk_start(c) + s;
-      const bool last = a.last_state && t == p.L - 1;
+      const bool last = a.last_state && t == p.L - 1 && !summary();
       float y[kMaxModalities];
       for (int m = 0; m < kMaxModalities; ++m) y[m] = 0.0f;
       for (int j = 0; j < kStates && valid; ++j) {
@@ -67,7 +95,7 @@ struct ForwardBlock : BlockView<Tin> {
         if (n >= p.N) break;
         float prev[kMs];
         for (int m = 0; m < kMs && m < p.M; ++m) prev[m] = th.h[m][j];
-        float next_sum = 0.0f;
+        float next_sum = 0.0f, a_sum = 0.0f;
         for (int m = 0; m < kMaxModalities && m < p.M; ++m) {
           float coupled;  // g^m_t = sum_i W[m, i] h^i_{t-1}
           if (kVector) {
@@ -81,10 +109,13 @@ struct ForwardBlock : BlockView<Tin> {
           const float hv = av * coupled + dtv * this->u(m, s, ln) * this->seq(a.B, m, n, t);
           y[m] += this->seq(a.C, m, n, t) * hv;
           if (kVector) th.h[kVector ? m : 0][j] = hv;
+          if (kVector) th.factor[kVector ? m : 0][j] *= av;  // "none": h^m_t = a^m_t h^m_{t-1} + ...
           next_sum += hv;
+          a_sum += av;
           if (last) a.last_state[this->state_index(m, d, n)] = hv;
         }
         if (!kVector) th.h[0][j] = next_sum;
+        if (!kVector) th.factor[0][j] *= a.alpha * a_sum;  // s_t = alpha (sum_m a^m_t) s_{t-1} + ...
       }
       for (int m = 0; m < p.M; ++m) this->part(s - s0, m, g, ln) = y[m];
     }
@@ -113,8 +144,10 @@ struct ForwardBlock : BlockView<Tin> {
 template <typename Block, typename Exec>
 CS_HD void run_forward_block(const Block& blk, Exec& ex) {
   using Thread = typename Block::Thread;
+  // The last segment's summary is never used (nothing comes after it).
+  if (blk.summary() && blk.seg == blk.p.segments - 1) return;
   ex.each([&](int tid, Thread& th) { blk.init(tid, th); });
-  for (int64_t c = 0; c < blk.p.chunks; ++c) {
+  for (int64_t c = blk.c_begin; c < blk.c_end; ++c) {
     ex.each([&](int tid, Thread& th) {
       blk.save_checkpoint(tid, th, c);
       blk.load_chunk(tid, c);
@@ -123,9 +156,10 @@ CS_HD void run_forward_block(const Block& blk, Exec& ex) {
     for (int s0 = 0; s0 < len; s0 += blk.p.sub) {
       const int s1 = s0 + blk.p.sub < len ? s0 + blk.p.sub : len;
       ex.each([&](int tid, Thread& th) { blk.walk(tid, th, c, s0, s1); });
-      ex.each([&](int tid, Thread&) { blk.reduce(tid, c, s0, s1); });
+      if (!blk.summary()) ex.each([&](int tid, Thread&) { blk.reduce(tid, c, s0, s1); });
     }
   }
+  if (blk.summary()) ex.each([&](int tid, Thread& th) { blk.finish(tid, th); });
 }
 
 }  // namespace gpu

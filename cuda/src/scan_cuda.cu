@@ -45,19 +45,21 @@ Status cuda_status(cudaError_t e, const char* where) {
 // kMaxThreads bounds the registers per thread so that a block fits an SM's 64 K registers:
 // 256 for N <= 64 (up to 255 registers), 1024 for larger N (64 registers, the rest spills to L1).
 template <typename Tin, bool kVector, int kMaxThreads>
-__global__ void __launch_bounds__(kMaxThreads) forward_kernel(ForwardArgs<float> a, BlockPlan p) {
+__global__ void __launch_bounds__(kMaxThreads)
+    forward_kernel(ForwardArgs<float> a, Pass pass, SegmentArrays segs, float* work, BlockPlan p) {
   extern __shared__ float smem[];
   using Block = ForwardBlock<Tin, kVector>;
-  const Block block(a, p, static_cast<int64_t>(blockIdx.x), smem);
+  const Block block(a, p, pass, segs, work, static_cast<int64_t>(blockIdx.x), smem);
   DeviceExec<typename Block::Thread> ex;
   run_forward_block(block, ex);
 }
 
 template <typename Tin, bool kVector, int kMaxThreads>
-__global__ void __launch_bounds__(kMaxThreads) backward_kernel(BackwardArgs<float> g, Workspace map, float* work, BlockPlan p) {
+__global__ void __launch_bounds__(kMaxThreads)
+    backward_kernel(BackwardArgs<float> g, Pass pass, Workspace map, float* work, BlockPlan p) {
   extern __shared__ float smem[];
   using Block = BackwardBlock<Tin, kVector>;
-  const Block block(g, p, map, work, static_cast<int64_t>(blockIdx.x), smem);
+  const Block block(g, p, pass, map, work, static_cast<int64_t>(blockIdx.x), smem);
   DeviceExec<typename Block::Thread> ex;
   run_backward_block(block, ex);
 }
@@ -65,6 +67,12 @@ __global__ void __launch_bounds__(kMaxThreads) backward_kernel(BackwardArgs<floa
 __global__ void sum_leading_kernel(const float* in, float* out, int64_t K, int64_t inner, int64_t count) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
     out[i] = sum_leading_at(in, K, inner, i);
+}
+
+__global__ void segment_carry_kernel(SegmentCarry job) {
+  const int64_t count = job.count();
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
+    job(i);
 }
 
 __global__ void fill_kernel(float* p, int64_t count, float v) {
@@ -95,18 +103,24 @@ struct DeviceLauncher {
   SeqDType dtype;
   cudaStream_t stream;
   int64_t budget = 48 * 1024;
+  int64_t sms = 1;
 
   Status init(int dev) {
-    int optin = 0;
+    int optin = 0, count = 0;
     Status st = cuda_status(cudaSetDevice(dev), "cudaSetDevice");
     if (st != Status::kOk) return st;
     st = cuda_status(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
                      "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
     if (st != Status::kOk) return st;
+    st = cuda_status(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev),
+                     "cudaDeviceGetAttribute(MultiProcessorCount)");
+    if (st != Status::kOk) return st;
     budget = optin;
+    sms = count;
     return Status::kOk;
   }
   int64_t smem_budget() const { return budget; }
+  int64_t sm_count() const { return sms; }
 
   template <typename Kernel, typename... Args>
   Status launch_blocks(Kernel kernel, const BlockPlan& p, Args... args) {
@@ -123,39 +137,46 @@ struct DeviceLauncher {
   }
 
   template <typename Tin>
-  Status forward_typed(const ForwardArgs<float>& a, const BlockPlan& p, bool vector) {
+  Status forward_typed(const ForwardArgs<float>& a, const BlockPlan& p, bool vector, Pass pass,
+                       const SegmentArrays& segs, float* work) {
     if (p.threads <= 256)
-      return vector ? launch_blocks(forward_kernel<Tin, true, 256>, p, a)
-                    : launch_blocks(forward_kernel<Tin, false, 256>, p, a);
-    return vector ? launch_blocks(forward_kernel<Tin, true, 1024>, p, a)
-                  : launch_blocks(forward_kernel<Tin, false, 1024>, p, a);
+      return vector ? launch_blocks(forward_kernel<Tin, true, 256>, p, a, pass, segs, work)
+                    : launch_blocks(forward_kernel<Tin, false, 256>, p, a, pass, segs, work);
+    return vector ? launch_blocks(forward_kernel<Tin, true, 1024>, p, a, pass, segs, work)
+                  : launch_blocks(forward_kernel<Tin, false, 1024>, p, a, pass, segs, work);
   }
-  Status blocks_forward(const ForwardArgs<float>& a, const BlockPlan& p, bool vector) {
+  Status blocks_forward(const ForwardArgs<float>& a, const BlockPlan& p, bool vector, Pass pass,
+                        const SegmentArrays& segs, float* work) {
     switch (dtype) {
-      case SeqDType::kFloat32: return forward_typed<float>(a, p, vector);
-      case SeqDType::kFloat16: return forward_typed<__half>(a, p, vector);
-      case SeqDType::kBFloat16: return forward_typed<__nv_bfloat16>(a, p, vector);
+      case SeqDType::kFloat32: return forward_typed<float>(a, p, vector, pass, segs, work);
+      case SeqDType::kFloat16: return forward_typed<__half>(a, p, vector, pass, segs, work);
+      case SeqDType::kBFloat16: return forward_typed<__nv_bfloat16>(a, p, vector, pass, segs, work);
     }
     return Status::kInvalidArgument;
   }
 
   template <typename Tin>
-  Status backward_typed(const BackwardArgs<float>& g, const BlockPlan& p, const Workspace& w, float* work,
-                        bool vector) {
+  Status backward_typed(const BackwardArgs<float>& g, const BlockPlan& p, bool vector, Pass pass, const Workspace& w,
+                        float* work) {
     if (p.threads <= 256)
-      return vector ? launch_blocks(backward_kernel<Tin, true, 256>, p, g, w, work)
-                    : launch_blocks(backward_kernel<Tin, false, 256>, p, g, w, work);
-    return vector ? launch_blocks(backward_kernel<Tin, true, 1024>, p, g, w, work)
-                  : launch_blocks(backward_kernel<Tin, false, 1024>, p, g, w, work);
+      return vector ? launch_blocks(backward_kernel<Tin, true, 256>, p, g, pass, w, work)
+                    : launch_blocks(backward_kernel<Tin, false, 256>, p, g, pass, w, work);
+    return vector ? launch_blocks(backward_kernel<Tin, true, 1024>, p, g, pass, w, work)
+                  : launch_blocks(backward_kernel<Tin, false, 1024>, p, g, pass, w, work);
   }
-  Status blocks_backward(const BackwardArgs<float>& g, const BlockPlan& p, const Workspace& w, float* work,
-                         bool vector) {
+  Status blocks_backward(const BackwardArgs<float>& g, const BlockPlan& p, bool vector, Pass pass, const Workspace& w,
+                         float* work) {
     switch (dtype) {
-      case SeqDType::kFloat32: return backward_typed<float>(g, p, w, work, vector);
-      case SeqDType::kFloat16: return backward_typed<__half>(g, p, w, work, vector);
-      case SeqDType::kBFloat16: return backward_typed<__nv_bfloat16>(g, p, w, work, vector);
+      case SeqDType::kFloat32: return backward_typed<float>(g, p, vector, pass, w, work);
+      case SeqDType::kFloat16: return backward_typed<__half>(g, p, vector, pass, w, work);
+      case SeqDType::kBFloat16: return backward_typed<__nv_bfloat16>(g, p, vector, pass, w, work);
     }
     return Status::kInvalidArgument;
+  }
+
+  Status carry(const SegmentCarry& job) {
+    segment_carry_kernel<<<grid_for(job.count(), 256), 256, 0, stream>>>(job);
+    return cuda_status(cudaGetLastError(), "segment carry kernel launch");
   }
 
   Status sum_leading(const float* in, float* out, int64_t K, int64_t inner, int64_t count) {
@@ -192,19 +213,18 @@ struct DeviceGuard {
 
 // Runs a driver with a fresh error state; says why when the plan does not fit the GPU.
 template <typename Driver>
-Status run(SeqDType dtype, int device, void* stream, const Sizes& s, CouplingKind kind, bool backward,
-           Driver driver) {
+Status run(const CudaCall& call, const Sizes& s, CouplingKind kind, bool backward, Driver driver) {
   g_error.clear();
   (void)cudaGetLastError();  // an earlier failure in this runtime must not be reported as ours
-  if (!valid_dtype(dtype)) return Status::kInvalidArgument;
+  if (!valid_dtype(call.dtype) || call.time_segments < 0) return Status::kInvalidArgument;
   DeviceGuard guard;
-  DeviceLauncher launch{dtype, static_cast<cudaStream_t>(stream)};
-  Status st = launch.init(device);
+  DeviceLauncher launch{call.dtype, static_cast<cudaStream_t>(call.stream)};
+  Status st = launch.init(call.device);
   if (st != Status::kOk) return st;
   st = driver(launch);
   if (st == Status::kInvalidSize && g_error.empty() && s.modalities >= 1 && s.modalities <= kMaxModalities &&
       s.state >= 1 && s.state <= kMaxState) {
-    const BlockPlan p = plan_for(s, kind, backward, launch.smem_budget());
+    const BlockPlan p = call_plan(s, kind, backward, launch.smem_budget(), call.time_segments, launch.sm_count());
     if (smem_bytes(p) > launch.smem_budget())
       g_error = "the " + std::string(backward ? "backward" : "forward") + " needs " +
                 std::to_string(smem_bytes(p)) + " bytes of shared memory per block for M = " +
@@ -217,17 +237,25 @@ Status run(SeqDType dtype, int device, void* stream, const Sizes& s, CouplingKin
 }  // namespace
 }  // namespace gpu
 
-Status forward_cuda(const ForwardArgs<float>& a, SeqDType dtype, int device, void* stream) {
-  return gpu::run(dtype, device, stream, a.size, a.coupling, false, [&](gpu::DeviceLauncher& l) { return gpu::forward_driver(a, l); });
+Status forward_cuda(const ForwardArgs<float>& a, const CudaCall& call, float* workspace) {
+  return gpu::run(call, a.size, a.coupling, false, [&](gpu::DeviceLauncher& l) {
+    return gpu::forward_driver(a, call.time_segments, workspace, l);
+  });
 }
 
-int64_t backward_cuda_workspace(const Sizes& size, CouplingKind coupling) {
-  return gpu::workspace_floats(size, coupling);
+int64_t cuda_workspace(const Sizes& size, CouplingKind coupling, bool backward, const CudaCall& call) {
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, call.device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return -1;
+  }
+  return gpu::workspace_floats(size, coupling, backward, call.time_segments, sms);
 }
 
-Status backward_cuda(const BackwardArgs<float>& g, SeqDType dtype, float* workspace, int device, void* stream) {
-  return gpu::run(dtype, device, stream, g.fwd.size, g.fwd.coupling, true,
-                  [&](gpu::DeviceLauncher& l) { return gpu::backward_driver(g, workspace, l); });
+Status backward_cuda(const BackwardArgs<float>& g, const CudaCall& call, float* workspace) {
+  return gpu::run(call, g.fwd.size, g.fwd.coupling, true, [&](gpu::DeviceLauncher& l) {
+    return gpu::backward_driver(g, call.time_segments, workspace, l);
+  });
 }
 
 double cuda_exp_floor_ms(int64_t count, int device) {
@@ -238,7 +266,8 @@ double cuda_exp_floor_ms(int64_t count, int device) {
   if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return -1.0;
   const int threads = 256, blocks = prop.multiProcessorCount * 8;
   const int64_t per_launch = int64_t(threads) * blocks * 8;
-  const int iters = static_cast<int>(count / per_launch > 0 ? (count / per_launch < 100000 ? count / per_launch : 100000) : 1);
+  const int64_t want = count / per_launch;
+  const int iters = static_cast<int>(want < 1 ? 1 : (want > 100000 ? 100000 : want));
   float* sink = nullptr;
   cudaEvent_t start, stop;
   if (cudaMalloc(&sink, sizeof(float)) != cudaSuccess) return -1.0;

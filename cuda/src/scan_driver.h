@@ -1,17 +1,19 @@
 // The steps of a CUDA forward / backward call, written once over a `Launcher` that either
 // launches kernels (scan_cuda.cu) or emulates them on the CPU (tests/cpp/test_cuda_blocks.cpp):
-// argument checks, the empty cases, the block plan, the block kernel and the fixed-order
-// reductions of the backward's partial sums.
+// argument checks, the empty cases, the block plan (with time segments where the grid is small),
+// the block kernels and the fixed-order reductions of the backward's partial sums.
 //
 // A Launcher provides:
-//   int64_t smem_budget()                                  bytes of shared memory a block may use
-//   Status blocks_forward(args, plan, vector)             one block per plan.blocks
-//   Status blocks_backward(args, plan, map, work, vector)
-//   Status sum_leading(in, out, K, inner, count)          out[i] = sum_leading_at(in, K, inner, i)
+//   int64_t smem_budget(), int64_t sm_count()   shared memory a block may use; multiprocessors
+//   Status blocks_forward(args, plan, vector, pass, segment_arrays, work)   plan.blocks blocks
+//   Status blocks_backward(args, plan, vector, pass, workspace_map, work)
+//   Status carry(const SegmentCarry&)             SegmentCarry for every index below count()
+//   Status sum_leading(in, out, K, inner, count)  out[i] = sum_leading_at(in, K, inner, i)
 //   Status fill(p, count, value), Status copy(dst, src, count)
 #pragma once
 
 #include "block_plan.h"
+#include "segment_carry.h"
 
 namespace coupled_scan {
 namespace gpu {
@@ -32,8 +34,25 @@ inline Status check_sizes(const ForwardArgs<float>& a) {
 
 inline bool vector_path(CouplingKind k) { return k != CouplingKind::kRankOne; }
 
+// The plan of one call: shared memory from the launcher's limit, segments from `hint` (0: auto).
+inline BlockPlan call_plan(const Sizes& s, CouplingKind k, bool backward, int64_t smem_limit, int64_t hint,
+                           int64_t sms) {
+  const BlockPlan p = plan_for(s, k, backward, smem_limit);
+  return with_segments(p, choose_segments(p, k, hint, sms));
+}
+
+inline bool empty_call(const Sizes& s) { return s.batch == 0 || s.channels == 0 || s.length == 0; }
+
+// Workspace floats a call needs (the segment arrays; in the backward also the partial sums).
+inline int64_t workspace_floats(const Sizes& s, CouplingKind k, bool backward, int64_t hint, int64_t sms) {
+  if (empty_call(s) || s.modalities < 1 || s.modalities > kMaxModalities || s.state < 1 || s.state > kMaxState)
+    return 0;
+  const BlockPlan p = call_plan(s, k, backward, int64_t(1) << 30, hint, sms);
+  return backward ? workspace_map(p, k == CouplingKind::kGeneral).total : forward_workspace(p);
+}
+
 template <typename Launcher>
-Status forward_driver(const ForwardArgs<float>& a, Launcher& launch) {
+Status forward_driver(const ForwardArgs<float>& a, int64_t segments_hint, float* work, Launcher& launch) {
   Status st = check_sizes(a);
   if (st != Status::kOk) return st;
   const Sizes& s = a.size;
@@ -44,18 +63,20 @@ Status forward_driver(const ForwardArgs<float>& a, Launcher& launch) {
     return a.initial_state ? launch.copy(a.last_state, a.initial_state, states)
                            : launch.fill(a.last_state, states, 0.0f);
   }
-  const BlockPlan plan = plan_for(s, a.coupling, false, launch.smem_budget());
+  const BlockPlan plan = call_plan(s, a.coupling, false, launch.smem_budget(), segments_hint, launch.sm_count());
   if (smem_bytes(plan) > launch.smem_budget()) return Status::kInvalidSize;
-  return launch.blocks_forward(a, plan, vector_path(a.coupling));
-}
-
-inline int64_t workspace_floats(const Sizes& s, CouplingKind k) {
-  if (s.batch == 0 || s.channels == 0 || s.length == 0) return 0;
-  return workspace_map(make_plan(s, k, true, 1 << 30), k == CouplingKind::kGeneral).total;
+  const bool vector = vector_path(a.coupling);
+  const SegmentArrays segs = segment_arrays(plan, 0);
+  if (plan.segments > 1) {
+    if (!work) return Status::kNullPointer;
+    if ((st = launch.blocks_forward(a, plan, vector, Pass::kSummary, segs, work)) != Status::kOk) return st;
+    if ((st = launch.carry(SegmentCarry{plan, segs, work, a.initial_state, false})) != Status::kOk) return st;
+  }
+  return launch.blocks_forward(a, plan, vector, Pass::kFull, segs, work);
 }
 
 template <typename Launcher>
-Status backward_driver(const BackwardArgs<float>& g, float* work, Launcher& launch) {
+Status backward_driver(const BackwardArgs<float>& g, int64_t segments_hint, float* work, Launcher& launch) {
   const ForwardArgs<float>& a = g.fwd;
   Status st = check_sizes(a);
   if (st != Status::kOk) return st;
@@ -77,21 +98,26 @@ Status backward_driver(const BackwardArgs<float>& g, float* work, Launcher& laun
   if (!g.checkpoints || !g.dout.data || !g.du || !g.ddelta || !g.dA || !g.dB || !g.dC || !work)
     return Status::kNullPointer;
   if (a.z.data && !g.dz) return Status::kNullPointer;
-  const BlockPlan plan = plan_for(s, a.coupling, true, launch.smem_budget());
+  const BlockPlan plan = call_plan(s, a.coupling, true, launch.smem_budget(), segments_hint, launch.sm_count());
   if (smem_bytes(plan) > launch.smem_budget()) return Status::kInvalidSize;
   const Workspace map = workspace_map(plan, general);
-  if ((st = launch.blocks_backward(g, plan, map, work, vector_path(a.coupling))) != Status::kOk) return st;
+  const bool vector = vector_path(a.coupling);
+  if (plan.segments > 1) {
+    if ((st = launch.blocks_backward(g, plan, vector, Pass::kSummary, map, work)) != Status::kOk) return st;
+    if ((st = launch.carry(SegmentCarry{plan, map.seg, work, nullptr, true})) != Status::kOk) return st;
+  }
+  if ((st = launch.blocks_backward(g, plan, vector, Pass::kFull, map, work)) != Status::kOk) return st;
 
-  // Fixed-order sums: dB and dC over channel blocks, the parameters over the batch (and dW over
-  // the threads of each block, then over the blocks).
-  const int64_t seq = s.batch * M * N * L;
+  // Fixed-order sums: dB and dC over channel blocks, the parameters over the batch and the
+  // segments (and dW over the threads of each block, then over the blocks).
+  const int64_t seq = s.batch * M * N * L, bs = s.batch * plan.segments;
   if ((st = launch.sum_leading(work + map.bc, g.dB, plan.row_blocks, M * N * L, seq)) != Status::kOk) return st;
   if ((st = launch.sum_leading(work + map.bc + map.bc_half, g.dC, plan.row_blocks, M * N * L, seq)) != Status::kOk)
     return st;
-  if ((st = launch.sum_leading(work + map.a, g.dA, s.batch, M * D * N, M * D * N)) != Status::kOk) return st;
-  if (g.dD && (st = launch.sum_leading(work + map.dd, g.dD, s.batch, M * D, M * D)) != Status::kOk) return st;
+  if ((st = launch.sum_leading(work + map.a, g.dA, bs, M * D * N, M * D * N)) != Status::kOk) return st;
+  if (g.dD && (st = launch.sum_leading(work + map.dd, g.dD, bs, M * D, M * D)) != Status::kOk) return st;
   if (g.ddelta_bias &&
-      (st = launch.sum_leading(work + map.dd + s.batch * M * D, g.ddelta_bias, s.batch, M * D, M * D)) != Status::kOk)
+      (st = launch.sum_leading(work + map.dd + bs * M * D, g.ddelta_bias, bs, M * D, M * D)) != Status::kOk)
     return st;
   if (g.dW) {
     if (general) {

@@ -5,6 +5,7 @@ from .scan import (  # noqa: F401
     CoupledSelectiveScanFn,
     coupled_selective_scan,
     get_num_threads,
+    set_cuda_time_segments,
     set_num_threads,
 )
 

@@ -24,6 +24,19 @@ RANK_ONE, NONE, GENERAL = 0, 1, 2
 
 _num_threads: Optional[int] = None
 
+# Time segments of the CUDA kernels: 0 automatic, 1 never, n > 1 ask for n (docs/cuda.md).
+_cuda_time_segments = 0
+
+
+def set_cuda_time_segments(n: int = 0) -> None:
+    """How the CUDA kernels split long sequences into time segments that run in parallel: 0
+    (default) when the grid alone would leave the GPU idle, 1 never, n > 1 into n. For benchmarks."""
+    global _cuda_time_segments
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"set_cuda_time_segments: expected an int >= 0, got {n!r}")
+    _cuda_time_segments = n
+
+
 # Tests set this to fill every buffer the kernels write with NaN first, so that an element a
 # kernel forgets to write fails the comparison instead of passing with stale memory.
 _POISON_OUTPUTS = False
@@ -112,11 +125,17 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alph
     if u.device.type == "cuda":
         args["device"] = u.device.index if u.device.index is not None else torch.cuda.current_device()
         args["stream"] = torch.cuda.current_stream(u.device).cuda_stream
+        args["time_segments"] = _cuda_time_segments
     for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
         keep[name], args[name] = _seq(t, sdt)
     for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias), ("W", W), ("initial_state", initial_state)):
         keep[name], args[name] = _param(t, cdt)
     return keep, args, cdt
+
+
+def _cuda_workspace(args: dict, u: Tensor, backward: bool) -> Tensor:
+    n = extension().cuda_workspace(_DTYPE_NAMES[_seq_dtype(u)], args, backward)
+    return _new((max(1, n),), torch.float32, u.device)
 
 
 def _run(direction: str, args: dict, u: Tensor) -> None:
@@ -154,6 +173,9 @@ def scan_fwd(
     ck = (_new((Bt, Dch, _num_chunks(L, u.device, coupling), width), cdt, u.device) if save_checkpoints
           else torch.empty(0, dtype=cdt, device=u.device))
     args.update(out=out.data_ptr(), last_state=last.data_ptr(), checkpoints=_ptr(ck) if save_checkpoints else None)
+    if u.device.type == "cuda":
+        keep["work"] = _cuda_workspace(args, u, backward=False)
+        args["workspace"] = keep["work"].data_ptr()
     _run("forward", args, u)
     return out.to(u.dtype), last, ck
 
@@ -196,8 +218,7 @@ def scan_bwd(
     if checkpoints is not None and checkpoints.numel() > 0:
         keep["ck"], args["checkpoints"] = _param(checkpoints, cdt)
     if u.device.type == "cuda":
-        Bt, _, Dch, L = u.shape
-        keep["work"] = _new((max(1, extension().cuda_workspace(Bt, M, Dch, N, L, coupling)),), torch.float32, u.device)
+        keep["work"] = _cuda_workspace(args, u, backward=True)
         args["workspace"] = keep["work"].data_ptr()
     like = {"du": u, "ddelta": delta, "dA": A, "dB": B, "dC": C, "dD": D, "dz": z, "ddelta_bias": delta_bias,
             "dW": W, "dinitial_state": initial_state}

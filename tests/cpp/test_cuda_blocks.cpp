@@ -31,37 +31,46 @@ void poison(HostExec<Thread>& ex) {
 
 struct HostLauncher {
   int64_t budget = 96 * 1024;
+  int64_t sms = 132;
+  int64_t last_segments = 0;  // of the last backward call, for the test names
   int64_t smem_budget() const { return budget; }
+  int64_t sm_count() const { return sms; }
 
-  Status blocks_forward(const ForwardArgs<float>& a, const BlockPlan& p, bool vector) {
-    if (vector) return run_blocks<ForwardBlock<float, true>>(a, p);
-    return run_blocks<ForwardBlock<float, false>>(a, p);
+  Status blocks_forward(const ForwardArgs<float>& a, const BlockPlan& p, bool vector, Pass pass,
+                        const SegmentArrays& segs, float* work) {
+    if (vector) return run_fwd<ForwardBlock<float, true>>(a, p, pass, segs, work);
+    return run_fwd<ForwardBlock<float, false>>(a, p, pass, segs, work);
   }
   template <typename Block>
-  Status run_blocks(const ForwardArgs<float>& a, const BlockPlan& p) {
+  Status run_fwd(const ForwardArgs<float>& a, const BlockPlan& p, Pass pass, const SegmentArrays& segs, float* work) {
     for (int64_t blk = 0; blk < p.blocks; ++blk) {
       std::vector<float> smem(p.smem_floats, kNaN);
-      Block block(a, p, blk, smem.data());
+      Block block(a, p, pass, segs, work, blk, smem.data());
       HostExec<typename Block::Thread> ex(p.threads);
       poison(ex);
       run_forward_block(block, ex);
     }
     return Status::kOk;
   }
-  Status blocks_backward(const BackwardArgs<float>& g, const BlockPlan& p, const Workspace& w, float* work,
-                         bool vector) {
-    if (vector) return run_bwd<BackwardBlock<float, true>>(g, p, w, work);
-    return run_bwd<BackwardBlock<float, false>>(g, p, w, work);
+  Status blocks_backward(const BackwardArgs<float>& g, const BlockPlan& p, bool vector, Pass pass, const Workspace& w,
+                         float* work) {
+    last_segments = p.segments;
+    if (vector) return run_bwd<BackwardBlock<float, true>>(g, p, pass, w, work);
+    return run_bwd<BackwardBlock<float, false>>(g, p, pass, w, work);
   }
   template <typename Block>
-  Status run_bwd(const BackwardArgs<float>& g, const BlockPlan& p, const Workspace& w, float* work) {
+  Status run_bwd(const BackwardArgs<float>& g, const BlockPlan& p, Pass pass, const Workspace& w, float* work) {
     for (int64_t blk = 0; blk < p.blocks; ++blk) {
       std::vector<float> smem(p.smem_floats, kNaN);
-      Block block(g, p, w, work, blk, smem.data());
+      Block block(g, p, pass, w, work, blk, smem.data());
       HostExec<typename Block::Thread> ex(p.threads);
       poison(ex);
       run_backward_block(block, ex);
     }
+    return Status::kOk;
+  }
+  Status carry(const SegmentCarry& job) {
+    for (int64_t i = 0; i < job.count(); ++i) job(i);
     return Status::kOk;
   }
   Status sum_leading(const float* in, float* out, int64_t K, int64_t inner, int64_t count) {
@@ -87,7 +96,7 @@ CouplingKind kind_of(const std::string& c) {
 std::vector<float> poisoned(size_t n) { return std::vector<float>(n, kNaN); }
 
 // Forward and backward through the drivers with the emulating launcher; compares with naive.
-void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0) {
+void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0, int64_t segments = 1, int64_t sms = 132) {
   std::mt19937_64 rng(99 + c.Bt * 7 + c.M * 131 + c.D * 17 + c.N * 3 + c.L * 1009);
   naive::Problem p = make_problem(c, rng);
   Vec dout, dlast;
@@ -112,7 +121,9 @@ void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0) {
   f.checkpoints = ck.data();
   HostLauncher launch;
   launch.budget = budget;
-  const Status fst = forward_driver(f, launch);
+  launch.sms = sms;
+  std::vector<float> fwork = poisoned(std::max<int64_t>(1, workspace_floats(f.size, kind, false, segments, sms)));
+  const Status fst = forward_driver(f, segments, fwork.data(), launch);
 
   BackwardArgs<float> g;
   g.fwd = f;
@@ -123,18 +134,23 @@ void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0) {
                      dB = poisoned(Bt * M * N * L), dC = poisoned(dB.size()), dD = poisoned(M * D),
                      dz = poisoned(du.size()), dbias = poisoned(M * D), dW = poisoned(M * M),
                      dinit = poisoned(Bt * M * D * N);
-  std::vector<float> work = poisoned(std::max<int64_t>(1, workspace_floats(f.size, kind)));
+  std::vector<float> work = poisoned(std::max<int64_t>(1, workspace_floats(f.size, kind, true, segments, sms)));
   g.du = du.data(); g.ddelta = dd.data(); g.dA = dA.data(); g.dB = dB.data(); g.dC = dC.data();
   g.dD = dD.data(); g.dz = dz.data(); g.ddelta_bias = dbias.data(); g.dW = dW.data();
   g.dinitial_state = dinit.data();
-  const Status bst = backward_driver(g, work.data(), launch);
+  const Status bst = backward_driver(g, segments, work.data(), launch);
 
   const BlockPlan plan = plan_for(f.size, kind, true, budget);
   char name[200];
-  std::snprintf(name, sizeof(name), "cuda-emulated Bt=%lld M=%lld D=%lld N=%lld L=%lld %s%s pad=%lld sub=%d",
+  std::snprintf(name, sizeof(name), "cuda-emulated Bt=%lld M=%lld D=%lld N=%lld L=%lld %s%s pad=%lld sub=%d segments=%lld",
                 (long long)Bt, (long long)M, (long long)D, (long long)N, (long long)L, c.coupling.c_str(),
-                c.with_optional ? " +opt" : "", (long long)row_pad, plan.sub);
+                c.with_optional ? " +opt" : "", (long long)row_pad, plan.sub, (long long)launch.last_segments);
   check(fst == Status::kOk && bst == Status::kOk, std::string(name) + " status");
+  if (segments > 1 && kind != CouplingKind::kGeneral)  // the split was taken
+    check(launch.last_segments > 1, std::string(name) + " ran in time segments");
+  if (kind == CouplingKind::kGeneral) check(launch.last_segments == 1, std::string(name) + " general W: one segment");
+  if (segments == 0 && sms == 1 && kind != CouplingKind::kGeneral)
+    check(launch.last_segments > 1, std::string(name) + " auto split on a small grid");
   auto cmp = [&](const char* what, const std::vector<float>& x, const Vec& r, double tol) {
     const double e = rel_err(to_double(x), r);
     check(e <= tol, std::string(name) + " " + what + " rel err " + std::to_string(e));
@@ -199,6 +215,18 @@ int main() {
   compare_case({1, 3, 5, 12, 21, "general", true}, 17600);
   compare_case({1, 3, 5, 12, 21, "general", true}, 15000);
   compare_case({2, 3, 17, 19, 63, "mean", true}, big, /*row_pad=*/5);
+  // Time segments (rank one and "none"; a general W always runs as one segment): the summaries,
+  // the carry pass and the per-segment partial sums, with d last_state and initial_state.
+  for (const char* coupling : {"mean", "sum", "none", "general"})
+    for (int64_t segments : {2, 3, 7}) {
+      if (std::string(coupling) == "sum" && segments > 2) continue;
+      compare_case({2, 3, 5, 6, std::string(coupling) == "sum" ? 40 : 110, coupling, true}, big, 0, segments);
+    }
+  compare_case({1, 1, 3, 9, 100, "mean", false}, big, 3, 4);
+  compare_case({1, 2, 33, 5, 37, "none", true}, 12000, 0, 5);  // short rounds too
+  // Automatic choice: on a 1-SM "GPU" a small grid at long L splits (and must stay exact).
+  compare_case({1, 2, 8, 4, 300, "mean", true}, big, 0, /*segments=*/0, /*sms=*/1);
+  compare_case({1, 2, 8, 4, 300, "none", true}, big, 0, /*segments=*/0, /*sms=*/1);
   plan_cases();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

@@ -4,6 +4,7 @@
 // NaN-filled outputs, and bitwise-identical gradients across two runs.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <string>
@@ -53,7 +54,8 @@ struct GpuResult {
   Status fwd, bwd;
 };
 
-GpuResult run_gpu(const naive::Problem& p, CouplingKind kind, float alpha, const Vec& dout, const Vec& dlast) {
+GpuResult run_gpu(const naive::Problem& p, CouplingKind kind, float alpha, const Vec& dout, const Vec& dlast,
+                  int64_t segments) {
   const int64_t Bt = p.Bt, M = p.M, D = p.D, N = p.N, L = p.L;
   DeviceBuffer u(f32(p.u)), delta(f32(p.delta)), A(f32(p.A)), B(f32(p.B)), C(f32(p.C)), Ds(f32(p.Dskip)),
       z(f32(p.z)), bias(f32(p.bias)), W(f32(p.W)), init(f32(p.init)), go(f32(dout)), gl(f32(dlast));
@@ -64,7 +66,10 @@ GpuResult run_gpu(const naive::Problem& p, CouplingKind kind, float alpha, const
   f.last_state = last.ptr;
   f.checkpoints = ck.ptr;
   GpuResult r;
-  r.fwd = forward_cuda(f, SeqDType::kFloat32, 0, nullptr);
+  CudaCall call;
+  call.time_segments = segments;
+  DeviceBuffer fwork(static_cast<size_t>(std::max<int64_t>(1, cuda_workspace(f.size, kind, false, call))));
+  r.fwd = forward_cuda(f, call, fwork.ptr);
   BackwardArgs<float> g;
   g.fwd = f;
   g.checkpoints = ck.ptr;
@@ -72,10 +77,10 @@ GpuResult run_gpu(const naive::Problem& p, CouplingKind kind, float alpha, const
   g.dlast_state = gl.ptr;
   DeviceBuffer du(Bt * M * D * L), dd(Bt * M * D * L), dA(M * D * N), dB(Bt * M * N * L), dC(Bt * M * N * L),
       dD(M * D), dz(Bt * M * D * L), dbias(M * D), dW(M * M), dinit(Bt * M * D * N),
-      work(static_cast<size_t>(backward_cuda_workspace(f.size, kind)));
+      work(static_cast<size_t>(std::max<int64_t>(1, cuda_workspace(f.size, kind, true, call))));
   g.du = du.ptr, g.ddelta = dd.ptr, g.dA = dA.ptr, g.dB = dB.ptr, g.dC = dC.ptr, g.dD = dD.ptr, g.dz = dz.ptr;
   g.ddelta_bias = dbias.ptr, g.dW = dW.ptr, g.dinitial_state = dinit.ptr;
-  r.bwd = backward_cuda(g, SeqDType::kFloat32, work.ptr, 0, nullptr);
+  r.bwd = backward_cuda(g, call, work.ptr);
   cudaDeviceSynchronize();
   r.out = out.host(), r.last = last.host(), r.du = du.host(), r.ddelta = dd.host(), r.dA = dA.host();
   r.dB = dB.host(), r.dC = dC.host(), r.dD = dD.host(), r.dz = dz.host(), r.dbias = dbias.host(), r.dW = dW.host();
@@ -83,7 +88,7 @@ GpuResult run_gpu(const naive::Problem& p, CouplingKind kind, float alpha, const
   return r;
 }
 
-void gpu_case(const Case& c) {
+void gpu_case(const Case& c, int64_t segments = 0) {
   std::mt19937_64 rng(7 + c.Bt * 7 + c.M * 131 + c.D * 17 + c.N * 3 + c.L * 1009);
   naive::Problem p = make_problem(c, rng);
   Vec dout, dlast;
@@ -91,10 +96,10 @@ void gpu_case(const Case& c) {
   const naive::Grads ref = naive::run(p, dout, dlast);
   const CouplingKind kind = kind_of(c.coupling);
   const float alpha = c.coupling == "mean" ? 1.0f / c.M : 1.0f;
-  const GpuResult r = run_gpu(p, kind, alpha, dout, dlast);
+  const GpuResult r = run_gpu(p, kind, alpha, dout, dlast, segments);
   const std::string name = "gpu Bt=" + std::to_string(c.Bt) + " M=" + std::to_string(c.M) + " D=" +
                            std::to_string(c.D) + " N=" + std::to_string(c.N) + " L=" + std::to_string(c.L) + " " +
-                           c.coupling;
+                           c.coupling + " segments=" + std::to_string(segments);
   check(r.fwd == Status::kOk && r.bwd == Status::kOk, name + " status (" + cuda_error_text() + ")");
   auto cmp = [&](const char* what, const std::vector<float>& x, const Vec& v, double tol) {
     const double e = rel_err(to_double(x), v);
@@ -112,7 +117,7 @@ void gpu_case(const Case& c) {
   cmp("ddelta_bias", r.dbias, ref.dbias, 1e-3);
   cmp("dinit", r.dinit, ref.dinit, 1e-3);
   if (kind == CouplingKind::kGeneral) cmp("dW", r.dW, ref.dW, 1e-3);
-  const GpuResult again = run_gpu(p, kind, alpha, dout, dlast);
+  const GpuResult again = run_gpu(p, kind, alpha, dout, dlast, segments);
   auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
   };
@@ -134,7 +139,7 @@ int link_test() {
   f.u = f.delta = f.B = f.C = {&x, 1, 1, 1};
   f.A = &x;
   f.out = &x;
-  const Status st = forward_cuda(f, SeqDType::kFloat32, 0, nullptr);
+  const Status st = forward_cuda(f, CudaCall{}, nullptr);
   check(st == Status::kCudaError, "without a GPU forward_cuda reports kCudaError");
   check(std::strlen(cuda_error_text()) > 0, std::string("and says why: ") + cuda_error_text());
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
@@ -158,6 +163,10 @@ int main(int argc, char** argv) {
       {2, 3, 70, 64, 50, "mean", true}, {1, 3, 33, 256, 9, "general", true}, {1, 8, 2, 256, 5, "mean", true},
   };
   for (const Case& c : cases) gpu_case(c);
+  for (int64_t segments : {1, 3}) {  // forced: one segment, and time segments
+    gpu_case({2, 3, 70, 16, 300, "mean", true}, segments);
+    gpu_case({2, 3, 40, 9, 300, "none", true}, segments);
+  }
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

@@ -140,3 +140,21 @@ def test_cuda_under_torch_compile():
     f(**x).backward()
     for k, v in x.items():
         assert torch.allclose(grads[k], v.grad), k
+
+
+@pytest.mark.parametrize("segments", [0, 1, 3])
+@pytest.mark.parametrize("coupling", ["mean", "none", "matrix"])
+def test_cuda_time_segments_match_reference(segments, coupling):
+    """Both layouts (one block walking all of L, and time segments) agree with the reference; a
+    small grid at long L is where the automatic choice (0) splits."""
+    size = (1, 3, 8, 6, 400)
+    inputs = make_inputs(*size, dtype=torch.float64, seed=11)
+    coupled_mamba.set_cuda_time_segments(segments)
+    try:
+        (out, last, grads), (rout, rlast, rgrads) = run_cuda_and_reference(inputs, coupling_for(coupling, 3),
+                                                                           torch.float32)
+    finally:
+        coupled_mamba.set_cuda_time_segments(0)
+    assert rel(out, rout) < 1e-4 and rel(last, rlast) < 1e-4
+    for k, gr in grads.items():
+        assert rel(gr, rgrads[k]) < 1e-3, k

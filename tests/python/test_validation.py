@@ -107,3 +107,11 @@ def test_cuda_build_state_is_reported_without_a_gpu():
         assert cuda_device_count() == 0
     if os.environ.get("COUPLED_MAMBA_CUDA") == "ON":  # CI with nvcc: the kernels must be in the build
         assert shutil.which("nvcc") and has_cuda() and extension().cuda_chunk(0) == 16
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "2"])
+def test_set_cuda_time_segments_rejects_bad_values(bad):
+    import coupled_mamba
+
+    with pytest.raises(ValueError, match="set_cuda_time_segments: expected an int >= 0"):
+        coupled_mamba.set_cuda_time_segments(bad)

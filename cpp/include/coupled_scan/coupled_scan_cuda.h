@@ -26,18 +26,30 @@ CS_HD int64_t num_cuda_chunks(int64_t length, CouplingKind kind) {
 // W, states, checkpoints, out and all gradients) is float32; all arithmetic is float32.
 enum class SeqDType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
-// Every call runs on GPU `device` (made current on the calling thread: the library has its own
-// static CUDA runtime, so the caller's current device does not carry over) and on `stream`, a
-// stream of that device (e.g. PyTorch's current stream). The SeqTensor pointers of `a` point at data of type `dtype` (strides in
-// elements of that type). a.checkpoints, when not null, is (Bt, D, num_cuda_chunks(L, coupling), width).
-Status forward_cuda(const ForwardArgs<float>& a, SeqDType dtype, int device, void* stream);
+// How and where a call runs. It runs on GPU `device` (made current for the call and restored
+// afterwards: the library has its own static CUDA runtime) and on `stream`, a stream of that
+// device (e.g. PyTorch's current stream). `time_segments`: 0 lets the library split long
+// sequences into segments that run in parallel when the grid alone would leave the GPU idle
+// (docs/cuda.md); 1 forces one block per (b, 32 channels) walking all of L; n > 1 asks for n.
+struct CudaCall {
+  SeqDType dtype = SeqDType::kFloat32;  // of the sequence tensors
+  int device = 0;
+  void* stream = nullptr;
+  int64_t time_segments = 0;
+};
 
-// float32 elements of scratch memory backward_cuda needs (partial sums reduced in a fixed order).
-int64_t backward_cuda_workspace(const Sizes& size, CouplingKind coupling);
+// float32 elements of scratch memory a forward (backward = false) or backward call with these
+// sizes needs (segment summaries; in the backward also partial sums reduced in a fixed order);
+// -1 when the device cannot be queried.
+int64_t cuda_workspace(const Sizes& size, CouplingKind coupling, bool backward, const CudaCall& call);
 
-// Backward on `stream`; a.checkpoints must come from forward_cuda. Deterministic: no atomics,
-// every sum runs in a fixed order. `workspace` holds backward_cuda_workspace(...) floats.
-Status backward_cuda(const BackwardArgs<float>& a, SeqDType dtype, float* workspace, int device, void* stream);
+// Forward. The SeqTensor pointers of `a` point at data of type call.dtype (strides in elements
+// of that type). a.checkpoints, when not null, is (Bt, D, num_cuda_chunks(L, coupling), width).
+Status forward_cuda(const ForwardArgs<float>& a, const CudaCall& call, float* workspace);
+
+// Backward; a.checkpoints must come from forward_cuda. Deterministic: no atomics, every sum runs
+// in a fixed order, so the same inputs (and time_segments) give the same bits on every run.
+Status backward_cuda(const BackwardArgs<float>& a, const CudaCall& call, float* workspace);
 
 // The message of the CUDA runtime error behind the last kCudaError on this thread.
 const char* cuda_error_text();

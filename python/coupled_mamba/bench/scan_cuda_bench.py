@@ -1,8 +1,9 @@
 """GPU benchmark of the fused coupled selective scan (``python -m coupled_mamba.bench scan --device cuda``).
 
 For float32 and bfloat16 at the paper's size and at L = 512 ... 16384 it times, in one run on one
-GPU: the fused op with coupling "mean" (rank one), the same kernels with coupling "none" (the
-price of coupling), and the PyTorch reference (up to --ref-max-len). Each time is set against
+GPU: the fused op with coupling "mean" (rank one; with the library's automatic choice of time
+segments, and forced to one segment: the two layouts of docs/cuda.md), the same kernels with
+coupling "none" (the price of coupling), and the PyTorch reference (up to --ref-max-len). Each time is set against
 the larger of two floors measured in the same run: the exp floor (the kernels' exp over every
 cell, timed by the library's register-only probe: one exp per cell forward, three for forward +
 backward: forward, recomputation, reverse step) and the memory floor (bytes that must move, at
@@ -58,7 +59,7 @@ def bytes_moved(s: dict, mode: str, elem: int) -> int:
 
 
 def main(argv=None) -> None:
-    from coupled_mamba import coupled_selective_scan
+    from coupled_mamba import coupled_selective_scan, set_cuda_time_segments
     from coupled_mamba._extension import cuda_device_count, extension
     from coupled_mamba.reference import coupled_selective_scan_ref
 
@@ -84,8 +85,8 @@ def main(argv=None) -> None:
     info = {"gpu": name, "torch": torch.__version__, "cuda": torch.version.cuda, "copy_GBps": bandwidth / 1e9}
     print(f"# coupled selective scan on {name} (torch {torch.__version__}, CUDA {torch.version.cuda}); "
           f"copy bandwidth {bandwidth / 1e9:.0f} GB/s; D, z, delta_bias, softplus")
-    print(f"{'size':<12} {'dtype':<9} {'mode':<8} {'mean ms':>9} {'none ms':>9} {'mean/none':>9} {'ref ms':>9} "
-          f"{'speed-up':>9} {'floor ms':>9} {'of floor':>9}")
+    print(f"{'size':<12} {'dtype':<9} {'mode':<8} {'mean ms':>9} {'1-seg ms':>9} {'none ms':>9} {'mean/none':>9} "
+          f"{'ref ms':>9} {'speed-up':>9} {'floor ms':>9} {'of floor':>9}")
     rows = []
     for size_name, s in table.items():
         cells = s["Bt"] * s["M"] * s["D"] * s["L"] * s["N"]
@@ -108,6 +109,11 @@ def main(argv=None) -> None:
 
                 mean_s = cuda_time(lambda: run(coupled_selective_scan, "mean"), args.repeats)
                 none_s = cuda_time(lambda: run(coupled_selective_scan, "none"), args.repeats)
+                set_cuda_time_segments(1)
+                try:
+                    one_s = cuda_time(lambda: run(coupled_selective_scan, "mean"), args.repeats)
+                finally:
+                    set_cuda_time_segments(0)
                 ref_s = None
                 if s["L"] <= args.ref_max_len:
                     ref_s = cuda_time(lambda: run(coupled_selective_scan_ref, "mean"), args.ref_repeats)
@@ -115,13 +121,14 @@ def main(argv=None) -> None:
                 mem_ms = bytes_moved(s, mode, elem) / bandwidth * 1e3
                 floor_ms = max(exp_ms, mem_ms)
                 row = dict(size=size_name, **s, cells=cells, dtype=dtype_name, mode=mode, mean_ms=mean_s * 1e3,
-                           none_ms=none_s * 1e3, coupled_over_none=mean_s / none_s,
+                           mean_one_segment_ms=one_s * 1e3, none_ms=none_s * 1e3, coupled_over_none=mean_s / none_s,
                            ref_ms=None if ref_s is None else ref_s * 1e3,
                            speedup=None if ref_s is None else ref_s / mean_s, exp_floor_ms=exp_ms,
                            memory_floor_ms=mem_ms, floor_ms=floor_ms, fraction_of_floor=floor_ms / (mean_s * 1e3))
                 rows.append(row)
                 ref_txt = f"{row['ref_ms']:>9.2f} {row['speedup']:>8.1f}x" if ref_s else f"{'-':>9} {'-':>9}"
-                print(f"{size_name:<12} {dtype_name:<9} {mode:<8} {row['mean_ms']:>9.3f} {row['none_ms']:>9.3f} "
+                print(f"{size_name:<12} {dtype_name:<9} {mode:<8} {row['mean_ms']:>9.3f} {one_s * 1e3:>9.3f} "
+                      f"{row['none_ms']:>9.3f} "
                       f"{row['coupled_over_none']:>9.2f} {ref_txt} {floor_ms:>9.3f} {row['fraction_of_floor']:>9.2f}",
                       flush=True)
                 del x
