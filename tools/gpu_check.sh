@@ -59,7 +59,8 @@ fi
 if [ "$QUICK" = "--quick" ]; then
   step bench 240 python -m coupled_mamba.bench scan --device cuda --quick --out "$OUT/bench_scan_cuda.json"
 else
-  step bench 300 python -m coupled_mamba.bench scan --device cuda --out "$OUT/bench_scan_cuda.json"
+  step bench 300 python -m coupled_mamba.bench scan --device cuda --repeats 5 --ref-repeats 1 \
+    --out "$OUT/bench_scan_cuda.json"
 fi
 
 echo
