@@ -77,7 +77,7 @@ struct BackwardBlock : BlockView<Tin> {
     for (int j = 0; j < kStates; ++j) {
       const int n = grp * kStates + j;
       for (int m = 0; m < kMs; ++m)
-        th.h[m][j] = (d < p.D && n < p.N && m < p.M)
+        th.h[m][j] = (d < p.D && n < p.N && m < p.M && !summary())
                          ? g.checkpoints[((b * p.D + d) * p.chunks + c) * width + m * p.N + n]
                          : 0.0f;
     }
@@ -130,8 +130,8 @@ struct BackwardBlock : BlockView<Tin> {
         float dyv = 0.0f;
         if (d < p.D) {
           const int64_t t = this->chunk_start(c) + s;
-          float y = 0.0f;
-          for (int grp = 0; grp < p.G; ++grp) y += this->part(s - s0, m, grp, ln);
+          float y = 0.0f;  // only dz needs it; a summary has not recomputed it
+          for (int grp = 0; grp < p.G && !summary(); ++grp) y += this->part(s - s0, m, grp, ln);
           const float uv = this->u(m, s, ln);
           if (a.D) y += a.D[m * p.D + d] * uv;
           const float dout = this->seq(g.dout, m, d, t);
@@ -175,19 +175,21 @@ struct BackwardBlock : BlockView<Tin> {
       const float Av = this->A(m, d, n);
       const float av = scan_exp(dtv * Av);
       const float mu = av * lam;
-      const float coupled = coupled_state(th.hist[s], m, j);
-      const float Bv = this->seq(a.B, m, n, t);
-      const float hv = av * coupled + dtv * uv * Bv;
-      red(0, n, ln) = lam * dtv * uv;  // dB term
-      red(1, n, ln) = dyv * hv;        // dC term
-      su += lam * Bv;
-      sdt += lam * (Bv * uv + av * coupled * Av);
-      th.dA[m][j] += mu * coupled * dtv;
+      if (!summary()) {  // a summary needs only the carry and the factor: no states, no gradients
+        const float coupled = coupled_state(th.hist[s], m, j);
+        const float Bv = this->seq(a.B, m, n, t);
+        const float hv = av * coupled + dtv * uv * Bv;
+        red(0, n, ln) = lam * dtv * uv;  // dB term
+        red(1, n, ln) = dyv * hv;        // dC term
+        su += lam * Bv;
+        sdt += lam * (Bv * uv + av * coupled * Av);
+        th.dA[m][j] += mu * coupled * dtv;
+        if (kVector && a.coupling == CouplingKind::kGeneral)
+          for (int i = 0; i < kMs && i < p.M; ++i) th.dW[kVector ? m * p.M + i : 0] += mu * th.hist[s][i][j];
+      }
       if (kVector) {
         th.next[kVector ? m : 0][j] = mu;
         th.factor[kVector ? m : 0][j] *= av;  // "none": mu^m_t = a^m_t (... + mu^m_{t+1})
-        if (a.coupling == CouplingKind::kGeneral)
-          for (int i = 0; i < kMs && i < p.M; ++i) th.dW[kVector ? m * p.M + i : 0] += mu * th.hist[s][i][j];
       } else {
         th.next[0][j] = (m == 0 ? 0.0f : th.next[0][j]) + mu;
         th.a_sum[j] = (m == 0 ? 0.0f : th.a_sum[j]) + av;
@@ -292,7 +294,8 @@ CS_HD void run_backward_block(const Block& blk, Exec& ex) {
     const int len = blk.chunk_length(c);
     for (int s0 = 0; s0 < len; s0 += blk.p.sub) {
       const int s1 = s0 + blk.p.sub < len ? s0 + blk.p.sub : len;
-      ex.each([&](int tid, Thread& th) { blk.recompute(tid, th, c, s0, s1); });
+      // A summary's carry depends on dy = dout * silu(z), dt, A and C only: no recomputation.
+      if (!blk.summary()) ex.each([&](int tid, Thread& th) { blk.recompute(tid, th, c, s0, s1); });
       ex.each([&](int tid, Thread&) { blk.output_grads(tid, c, s0, s1); });
     }
     for (int s = len - 1; s >= 0; --s)

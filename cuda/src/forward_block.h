@@ -107,7 +107,7 @@ struct ForwardBlock : BlockView<Tin> {
           const float dtv = this->dt(m, s, ln);
           const float av = scan_exp(dtv * this->A(m, d, n));
           const float hv = av * coupled + dtv * this->u(m, s, ln) * this->seq(a.B, m, n, t);
-          y[m] += this->seq(a.C, m, n, t) * hv;
+          if (!summary()) y[m] += this->seq(a.C, m, n, t) * hv;  // a summary needs no y
           if (kVector) th.h[kVector ? m : 0][j] = hv;
           if (kVector) th.factor[kVector ? m : 0][j] *= av;  // "none": h^m_t = a^m_t h^m_{t-1} + ...
           next_sum += hv;
@@ -117,7 +117,7 @@ struct ForwardBlock : BlockView<Tin> {
         if (!kVector) th.h[0][j] = next_sum;
         if (!kVector) th.factor[0][j] *= a.alpha * a_sum;  // s_t = alpha (sum_m a^m_t) s_{t-1} + ...
       }
-      for (int m = 0; m < p.M; ++m) this->part(s - s0, m, g, ln) = y[m];
+      for (int m = 0; m < p.M && !summary(); ++m) this->part(s - s0, m, g, ln) = y[m];
     }
   }
 

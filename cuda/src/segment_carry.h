@@ -18,6 +18,10 @@ struct SegmentCarry {
 
   CS_HD int64_t count() const { return p.Bt * p.D * p.width; }
 
+  // factor * value, where a zero value stays zero even if the factor overflowed to inf ("sum"
+  // coupling over a long segment), as it would on the one-segment path.
+  CS_HD static float times(float factor, float value) { return value == 0.0f ? 0.0f : factor * value; }
+
   CS_HD void operator()(int64_t i) const {
     const int64_t b = i / (p.D * p.width), d = (i / p.width) % p.D;
     const int w = static_cast<int>(i % p.width);
@@ -33,12 +37,12 @@ struct SegmentCarry {
         }
       }
       for (int64_t s = 0; s + 1 < p.segments; ++s) {
-        cur = work[segs.factor + at(s)] * cur + work[segs.end + at(s)];
+        cur = times(work[segs.factor + at(s)], cur) + work[segs.end + at(s)];
         work[segs.start + at(s + 1)] = cur;
       }
     } else {
       for (int64_t s = p.segments - 1; s >= 1; --s) {
-        cur = work[segs.factor + at(s)] * cur + work[segs.end + at(s)];
+        cur = times(work[segs.factor + at(s)], cur) + work[segs.end + at(s)];
         work[segs.start + at(s - 1)] = cur;
       }
     }
