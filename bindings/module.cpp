@@ -139,28 +139,26 @@ CudaCall cuda_call(const std::string& dtype, const py::dict& d) {
   return c;
 }
 
-void forward_cuda_py(const std::string& dtype, const py::dict& d) {
-  const ForwardArgs<float> a = forward_args<float>(d);
+// Runs forward_cuda or backward_cuda (`entry`) on arguments `args` without the GIL.
+template <typename Args>
+void call_cuda(Status (*entry)(const Args&, const CudaCall&, float*), const Args& args, const std::string& dtype,
+               const py::dict& d, const char* what) {
   const CudaCall call = cuda_call(dtype, d);
   float* work = ptr<float>(d, "workspace");
   Status st;
   {
     py::gil_scoped_release release;
-    st = forward_cuda(a, call, work);
+    st = entry(args, call, work);
   }
-  raise_on_cuda(st, "forward (CUDA)");
+  raise_on_cuda(st, what);
+}
+
+void forward_cuda_py(const std::string& dtype, const py::dict& d) {
+  call_cuda(&forward_cuda, forward_args<float>(d), dtype, d, "forward (CUDA)");
 }
 
 void backward_cuda_py(const std::string& dtype, const py::dict& d) {
-  const BackwardArgs<float> g = backward_args<float>(d);
-  const CudaCall call = cuda_call(dtype, d);
-  float* work = ptr<float>(d, "workspace");
-  Status st;
-  {
-    py::gil_scoped_release release;
-    st = backward_cuda(g, call, work);
-  }
-  raise_on_cuda(st, "backward (CUDA)");
+  call_cuda(&backward_cuda, backward_args<float>(d), dtype, d, "backward (CUDA)");
 }
 
 int64_t cuda_workspace_py(const std::string& dtype, const py::dict& d, bool backward) {

@@ -36,38 +36,31 @@ struct HostLauncher {
   int64_t smem_budget() const { return budget; }
   int64_t sm_count() const { return sms; }
 
-  Status blocks_forward(const ForwardArgs<float>& a, const BlockPlan& p, bool vector, Pass pass,
-                        const SegmentArrays& segs, float* work) {
-    if (vector) return run_fwd<ForwardBlock<float, true>>(a, p, pass, segs, work);
-    return run_fwd<ForwardBlock<float, false>>(a, p, pass, segs, work);
-  }
-  template <typename Block>
-  Status run_fwd(const ForwardArgs<float>& a, const BlockPlan& p, Pass pass, const SegmentArrays& segs, float* work) {
+  // One "launch": every block of the plan in turn, each with NaN-filled shared memory and
+  // registers; `run` is run_forward_block or run_backward_block, `args` the block's arguments.
+  template <typename Block, typename Run, typename... Args>
+  static Status emulate(const BlockPlan& p, Run run, const Args&... args) {
     for (int64_t blk = 0; blk < p.blocks; ++blk) {
       std::vector<float> smem(p.smem_floats, kNaN);
-      Block block(a, p, pass, segs, work, blk, smem.data());
+      const Block block(args..., blk, smem.data());
       HostExec<typename Block::Thread> ex(p.threads);
       poison(ex);
-      run_forward_block(block, ex);
+      run(block, ex);
     }
     return Status::kOk;
+  }
+  Status blocks_forward(const ForwardArgs<float>& a, const BlockPlan& p, bool vector, Pass pass,
+                        const SegmentArrays& segs, float* work) {
+    auto run = [](const auto& block, auto& ex) { run_forward_block(block, ex); };
+    if (vector) return emulate<ForwardBlock<float, true>>(p, run, a, p, pass, segs, work);
+    return emulate<ForwardBlock<float, false>>(p, run, a, p, pass, segs, work);
   }
   Status blocks_backward(const BackwardArgs<float>& g, const BlockPlan& p, bool vector, Pass pass, const Workspace& w,
                          float* work) {
     last_segments = p.segments;
-    if (vector) return run_bwd<BackwardBlock<float, true>>(g, p, pass, w, work);
-    return run_bwd<BackwardBlock<float, false>>(g, p, pass, w, work);
-  }
-  template <typename Block>
-  Status run_bwd(const BackwardArgs<float>& g, const BlockPlan& p, Pass pass, const Workspace& w, float* work) {
-    for (int64_t blk = 0; blk < p.blocks; ++blk) {
-      std::vector<float> smem(p.smem_floats, kNaN);
-      Block block(g, p, pass, w, work, blk, smem.data());
-      HostExec<typename Block::Thread> ex(p.threads);
-      poison(ex);
-      run_backward_block(block, ex);
-    }
-    return Status::kOk;
+    auto run = [](const auto& block, auto& ex) { run_backward_block(block, ex); };
+    if (vector) return emulate<BackwardBlock<float, true>>(p, run, g, p, pass, w, work);
+    return emulate<BackwardBlock<float, false>>(p, run, g, p, pass, w, work);
   }
   Status carry(const SegmentCarry& job) {
     for (int64_t i = 0; i < job.count(); ++i) job(i);
