@@ -228,7 +228,8 @@ struct BackwardBlock : BlockView<Tin> {
         const int q = i / p.N, n = i % p.N;
         float v = 0.0f;
         for (int ln = 0; ln < kRows; ++ln) v += red(q, n, ln);
-        work[ws.bc + q * ws.bc_half + (((b * p.row_blocks + this->x) * p.M + m) * p.N + n) * p.L + t] = v;
+        // [..][t][n]: this phase's N values are contiguous (the reduction transposes them back)
+        work[ws.bc + q * ws.bc_half + (((b * p.row_blocks + this->x) * p.M + m) * p.L + t) * p.N + n] = v;
         continue;
       }
       const int ln = i - 2 * p.N;

@@ -140,7 +140,7 @@ inline SegmentArrays segment_arrays(const BlockPlan& p, int64_t base) {
 
 inline int64_t forward_workspace(const BlockPlan& p) { return segment_arrays(p, 0).size; }
 
-// Backward workspace (floats): dB and dC terms per channel block [2][Bt][row_blocks][M][N][L],
+// Backward workspace (floats): dB and dC terms per channel block [2][Bt][row_blocks][M][L][N],
 // dA per (batch element, segment) [Bt * segments][M][D][N], dD and d delta_bias likewise
 // [2][Bt * segments][M][D], for a general W one M x M partial per thread [blocks][threads][M][M],
 // summed per block into [blocks][M][M] and then over blocks (two fixed-order passes that both run
@@ -164,6 +164,23 @@ inline Workspace workspace_map(const BlockPlan& p, bool general) {
   w.total = w.seg.start + w.seg.size / 3;
   return w;
 }
+
+// dB / dC from their per-channel-block terms: out[b][m][n][t] = sum over k of in[b][k][m][t][n],
+// k ascending. `index` runs over (b, m, t, n) with n fastest, so neighbouring threads read
+// neighbouring terms.
+struct TransposedSum {
+  const float* in = nullptr;
+  float* out = nullptr;
+  int64_t Bt = 0, K = 0, M = 0, N = 0, L = 0;
+  CS_HD int64_t count() const { return Bt * M * L * N; }
+  CS_HD void operator()(int64_t index) const {
+    const int64_t n = index % N, t = (index / N) % L, bm = index / (N * L), b = bm / M, m = bm % M;
+    const float* p = in + ((b * K * M + m) * L + t) * N + n;
+    float acc = 0.0f;
+    for (int64_t k = 0; k < K; ++k) acc += p[k * M * L * N];
+    out[(bm * N + n) * L + t] = acc;
+  }
+};
 
 // out[o][i] = sum over k of in[o][k][i], k ascending: the fixed-order reduction of partials.
 CS_HD float sum_leading_at(const float* in, int64_t K, int64_t inner, int64_t index) {

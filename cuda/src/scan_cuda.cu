@@ -69,7 +69,9 @@ __global__ void sum_leading_kernel(const float* in, float* out, int64_t K, int64
     out[i] = sum_leading_at(in, K, inner, i);
 }
 
-__global__ void segment_carry_kernel(SegmentCarry job) {
+// job(i) for every index below job.count() (SegmentCarry, TransposedSum).
+template <typename Job>
+__global__ void each_index_kernel(Job job) {
   const int64_t count = job.count();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
     job(i);
@@ -174,9 +176,11 @@ struct DeviceLauncher {
     return Status::kInvalidArgument;
   }
 
-  Status carry(const SegmentCarry& job) {
-    segment_carry_kernel<<<grid_for(job.count(), 256), 256, 0, stream>>>(job);
-    return cuda_status(cudaGetLastError(), "segment carry kernel launch");
+  template <typename Job>
+  Status each_index(const Job& job) {
+    if (job.count() <= 0) return Status::kOk;
+    each_index_kernel<<<grid_for(job.count(), 256), 256, 0, stream>>>(job);
+    return cuda_status(cudaGetLastError(), "kernel launch");
   }
 
   Status sum_leading(const float* in, float* out, int64_t K, int64_t inner, int64_t count) {

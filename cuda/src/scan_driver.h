@@ -7,7 +7,8 @@
 //   int64_t smem_budget(), int64_t sm_count()   shared memory a block may use; multiprocessors
 //   Status blocks_forward(args, plan, vector, pass, segment_arrays, work)   plan.blocks blocks
 //   Status blocks_backward(args, plan, vector, pass, workspace_map, work)
-//   Status carry(const SegmentCarry&)             SegmentCarry for every index below count()
+//   Status each_index(job)                        job(i) for every i below job.count() (SegmentCarry,
+//                                                 TransposedSum)
 //   Status sum_leading(in, out, K, inner, count)  out[i] = sum_leading_at(in, K, inner, i)
 //   Status fill(p, count, value), Status copy(dst, src, count)
 #pragma once
@@ -70,7 +71,7 @@ Status forward_driver(const ForwardArgs<float>& a, int64_t segments_hint, float*
   if (plan.segments > 1) {
     if (!work) return Status::kNullPointer;
     if ((st = launch.blocks_forward(a, plan, vector, Pass::kSummary, segs, work)) != Status::kOk) return st;
-    if ((st = launch.carry(SegmentCarry{plan, segs, work, a.initial_state, false})) != Status::kOk) return st;
+    if ((st = launch.each_index(SegmentCarry{plan, segs, work, a.initial_state, false})) != Status::kOk) return st;
   }
   return launch.blocks_forward(a, plan, vector, Pass::kFull, segs, work);
 }
@@ -104,16 +105,17 @@ Status backward_driver(const BackwardArgs<float>& g, int64_t segments_hint, floa
   const bool vector = vector_path(a.coupling);
   if (plan.segments > 1) {
     if ((st = launch.blocks_backward(g, plan, vector, Pass::kSummary, map, work)) != Status::kOk) return st;
-    if ((st = launch.carry(SegmentCarry{plan, map.seg, work, nullptr, true})) != Status::kOk) return st;
+    if ((st = launch.each_index(SegmentCarry{plan, map.seg, work, nullptr, true})) != Status::kOk) return st;
   }
   if ((st = launch.blocks_backward(g, plan, vector, Pass::kFull, map, work)) != Status::kOk) return st;
 
   // Fixed-order sums: dB and dC over channel blocks, the parameters over the batch and the
   // segments (and dW over the threads of each block, then over the blocks).
-  const int64_t seq = s.batch * M * N * L, bs = s.batch * plan.segments;
-  if ((st = launch.sum_leading(work + map.bc, g.dB, plan.row_blocks, M * N * L, seq)) != Status::kOk) return st;
-  if ((st = launch.sum_leading(work + map.bc + map.bc_half, g.dC, plan.row_blocks, M * N * L, seq)) != Status::kOk)
-    return st;
+  const int64_t bs = s.batch * plan.segments;
+  for (int q = 0; q < 2; ++q) {
+    const TransposedSum job{work + map.bc + q * map.bc_half, q == 0 ? g.dB : g.dC, s.batch, plan.row_blocks, M, N, L};
+    if ((st = launch.each_index(job)) != Status::kOk) return st;
+  }
   if ((st = launch.sum_leading(work + map.a, g.dA, bs, M * D * N, M * D * N)) != Status::kOk) return st;
   if (g.dD && (st = launch.sum_leading(work + map.dd, g.dD, bs, M * D, M * D)) != Status::kOk) return st;
   if (g.ddelta_bias &&

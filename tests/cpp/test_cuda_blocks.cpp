@@ -62,7 +62,8 @@ struct HostLauncher {
     if (vector) return emulate<BackwardBlock<float, true>>(p, run, g, p, pass, w, work);
     return emulate<BackwardBlock<float, false>>(p, run, g, p, pass, w, work);
   }
-  Status carry(const SegmentCarry& job) {
+  template <typename Job>
+  Status each_index(const Job& job) {
     for (int64_t i = 0; i < job.count(); ++i) job(i);
     return Status::kOk;
   }
