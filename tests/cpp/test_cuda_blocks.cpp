@@ -21,13 +21,47 @@ namespace {
 
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-template <typename Thread>
-void poison(HostExec<Thread>& ex) {
-  for (Thread& th : ex.threads) {
+template <typename Exec>
+void poison(Exec& ex) {
+  for (auto& th : ex.threads) {
     float* f = reinterpret_cast<float*>(&th);
-    for (size_t i = 0; i < sizeof(Thread) / sizeof(float); ++i) f[i] = kNaN;
+    for (size_t i = 0; i < sizeof(th) / sizeof(float); ++i) f[i] = kNaN;
   }
 }
+
+int g_shared_conflicts = 0;
+
+// Stricter than HostExec, for finding races: within a phase every thread sees shared memory as
+// it was when the phase started (its own writes only), as if all threads ran at once; the writes
+// are merged afterwards. A thread that reads what another writes in the same phase (a missing
+// barrier on a GPU) then sees a stale or NaN value and the comparison with the reference fails;
+// two threads writing one word in a phase count as conflicts. Threads run last to first.
+template <typename Thread>
+struct SnapshotExec {
+  std::vector<Thread> threads;
+  float* sm;
+  size_t words;
+  SnapshotExec(int n, float* smem, size_t count) : threads(static_cast<size_t>(n)), sm(smem), words(count) {}
+  template <typename Phase>
+  void each(Phase&& phase) {
+    const std::vector<float> start(sm, sm + words);
+    std::vector<float> merged = start;
+    std::vector<int> writer(words, -1);
+    for (size_t k = threads.size(); k-- > 0;) {
+      phase(static_cast<int>(k), threads[k]);
+      for (size_t i = 0; i < words; ++i) {
+        if (std::memcmp(&sm[i], &start[i], sizeof(float)) == 0) continue;
+        if (writer[i] >= 0 && writer[i] != static_cast<int>(k)) ++g_shared_conflicts;
+        writer[i] = static_cast<int>(k);
+        merged[i] = sm[i];
+        sm[i] = start[i];
+      }
+    }
+    std::memcpy(sm, merged.data(), words * sizeof(float));
+  }
+};
+
+bool g_snapshot = false;  // run blocks with SnapshotExec instead of HostExec
 
 struct HostLauncher {
   int64_t budget = 96 * 1024;
@@ -43,9 +77,15 @@ struct HostLauncher {
     for (int64_t blk = 0; blk < p.blocks; ++blk) {
       std::vector<float> smem(p.smem_floats, kNaN);
       const Block block(args..., blk, smem.data());
-      HostExec<typename Block::Thread> ex(p.threads);
-      poison(ex);
-      run(block, ex);
+      if (g_snapshot) {
+        SnapshotExec<typename Block::Thread> ex(p.threads, smem.data(), smem.size());
+        poison(ex);
+        run(block, ex);
+      } else {
+        HostExec<typename Block::Thread> ex(p.threads);
+        poison(ex);
+        run(block, ex);
+      }
     }
     return Status::kOk;
   }
@@ -222,6 +262,17 @@ int main() {
   compare_case({1, 2, 8, 4, 300, "mean", true}, big, 0, /*segments=*/0, /*sms=*/1);
   compare_case({1, 2, 8, 4, 300, "none", true}, big, 0, /*segments=*/0, /*sms=*/1);
   plan_cases();
+  // Races: small cases again with every phase's threads seeing phase-start shared memory.
+  g_snapshot = true;
+  for (const Case& c : std::vector<Case>{{2, 3, 17, 19, 40, "mean", true}, {1, 2, 33, 9, 30, "none", true},
+                                         {1, 3, 5, 12, 21, "general", true}, {2, 3, 3, 5, 7, "sum", true}})
+    compare_case(c, big);
+  compare_case({2, 3, 17, 19, 37, "mean", true}, 29184);  // rounds of 2 steps
+  compare_case({1, 2, 6, 5, 200, "mean", true}, big, 0, 3);
+  compare_case({1, 2, 6, 5, 200, "none", true}, big, 0, 3);
+  g_snapshot = false;
+  check(g_shared_conflicts == 0, "no shared word written by two threads in one phase (" +
+                                     std::to_string(g_shared_conflicts) + " found)");
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
