@@ -93,7 +93,7 @@ struct ForwardBlock : BlockView<Tin> {
       for (int j = 0; j < kStates && valid; ++j) {
         const int n = g * kStates + j;
         if (n >= p.N) break;
-        float prev[kMs];
+        float prev[kMs] = {};  // only the first M are read
         for (int m = 0; m < kMs && m < p.M; ++m) prev[m] = th.h[m][j];
         float next_sum = 0.0f, a_sum = 0.0f;
         for (int m = 0; m < kMaxModalities && m < p.M; ++m) {

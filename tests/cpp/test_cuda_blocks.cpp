@@ -44,8 +44,9 @@ struct SnapshotExec {
   SnapshotExec(int n, float* smem, size_t count) : threads(static_cast<size_t>(n)), sm(smem), words(count) {}
   template <typename Phase>
   void each(Phase&& phase) {
-    const std::vector<float> start(sm, sm + words);
-    std::vector<float> merged = start;
+    std::vector<float> start(words), merged(words);
+    std::memcpy(start.data(), sm, words * sizeof(float));
+    std::memcpy(merged.data(), sm, words * sizeof(float));
     std::vector<int> writer(words, -1);
     for (size_t k = threads.size(); k-- > 0;) {
       phase(static_cast<int>(k), threads[k]);
