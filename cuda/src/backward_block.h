@@ -189,11 +189,13 @@ struct BackwardBlock : BlockView<Tin> {
       }
       if (kVector) {
         th.next[kVector ? m : 0][j] = mu;
-        th.factor[kVector ? m : 0][j] *= av;  // "none": mu^m_t = a^m_t (... + mu^m_{t+1})
+        if (summary()) th.factor[kVector ? m : 0][j] *= av;  // "none": mu^m_t = a^m_t (... + mu^m_{t+1})
       } else {
         th.next[0][j] = (m == 0 ? 0.0f : th.next[0][j]) + mu;
-        th.a_sum[j] = (m == 0 ? 0.0f : th.a_sum[j]) + av;
-        if (m == p.M - 1) th.factor[0][j] *= a.alpha * th.a_sum[j];  // rho_t = alpha sum_m a^m_t rho_{t+1} + ...
+        if (summary()) {  // rho_t = alpha sum_m a^m_t rho_{t+1} + ...
+          th.a_sum[j] = (m == 0 ? 0.0f : th.a_sum[j]) + av;
+          if (m == p.M - 1) th.factor[0][j] *= a.alpha * th.a_sum[j];
+        }
       }
     }
     nsum(0, grp, ln) = su;

@@ -96,6 +96,7 @@ struct ForwardBlock : BlockView<Tin> {
         float prev[kMs] = {};  // only the first M are read
         for (int m = 0; m < kMs && m < p.M; ++m) prev[m] = th.h[m][j];
         float next_sum = 0.0f, a_sum = 0.0f;
+        const bool track = summary();  // only a summary needs the segment's factor
         for (int m = 0; m < kMaxModalities && m < p.M; ++m) {
           float coupled;  // g^m_t = sum_i W[m, i] h^i_{t-1}
           if (kVector) {
@@ -109,13 +110,13 @@ struct ForwardBlock : BlockView<Tin> {
           const float hv = av * coupled + dtv * this->u(m, s, ln) * this->seq(a.B, m, n, t);
           if (!summary()) y[m] += this->seq(a.C, m, n, t) * hv;  // a summary needs no y
           if (kVector) th.h[kVector ? m : 0][j] = hv;
-          if (kVector) th.factor[kVector ? m : 0][j] *= av;  // "none": h^m_t = a^m_t h^m_{t-1} + ...
+          if (kVector && track) th.factor[kVector ? m : 0][j] *= av;  // "none": h^m_t = a^m_t h^m_{t-1} + ...
           next_sum += hv;
           a_sum += av;
           if (last) a.last_state[this->state_index(m, d, n)] = hv;
         }
         if (!kVector) th.h[0][j] = next_sum;
-        if (!kVector) th.factor[0][j] *= a.alpha * a_sum;  // s_t = alpha (sum_m a^m_t) s_{t-1} + ...
+        if (!kVector && track) th.factor[0][j] *= a.alpha * a_sum;  // s_t = alpha (sum_m a^m_t) s_{t-1} + ...
       }
       for (int m = 0; m < p.M && !summary(); ++m) this->part(s - s0, m, g, ln) = y[m];
     }
