@@ -24,7 +24,6 @@ namespace gpu {
 constexpr int kRows = 32;    // channels per block: one per lane
 constexpr int kStates = 8;   // states per thread
 constexpr int kPad = 33;     // row pitch of [.][32] shared arrays: column walks avoid bank conflicts
-constexpr int kMaxChunkSteps = static_cast<int>(kCudaChunkRankOne);
 
 struct BlockPlan {
   int64_t Bt = 0, D = 0, L = 0;

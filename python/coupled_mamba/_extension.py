@@ -34,10 +34,6 @@ def extension():
     return _ext
 
 
-def num_chunks(length: int) -> int:
-    return (length + CHUNK - 1) // CHUNK
-
-
 def checkpoint_chunk(device_type: str, coupling_kind: int) -> int:
     """Time steps between saved states for tensors on this kind of device (kind 0: rank one)."""
     if device_type != "cuda":

@@ -146,11 +146,15 @@ def _run(direction: str, args: dict, u: Tensor) -> None:
                 f"coupled_selective_scan: tensors on {u.device} need the CUDA kernels, which this build of "
                 "coupled-mamba does not contain; reinstall with the CUDA toolkit present (COUPLED_MAMBA_CUDA=ON) "
                 "or move the tensors to the CPU")
-        if ext.cuda_device_count() == 0:
-            raise RuntimeError(f"coupled_selective_scan: torch has tensors on {u.device}, but {cuda_unavailable_reason()}")
         # torch's device guard as well as the library's own: both runtimes share the current device.
         with torch.cuda.device(u.device):
-            getattr(ext, f"{direction}_cuda")(_DTYPE_NAMES[_seq_dtype(u)], args)
+            try:
+                getattr(ext, f"{direction}_cuda")(_DTYPE_NAMES[_seq_dtype(u)], args)
+            except RuntimeError as e:  # say why when the library's runtime sees no GPU at all
+                if ext.cuda_device_count() == 0:
+                    raise RuntimeError(f"coupled_selective_scan: torch has tensors on {u.device}, but "
+                                       f"{cuda_unavailable_reason()}") from e
+                raise
     else:
         getattr(ext, f"{direction}_cpu")(_DTYPE_NAMES[_compute_dtype(u)], args)
 
