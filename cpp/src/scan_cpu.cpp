@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "check_args.h"
 #include "coupled_scan/coupled_scan.h"
 #include "cpu/backward_partials.h"
 #include "cpu/chunk_inputs.h"
@@ -78,19 +79,8 @@ const TaskKernels<double>& kernels_for<double>(const KernelTable& t) { return t.
 
 template <typename T>
 Status check_forward(const ForwardArgs<T>& a) {
-  const Sizes& s = a.size;
-  if (s.batch < 0 || s.channels < 0 || s.length < 0) return Status::kInvalidSize;
-  if (s.modalities < 1 || s.modalities > kMaxModalities) return Status::kInvalidSize;
-  if (s.state < 1 || s.state > kMaxState) return Status::kInvalidSize;
   if (a.num_threads < 1) return Status::kInvalidSize;
-  if (a.coupling != CouplingKind::kRankOne && a.coupling != CouplingKind::kNone &&
-      a.coupling != CouplingKind::kGeneral)
-    return Status::kInvalidArgument;
-  if (s.batch == 0 || s.channels == 0) return Status::kOk;
-  if (s.length > 0 && (!a.u.data || !a.delta.data || !a.B.data || !a.C.data || !a.A))
-    return Status::kNullPointer;
-  if (a.coupling == CouplingKind::kGeneral && !a.W) return Status::kNullPointer;
-  return Status::kOk;
+  return check_forward_args(a);
 }
 
 struct StatusError {

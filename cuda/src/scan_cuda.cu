@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <string>
+#include <type_traits>
 
 #include "coupled_scan/coupled_scan_cuda.h"
 
@@ -138,42 +139,42 @@ struct DeviceLauncher {
     return cuda_status(cudaGetLastError(), "kernel launch");
   }
 
-  template <typename Tin>
-  Status forward_typed(const ForwardArgs<float>& a, const BlockPlan& p, bool vector, Pass pass,
-                       const SegmentArrays& segs, float* work) {
-    if (p.threads <= 256)
-      return vector ? launch_blocks(forward_kernel<Tin, true, 256>, p, a, pass, segs, work)
-                    : launch_blocks(forward_kernel<Tin, false, 256>, p, a, pass, segs, work);
-    return vector ? launch_blocks(forward_kernel<Tin, true, 1024>, p, a, pass, segs, work)
-                  : launch_blocks(forward_kernel<Tin, false, 1024>, p, a, pass, segs, work);
+  // The instantiation a call needs: sequence dtype x path (rank one / vector) x block-size
+  // class; `launch(Config<Tin, kVector, kMaxThreads>{})` launches that kernel.
+  template <typename In, bool kVec, int kThreads>
+  struct Config {
+    using Tin = In;
+    using Vector = std::integral_constant<bool, kVec>;
+    using MaxThreads = std::integral_constant<int, kThreads>;
+  };
+  template <typename Tin, typename Launch>
+  static Status by_shape(const BlockPlan& p, bool vector, Launch launch) {
+    if (p.threads <= 256) return vector ? launch(Config<Tin, true, 256>{}) : launch(Config<Tin, false, 256>{});
+    return vector ? launch(Config<Tin, true, 1024>{}) : launch(Config<Tin, false, 1024>{});
   }
-  Status blocks_forward(const ForwardArgs<float>& a, const BlockPlan& p, bool vector, Pass pass,
-                        const SegmentArrays& segs, float* work) {
+  template <typename Launch>
+  Status by_config(const BlockPlan& p, bool vector, Launch launch) const {
     switch (dtype) {
-      case SeqDType::kFloat32: return forward_typed<float>(a, p, vector, pass, segs, work);
-      case SeqDType::kFloat16: return forward_typed<__half>(a, p, vector, pass, segs, work);
-      case SeqDType::kBFloat16: return forward_typed<__nv_bfloat16>(a, p, vector, pass, segs, work);
+      case SeqDType::kFloat32: return by_shape<float>(p, vector, launch);
+      case SeqDType::kFloat16: return by_shape<__half>(p, vector, launch);
+      case SeqDType::kBFloat16: return by_shape<__nv_bfloat16>(p, vector, launch);
     }
     return Status::kInvalidArgument;
   }
 
-  template <typename Tin>
-  Status backward_typed(const BackwardArgs<float>& g, const BlockPlan& p, bool vector, Pass pass, const Workspace& w,
-                        float* work) {
-    if (p.threads <= 256)
-      return vector ? launch_blocks(backward_kernel<Tin, true, 256>, p, g, pass, w, work)
-                    : launch_blocks(backward_kernel<Tin, false, 256>, p, g, pass, w, work);
-    return vector ? launch_blocks(backward_kernel<Tin, true, 1024>, p, g, pass, w, work)
-                  : launch_blocks(backward_kernel<Tin, false, 1024>, p, g, pass, w, work);
+  Status blocks_forward(const ForwardArgs<float>& a, const BlockPlan& p, bool vector, Pass pass,
+                        const SegmentArrays& segs, float* work) {
+    return by_config(p, vector, [&](auto c) {
+      using C = decltype(c);
+      return launch_blocks(forward_kernel<typename C::Tin, C::Vector::value, C::MaxThreads::value>, p, a, pass, segs, work);
+    });
   }
   Status blocks_backward(const BackwardArgs<float>& g, const BlockPlan& p, bool vector, Pass pass, const Workspace& w,
                          float* work) {
-    switch (dtype) {
-      case SeqDType::kFloat32: return backward_typed<float>(g, p, vector, pass, w, work);
-      case SeqDType::kFloat16: return backward_typed<__half>(g, p, vector, pass, w, work);
-      case SeqDType::kBFloat16: return backward_typed<__nv_bfloat16>(g, p, vector, pass, w, work);
-    }
-    return Status::kInvalidArgument;
+    return by_config(p, vector, [&](auto c) {
+      using C = decltype(c);
+      return launch_blocks(backward_kernel<typename C::Tin, C::Vector::value, C::MaxThreads::value>, p, g, pass, w, work);
+    });
   }
 
   template <typename Job>

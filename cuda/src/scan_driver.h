@@ -14,24 +14,11 @@
 #pragma once
 
 #include "block_plan.h"
+#include "check_args.h"
 #include "segment_carry.h"
 
 namespace coupled_scan {
 namespace gpu {
-
-inline Status check_sizes(const ForwardArgs<float>& a) {
-  const Sizes& s = a.size;
-  if (s.batch < 0 || s.channels < 0 || s.length < 0) return Status::kInvalidSize;
-  if (s.modalities < 1 || s.modalities > kMaxModalities) return Status::kInvalidSize;
-  if (s.state < 1 || s.state > kMaxState) return Status::kInvalidSize;
-  if (a.coupling != CouplingKind::kRankOne && a.coupling != CouplingKind::kNone &&
-      a.coupling != CouplingKind::kGeneral)
-    return Status::kInvalidArgument;
-  if (s.batch == 0 || s.channels == 0 || s.length == 0) return Status::kOk;
-  if (!a.u.data || !a.delta.data || !a.B.data || !a.C.data || !a.A) return Status::kNullPointer;
-  if (a.coupling == CouplingKind::kGeneral && !a.W) return Status::kNullPointer;
-  return Status::kOk;
-}
 
 inline bool vector_path(CouplingKind k) { return k != CouplingKind::kRankOne; }
 
@@ -54,7 +41,7 @@ inline int64_t workspace_floats(const Sizes& s, CouplingKind k, bool backward, i
 
 template <typename Launcher>
 Status forward_driver(const ForwardArgs<float>& a, int64_t segments_hint, float* work, Launcher& launch) {
-  Status st = check_sizes(a);
+  Status st = check_forward_args(a);
   if (st != Status::kOk) return st;
   const Sizes& s = a.size;
   const int64_t states = s.batch * s.modalities * s.channels * s.state;
@@ -79,7 +66,7 @@ Status forward_driver(const ForwardArgs<float>& a, int64_t segments_hint, float*
 template <typename Launcher>
 Status backward_driver(const BackwardArgs<float>& g, int64_t segments_hint, float* work, Launcher& launch) {
   const ForwardArgs<float>& a = g.fwd;
-  Status st = check_sizes(a);
+  Status st = check_forward_args(a);
   if (st != Status::kOk) return st;
   const Sizes& s = a.size;
   const int64_t M = s.modalities, D = s.channels, N = s.state, L = s.length;
