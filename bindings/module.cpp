@@ -1,6 +1,7 @@
-// pybind11 module `coupled_mamba._C`: a thin, torch-free bridge. Python passes each tensor as a
-// data pointer (and, for sequence tensors, its batch / modality / row strides) in a dict; shape,
-// dtype and device checks happen in python/coupled_mamba/scan.py before anything reaches here.
+// pybind11 module `coupled_mamba._C`: a thin, torch-free bridge. Python fills one typed `ScanCall`
+// (sizes, pointers as integers, strides, dtype and coupling as enums, device and stream); a
+// misspelt field is an AttributeError at the boundary, never a silently missing input. Shape,
+// dtype and device checks that name the argument happen in python/coupled_mamba/ops/validation.py.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -17,45 +18,97 @@ using namespace coupled_scan;
 
 namespace {
 
+// dtype of the sequence tensors. On the CPU it is also the compute dtype (float32 / float64);
+// the CUDA kernels read float32 / float16 / bfloat16 and compute in float32.
+enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+// A (Bt, M, R, L) tensor with a contiguous time axis: data pointer and the three other strides.
+struct Seq {
+  std::uintptr_t data = 0;
+  int64_t stride_batch = 0;
+  int64_t stride_modality = 0;
+  int64_t stride_row = 0;
+};
+
+// Everything one forward or backward call needs. Pointers are addresses (0 = absent).
+struct ScanCall {
+  int64_t batch = 0, modalities = 0, channels = 0, state = 0, length = 0;
+  DType dtype = DType::kFloat32;
+  Seq u, delta, B, C, z, dout;
+  std::uintptr_t A = 0, D = 0, delta_bias = 0, W = 0, initial_state = 0, lengths = 0;
+  std::uintptr_t out = 0, last_state = 0, checkpoints = 0, dlast_state = 0;
+  std::uintptr_t du = 0, ddelta = 0, dA = 0, dB = 0, dC = 0, dD = 0, dz = 0, ddelta_bias = 0, dW = 0,
+                 dinitial_state = 0;
+  bool delta_softplus = false;
+  CouplingKind coupling = CouplingKind::kRankOne;
+  double alpha = 1.0;
+  int num_threads = 1;
+  // CUDA only: device index, cudaStream_t address, time segments (0 automatic), workspace floats.
+  int device = 0;
+  std::uintptr_t stream = 0;
+  int64_t time_segments = 0;
+  std::uintptr_t workspace = 0;
+};
+
 template <typename T>
-T* ptr(const py::dict& d, const char* key) {
-  if (!d.contains(key) || d[key].is_none()) return nullptr;
-  return reinterpret_cast<T*>(d[key].cast<std::uintptr_t>());
+T* ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
 }
 
 template <typename T>
-SeqTensor<const T> seq(const py::dict& d, const char* key) {
-  if (!d.contains(key) || d[key].is_none()) return {};
-  const py::tuple t = d[key].cast<py::tuple>();
-  if (t.size() != 4) throw std::invalid_argument(std::string(key) + ": expected (pointer, 3 strides)");
-  return {reinterpret_cast<const T*>(t[0].cast<std::uintptr_t>()), t[1].cast<int64_t>(), t[2].cast<int64_t>(),
-          t[3].cast<int64_t>()};
+SeqTensor<const T> seq(const Seq& s) {
+  return {ptr<const T>(s.data), s.stride_batch, s.stride_modality, s.stride_row};
 }
 
+Sizes sizes(const ScanCall& c) { return {c.batch, c.modalities, c.channels, c.state, c.length}; }
+
+// T: the type of parameters, states and results; S: the type the sequence pointers point at
+// (the same as T on the CPU; the CUDA kernels read half types through float-typed pointers).
 template <typename T>
-ForwardArgs<T> forward_args(const py::dict& d) {
+ForwardArgs<T> forward_args(const ScanCall& c) {
   ForwardArgs<T> a;
-  const py::tuple s = d["sizes"].cast<py::tuple>();
-  a.size = {s[0].cast<int64_t>(), s[1].cast<int64_t>(), s[2].cast<int64_t>(), s[3].cast<int64_t>(),
-            s[4].cast<int64_t>()};
-  a.u = seq<T>(d, "u");
-  a.delta = seq<T>(d, "delta");
-  a.A = ptr<const T>(d, "A");
-  a.B = seq<T>(d, "B");
-  a.C = seq<T>(d, "C");
-  a.D = ptr<const T>(d, "D");
-  a.z = seq<T>(d, "z");
-  a.delta_bias = ptr<const T>(d, "delta_bias");
-  a.delta_softplus = d["delta_softplus"].cast<bool>();
-  a.coupling = static_cast<CouplingKind>(d["coupling"].cast<int>());
-  a.alpha = static_cast<T>(d["alpha"].cast<double>());
-  a.W = ptr<const T>(d, "W");
-  a.initial_state = ptr<const T>(d, "initial_state");
-  a.out = ptr<T>(d, "out");
-  a.last_state = ptr<T>(d, "last_state");
-  a.checkpoints = ptr<T>(d, "checkpoints");
-  a.num_threads = d["num_threads"].cast<int>();
+  a.size = sizes(c);
+  a.u = seq<T>(c.u);
+  a.delta = seq<T>(c.delta);
+  a.A = ptr<const T>(c.A);
+  a.B = seq<T>(c.B);
+  a.C = seq<T>(c.C);
+  a.D = ptr<const T>(c.D);
+  a.z = seq<T>(c.z);
+  a.delta_bias = ptr<const T>(c.delta_bias);
+  a.delta_softplus = c.delta_softplus;
+  a.coupling = c.coupling;
+  a.alpha = static_cast<T>(c.alpha);
+  a.W = ptr<const T>(c.W);
+  a.initial_state = ptr<const T>(c.initial_state);
+  a.out = ptr<T>(c.out);
+  a.last_state = ptr<T>(c.last_state);
+  a.checkpoints = ptr<T>(c.checkpoints);
+  a.num_threads = c.num_threads;
   return a;
+}
+
+template <typename T>
+BackwardArgs<T> backward_args(const ScanCall& c) {
+  BackwardArgs<T> g;
+  g.fwd = forward_args<T>(c);
+  g.fwd.out = nullptr;
+  g.fwd.last_state = nullptr;
+  g.fwd.checkpoints = nullptr;
+  g.checkpoints = ptr<const T>(c.checkpoints);
+  g.dout = seq<T>(c.dout);
+  g.dlast_state = ptr<const T>(c.dlast_state);
+  g.du = ptr<T>(c.du);
+  g.ddelta = ptr<T>(c.ddelta);
+  g.dA = ptr<T>(c.dA);
+  g.dB = ptr<T>(c.dB);
+  g.dC = ptr<T>(c.dC);
+  g.dD = ptr<T>(c.dD);
+  g.dz = ptr<T>(c.dz);
+  g.ddelta_bias = ptr<T>(c.ddelta_bias);
+  g.dW = ptr<T>(c.dW);
+  g.dinitial_state = ptr<T>(c.dinitial_state);
+  return g;
 }
 
 void raise_on(Status st, const char* what) {
@@ -63,61 +116,52 @@ void raise_on(Status st, const char* what) {
     throw std::runtime_error(std::string("coupled_scan ") + what + " failed: " + status_string(st));
 }
 
-template <typename T>
-void forward_cpu_py(const py::dict& d) {
-  const ForwardArgs<T> a = forward_args<T>(d);
+// Runs a library entry point on its arguments without the GIL.
+template <typename Entry, typename... Args>
+Status without_gil(Entry entry, const Args&... args) {
+  py::gil_scoped_release release;
+  return entry(args...);
+}
+
+void forward_cpu_py(const ScanCall& c) {
   Status st;
-  {
-    py::gil_scoped_release release;
-    st = forward_cpu(a);
-  }
+  if (c.dtype == DType::kFloat32) st = without_gil(&forward_cpu<float>, forward_args<float>(c));
+  else if (c.dtype == DType::kFloat64) st = without_gil(&forward_cpu<double>, forward_args<double>(c));
+  else throw std::invalid_argument("coupled_scan: the CPU kernels compute in float32 or float64");
   raise_on(st, "forward (CPU)");
 }
 
-template <typename T>
-BackwardArgs<T> backward_args(const py::dict& d) {
-  BackwardArgs<T> g;
-  g.fwd = forward_args<T>(d);
-  g.checkpoints = ptr<const T>(d, "checkpoints");
-  g.dout = seq<T>(d, "dout");
-  g.dlast_state = ptr<const T>(d, "dlast_state");
-  g.du = ptr<T>(d, "du");
-  g.ddelta = ptr<T>(d, "ddelta");
-  g.dA = ptr<T>(d, "dA");
-  g.dB = ptr<T>(d, "dB");
-  g.dC = ptr<T>(d, "dC");
-  g.dD = ptr<T>(d, "dD");
-  g.dz = ptr<T>(d, "dz");
-  g.ddelta_bias = ptr<T>(d, "ddelta_bias");
-  g.dW = ptr<T>(d, "dW");
-  g.dinitial_state = ptr<T>(d, "dinitial_state");
-  return g;
-}
-
-template <typename T>
-void backward_cpu_py(const py::dict& d) {
-  const BackwardArgs<T> g = backward_args<T>(d);
+void backward_cpu_py(const ScanCall& c) {
   Status st;
-  {
-    py::gil_scoped_release release;
-    st = backward_cpu(g);
-  }
+  if (c.dtype == DType::kFloat32) st = without_gil(&backward_cpu<float>, backward_args<float>(c));
+  else if (c.dtype == DType::kFloat64) st = without_gil(&backward_cpu<double>, backward_args<double>(c));
+  else throw std::invalid_argument("coupled_scan: the CPU kernels compute in float32 or float64");
   raise_on(st, "backward (CPU)");
 }
 
-void by_dtype(const std::string& dtype, const py::dict& d, void (*f32)(const py::dict&),
-              void (*f64)(const py::dict&)) {
-  if (dtype == "float32") return f32(d);
-  if (dtype == "float64") return f64(d);
-  throw std::invalid_argument("coupled_scan: compute dtype must be float32 or float64, got " + dtype);
+// Checkpoints (saved states) along time for `length` steps on the CPU or the GPU.
+int64_t num_checkpoints(CouplingKind kind, int64_t length, bool on_cuda) {
+#ifdef CS_WITH_CUDA
+  if (on_cuda) return num_cuda_chunks(length, kind);
+#endif
+  if (on_cuda) throw std::invalid_argument("coupled_scan: this build has no CUDA kernels");
+  (void)kind;
+  return num_chunks(length);
 }
 
 #ifdef CS_WITH_CUDA
-SeqDType seq_dtype(const std::string& dtype) {
-  if (dtype == "float32") return SeqDType::kFloat32;
-  if (dtype == "float16") return SeqDType::kFloat16;
-  if (dtype == "bfloat16") return SeqDType::kBFloat16;
-  throw std::invalid_argument("coupled_scan: CUDA sequence dtype must be float32, float16 or bfloat16, got " + dtype);
+CudaCall cuda_call(const ScanCall& c) {
+  CudaCall call;
+  switch (c.dtype) {
+    case DType::kFloat32: call.dtype = SeqDType::kFloat32; break;
+    case DType::kFloat16: call.dtype = SeqDType::kFloat16; break;
+    case DType::kBFloat16: call.dtype = SeqDType::kBFloat16; break;
+    default: throw std::invalid_argument("coupled_scan: the CUDA kernels read float32, float16 or bfloat16");
+  }
+  call.device = c.device;
+  call.stream = reinterpret_cast<void*>(c.stream);
+  call.time_segments = c.time_segments;
+  return call;
 }
 
 void raise_on_cuda(Status st, const char* what) {
@@ -128,45 +172,18 @@ void raise_on_cuda(Status st, const char* what) {
   throw std::runtime_error(msg);
 }
 
-// d["device"]: the CUDA device index; d["stream"]: the cudaStream_t as an integer;
-// d["time_segments"]: 0 (automatic) or a count; d["workspace"]: cuda_workspace(...) floats.
-CudaCall cuda_call(const std::string& dtype, const py::dict& d) {
-  CudaCall c;
-  c.dtype = seq_dtype(dtype);
-  c.device = d["device"].cast<int>();
-  c.stream = reinterpret_cast<void*>(d["stream"].cast<std::uintptr_t>());
-  c.time_segments = d.contains("time_segments") ? d["time_segments"].cast<int64_t>() : 0;
-  return c;
+void forward_cuda_py(const ScanCall& c) {
+  raise_on_cuda(without_gil(&forward_cuda, forward_args<float>(c), cuda_call(c), ptr<float>(c.workspace)),
+                "forward (CUDA)");
 }
 
-// Runs forward_cuda or backward_cuda (`entry`) on arguments `args` without the GIL.
-template <typename Args>
-void call_cuda(Status (*entry)(const Args&, const CudaCall&, float*), const Args& args, const std::string& dtype,
-               const py::dict& d, const char* what) {
-  const CudaCall call = cuda_call(dtype, d);
-  float* work = ptr<float>(d, "workspace");
-  Status st;
-  {
-    py::gil_scoped_release release;
-    st = entry(args, call, work);
-  }
-  raise_on_cuda(st, what);
+void backward_cuda_py(const ScanCall& c) {
+  raise_on_cuda(without_gil(&backward_cuda, backward_args<float>(c), cuda_call(c), ptr<float>(c.workspace)),
+                "backward (CUDA)");
 }
 
-void forward_cuda_py(const std::string& dtype, const py::dict& d) {
-  call_cuda(&forward_cuda, forward_args<float>(d), dtype, d, "forward (CUDA)");
-}
-
-void backward_cuda_py(const std::string& dtype, const py::dict& d) {
-  call_cuda(&backward_cuda, backward_args<float>(d), dtype, d, "backward (CUDA)");
-}
-
-int64_t cuda_workspace_py(const std::string& dtype, const py::dict& d, bool backward) {
-  const py::tuple s = d["sizes"].cast<py::tuple>();
-  const Sizes sizes{s[0].cast<int64_t>(), s[1].cast<int64_t>(), s[2].cast<int64_t>(), s[3].cast<int64_t>(),
-                    s[4].cast<int64_t>()};
-  const int64_t n = cuda_workspace(sizes, static_cast<CouplingKind>(d["coupling"].cast<int>()), backward,
-                                   cuda_call(dtype, d));
+int64_t cuda_workspace_py(const ScanCall& c, bool backward) {
+  const int64_t n = cuda_workspace(sizes(c), c.coupling, backward, cuda_call(c));
   if (n < 0) throw std::runtime_error("coupled_scan: cannot query the CUDA device for the workspace size");
   return n;
 }
@@ -176,31 +193,57 @@ int64_t cuda_workspace_py(const std::string& dtype, const py::dict& d, bool back
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Fused coupled selective scan kernels (torch-free; tensors pass as pointers and strides)";
-  m.def("forward_cpu", [](const std::string& dtype, const py::dict& d) {
-    by_dtype(dtype, d, &forward_cpu_py<float>, &forward_cpu_py<double>);
-  });
-  m.def("backward_cpu", [](const std::string& dtype, const py::dict& d) {
-    by_dtype(dtype, d, &backward_cpu_py<float>, &backward_cpu_py<double>);
-  });
-  m.def("num_chunks", &num_chunks);
-  m.def("checkpoint_width", [](int kind, int64_t M, int64_t N) {
-    return checkpoint_width(static_cast<CouplingKind>(kind), M, N);
-  });
+
+  py::enum_<DType>(m, "DType")
+      .value("float32", DType::kFloat32)
+      .value("float64", DType::kFloat64)
+      .value("float16", DType::kFloat16)
+      .value("bfloat16", DType::kBFloat16);
+  py::enum_<CouplingKind>(m, "CouplingKind")
+      .value("rank_one", CouplingKind::kRankOne)
+      .value("none", CouplingKind::kNone)
+      .value("general", CouplingKind::kGeneral);
+
+  py::class_<Seq>(m, "Seq")
+      .def(py::init<>())
+      .def(py::init([](std::uintptr_t data, int64_t sb, int64_t sm, int64_t sr) { return Seq{data, sb, sm, sr}; }),
+           py::arg("data"), py::arg("stride_batch"), py::arg("stride_modality"), py::arg("stride_row"))
+      .def_readwrite("data", &Seq::data)
+      .def_readwrite("stride_batch", &Seq::stride_batch)
+      .def_readwrite("stride_modality", &Seq::stride_modality)
+      .def_readwrite("stride_row", &Seq::stride_row);
+
+  py::class_<ScanCall> call(m, "ScanCall");
+  call.def(py::init<>());
+#define CS_FIELD(name) call.def_readwrite(#name, &ScanCall::name)
+  CS_FIELD(batch); CS_FIELD(modalities); CS_FIELD(channels); CS_FIELD(state); CS_FIELD(length);
+  CS_FIELD(dtype);
+  CS_FIELD(u); CS_FIELD(delta); CS_FIELD(B); CS_FIELD(C); CS_FIELD(z); CS_FIELD(dout);
+  CS_FIELD(A); CS_FIELD(D); CS_FIELD(delta_bias); CS_FIELD(W); CS_FIELD(initial_state); CS_FIELD(lengths);
+  CS_FIELD(out); CS_FIELD(last_state); CS_FIELD(checkpoints); CS_FIELD(dlast_state);
+  CS_FIELD(du); CS_FIELD(ddelta); CS_FIELD(dA); CS_FIELD(dB); CS_FIELD(dC); CS_FIELD(dD); CS_FIELD(dz);
+  CS_FIELD(ddelta_bias); CS_FIELD(dW); CS_FIELD(dinitial_state);
+  CS_FIELD(delta_softplus); CS_FIELD(coupling); CS_FIELD(alpha); CS_FIELD(num_threads);
+  CS_FIELD(device); CS_FIELD(stream); CS_FIELD(time_segments); CS_FIELD(workspace);
+#undef CS_FIELD
+
+  m.def("forward_cpu", &forward_cpu_py);
+  m.def("backward_cpu", &backward_cpu_py);
+  m.def("num_checkpoints", &num_checkpoints, py::arg("kind"), py::arg("length"), py::arg("on_cuda"));
+  m.def("checkpoint_width", &checkpoint_width, py::arg("kind"), py::arg("modalities"), py::arg("state"));
   m.def("cpu_isa", &cpu_isa);
+  m.attr("max_modalities") = kMaxModalities;
+  m.attr("max_state") = kMaxState;
 #ifdef CS_WITH_CUDA
   m.attr("has_cuda") = true;
   m.def("forward_cuda", &forward_cuda_py);
   m.def("backward_cuda", &backward_cuda_py);
-  m.def("cuda_workspace", &cuda_workspace_py);
+  m.def("cuda_workspace", &cuda_workspace_py, py::arg("call"), py::arg("backward"));
   m.def("cuda_device_count", &cuda_device_count);
   m.def("cuda_exp_floor_ms", &cuda_exp_floor_ms);
   m.def("cuda_error_text", []() { return std::string(cuda_error_text()); });
   m.attr("cuda_runtime_version") = cuda_runtime_version();
-  m.def("cuda_chunk", [](int kind) { return cuda_chunk(static_cast<CouplingKind>(kind)); });
 #else
   m.attr("has_cuda") = false;
 #endif
-  m.attr("max_modalities") = kMaxModalities;
-  m.attr("max_state") = kMaxState;
-  m.attr("chunk") = kChunk;
 }

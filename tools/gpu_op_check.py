@@ -4,21 +4,15 @@ import sys
 
 import torch
 
-import coupled_mamba
 from coupled_mamba import coupled_selective_scan
-from coupled_mamba.reference import coupled_selective_scan_ref
+from coupled_mamba.ops import coupled_selective_scan_ref, make_inputs, settings
 
 TOL = {torch.float32: (1e-4, 1e-3), torch.bfloat16: (1e-2, 3e-2), torch.float16: (1e-2, 3e-2)}
 SEQ = ("u", "delta", "B", "C", "z")
 
 
 def inputs(Bt, M, D, N, L, seed):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s, scale=1.0, shift=0.0: torch.randn(*s, generator=g, dtype=torch.float64) * scale + shift  # noqa: E731
-    return dict(u=r(Bt, M, D, L), delta=r(Bt, M, D, L, scale=0.5, shift=-1.0),
-                A=-(0.5 + 1.5 * torch.rand(M, D, N, generator=g, dtype=torch.float64)), B=r(Bt, M, N, L),
-                C=r(Bt, M, N, L), D=r(M, D), z=r(Bt, M, D, L), delta_bias=r(M, D, scale=0.3),
-                initial_state=r(Bt, M, D, N))
+    return make_inputs(Bt, M, D, N, L, dtype=torch.float64, seed=seed)
 
 
 def run(fn, x, coupling, device, dtype):
@@ -38,7 +32,7 @@ def rel(a, b):
 
 
 def main():
-    coupled_mamba.scan._POISON_OUTPUTS = True
+    settings.POISON_OUTPUTS = True
     failed = passed = 0
     sizes = [(2, 3, 5, 7, 1), (1, 1, 3, 5, 7), (2, 3, 17, 19, 63), (1, 2, 2, 3, 2049), (2, 3, 70, 64, 50),
              (1, 8, 3, 3, 33), (1, 3, 33, 256, 9)]

@@ -24,7 +24,7 @@ def test_gpu_scan_benchmark_runs_or_says_why(tmp_path):
     """With a GPU: the quick GPU table is written. Without one: a clear message and a non-zero exit."""
     import torch
 
-    from coupled_mamba._extension import cuda_device_count
+    from coupled_mamba.ops.library import cuda_device_count
 
     out = tmp_path / "scan_cuda.json"
     res = subprocess.run([sys.executable, "-m", "coupled_mamba.bench", "scan", "--device", "cuda", "--quick",

@@ -20,7 +20,7 @@ from coupled_mamba.modules import (
     coupled_scan_step,
     resample_to_bins,
 )
-from coupled_mamba.reference import coupled_selective_scan_ref
+from coupled_mamba.ops import coupled_selective_scan_ref
 
 DIMS = [5, 3, 4]  # three modalities of different widths
 SMALL = dict(d_model=16, n_layers=2, d_state=4, d_conv=3, expand=2, seq_len=8, dropout=0.0, n_heads=2)

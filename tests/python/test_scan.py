@@ -9,79 +9,9 @@ import torch
 
 import coupled_mamba
 from coupled_mamba import CoupledSelectiveScanFn, coupled_selective_scan
-from coupled_mamba.reference import coupled_selective_scan_ref
+from scan_helpers import COUPLINGS, SIZES, TOL, coupled_selective_scan_ref, coupling_for, make_inputs, rel, run_both
 
-@pytest.fixture(autouse=True)
-def poisoned_outputs(monkeypatch):
-    """Every buffer the kernels write starts as NaN, so an unwritten element fails."""
-    monkeypatch.setattr(coupled_mamba.scan, "_POISON_OUTPUTS", True)
-
-
-TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (1e-4, 1e-3), torch.bfloat16: (1e-2, 3e-2),
-       torch.float16: (1e-2, 3e-2)}
-
-
-def make_inputs(Bt, M, D, N, L, dtype=torch.float32, optional=True, seed=0, dt_shift=-1.0):
-    """Fresh random inputs (never zeros: they would hide unwritten outputs)."""
-    g = torch.Generator().manual_seed(seed)
-    pdt = torch.float64 if dtype == torch.float64 else torch.float32
-
-    def r(*shape, dt=dtype, scale=1.0, shift=0.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(dt)
-
-    x = dict(
-        u=r(Bt, M, D, L), delta=r(Bt, M, D, L, scale=0.5, shift=dt_shift),
-        A=(-(0.5 + 1.5 * torch.rand(M, D, N, generator=g, dtype=torch.float64))).to(pdt),
-        B=r(Bt, M, N, L), C=r(Bt, M, N, L),
-    )
-    if optional:
-        x.update(D=r(M, D, dt=pdt), z=r(Bt, M, D, L), delta_bias=r(M, D, dt=pdt, scale=0.3),
-                 initial_state=r(Bt, M, D, N, dt=pdt))
-    return x
-
-
-def rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    assert torch.isfinite(a).all(), "non-finite values where the reference is finite"
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
-
-
-def run_both(inputs, coupling, delta_softplus=True):
-    """Returns ((out, last, grads) fused, (out, last, grads) reference in float64)."""
-    names = list(inputs)
-    results = []
-    for fn, cast in ((coupled_selective_scan, None), (coupled_selective_scan_ref, torch.float64)):
-        xs = {k: (v.detach().to(cast) if cast else v.detach().clone()).requires_grad_() for k, v in inputs.items()}
-        w = coupling
-        if isinstance(coupling, torch.Tensor):
-            w = (coupling.detach().to(cast) if cast else coupling.detach().clone()).requires_grad_()
-        out, last = fn(**xs, delta_softplus=delta_softplus, coupling=w, return_last_state=True)
-        g = torch.Generator().manual_seed(123)
-        dout = torch.randn(out.shape, generator=g, dtype=torch.float64)
-        dlast = torch.randn(last.shape, generator=g, dtype=torch.float64)
-        loss = (out.double() * dout).sum() + (last.double() * dlast).sum()
-        wrt = [xs[k] for k in names] + ([w] if isinstance(w, torch.Tensor) else [])
-        grads = torch.autograd.grad(loss, wrt)
-        results.append((out, last, dict(zip(names + ["coupling"], grads))))
-    return results
-
-
-SIZES = [  # (Bt, M, D, N, L): odd sizes, N not a multiple of the vector width, M = 1 and M > 3
-    (2, 3, 5, 7, 1),
-    (1, 1, 3, 5, 7),
-    (2, 3, 17, 19, 63),
-    (1, 5, 4, 9, 130),
-    (1, 2, 2, 3, 2049),
-    (2, 2, 40, 16, 20),  # two channel blocks, a whole vector block of states
-]
-COUPLINGS = ["mean", "sum", "none", "matrix"]
-
-
-def coupling_for(name, M, seed=1):
-    if name == "matrix":
-        g = torch.Generator().manual_seed(seed)
-        return torch.rand(M, M, generator=g, dtype=torch.float64) * 0.6 - 0.1
-    return name
+pytestmark = pytest.mark.usefixtures("poisoned_outputs")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -270,7 +200,7 @@ def test_opcheck():
     x = make_inputs(2, 3, 4, 5, 9)
     for coupling, w in ((0, None), (1, None), (2, torch.rand(3, 3))):
         args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, coupling,
-                1.0 / 3, w, x["initial_state"], True)
+                1.0 / 3, w, x["initial_state"], None, True)
         torch.library.opcheck(torch.ops.coupled_mamba.scan_fwd.default, args)
         args_ng = args[:-1] + (False,)
         torch.library.opcheck(torch.ops.coupled_mamba.scan_fwd.default, args_ng,
@@ -301,7 +231,7 @@ def test_every_cpu_instruction_set(isa):
     """The dispatcher picks the widest kernels; the narrower ones must agree with the reference too."""
     code = (
         "import torch, coupled_mamba as cm\n"
-        "from coupled_mamba.reference import coupled_selective_scan_ref as ref\n"
+        "from coupled_mamba.ops import coupled_selective_scan_ref as ref\n"
         "torch.manual_seed(0)\n"
         "u=torch.randn(2,3,5,70); dl=torch.randn(2,3,5,70)*.5-1; A=-torch.rand(3,5,13)-.5\n"
         "B=torch.randn(2,3,13,70); C=torch.randn(2,3,13,70)\n"

@@ -8,9 +8,8 @@ import torch
 
 import coupled_mamba
 from coupled_mamba import coupled_selective_scan
-from coupled_mamba._extension import cuda_device_count, cuda_unavailable_reason, has_cuda
-from coupled_mamba.reference import coupled_selective_scan_ref
-from test_scan import SIZES, TOL, coupling_for, make_inputs, rel
+from coupled_mamba.ops.library import cuda_device_count, cuda_unavailable_reason, has_cuda
+from scan_helpers import SIZES, TOL, coupled_selective_scan_ref, coupling_for, make_inputs, rel
 
 
 def _skip_reason():
@@ -21,16 +20,12 @@ def _skip_reason():
     return None  # a GPU torch sees but the library does not is a failure (test below), not a skip
 
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason())),
+              pytest.mark.usefixtures("poisoned_outputs")]
 
 
 def test_library_sees_the_gpu_torch_sees():
     assert cuda_device_count() == torch.cuda.device_count(), cuda_unavailable_reason()
-
-
-@pytest.fixture(autouse=True)
-def poisoned_outputs(monkeypatch):
-    monkeypatch.setattr(coupled_mamba.scan, "_POISON_OUTPUTS", True)
 
 
 def run_cuda_and_reference(inputs, coupling, dtype, delta_softplus=True, seed=123):

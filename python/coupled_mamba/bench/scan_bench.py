@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from ..ops.inputs import make_inputs as _make_inputs
+
 SIZES = {
     "paper": dict(Bt=32, M=3, D=256, N=64, L=50),
     "long": dict(Bt=2, M=3, D=256, N=16, L=4096),
@@ -30,21 +32,15 @@ QUICK_SIZES = {
 
 
 def make_inputs(Bt, M, D, N, L, dtype=torch.float32, requires_grad=False, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = dict(
-        u=torch.randn(Bt, M, D, L, generator=g), delta=torch.randn(Bt, M, D, L, generator=g) * 0.5 - 1.0,
-        A=-torch.rand(M, D, N, generator=g) - 0.5, B=torch.randn(Bt, M, N, L, generator=g),
-        C=torch.randn(Bt, M, N, L, generator=g), D=torch.randn(M, D, generator=g),
-        z=torch.randn(Bt, M, D, L, generator=g), delta_bias=torch.randn(M, D, generator=g) * 0.3,
-    )
-    return {k: v.to(dtype).requires_grad_(requires_grad) for k, v in x.items()}
+    """The op's inputs with D, z and delta_bias, without an initial state (as in a model)."""
+    return _make_inputs(Bt, M, D, N, L, dtype=dtype, initial_state=False, requires_grad=requires_grad, seed=seed)
 
 
 def scan_fn(impl: str):
     if impl == "fused":
         from coupled_mamba import coupled_selective_scan as fn
     else:
-        from coupled_mamba.reference import coupled_selective_scan_ref as fn
+        from coupled_mamba.ops import coupled_selective_scan_ref as fn
     return fn
 
 

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from .scan_bench import make_inputs
+from ..ops.inputs import make_inputs
 
 SIZES = {"paper": dict(Bt=32, M=3, D=256, N=64, L=50)}
 SIZES.update({f"L{L}": dict(Bt=8, M=3, D=256, N=16, L=L) for L in (512, 1024, 2048, 4096, 8192, 16384)})
@@ -60,8 +60,8 @@ def bytes_moved(s: dict, mode: str, elem: int) -> int:
 
 def main(argv=None) -> None:
     from coupled_mamba import coupled_selective_scan, set_cuda_time_segments
-    from coupled_mamba._extension import cuda_device_count, extension
-    from coupled_mamba.reference import coupled_selective_scan_ref
+    from coupled_mamba.ops import coupled_selective_scan_ref
+    from coupled_mamba.ops.library import cuda_device_count, extension
 
     p = argparse.ArgumentParser(prog="python -m coupled_mamba.bench scan --device cuda", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
@@ -95,7 +95,7 @@ def main(argv=None) -> None:
             elem = torch.finfo(dtype).bits // 8
             for mode in ("fwd", "fwd+bwd"):
                 grad = mode == "fwd+bwd"
-                x = {k: v.cuda() for k, v in make_inputs(**s).items()}
+                x = {k: v.cuda() for k, v in make_inputs(**s, initial_state=False).items()}
                 x = {k: (v.to(dtype) if k in ("u", "delta", "B", "C", "z") else v).requires_grad_(grad)
                      for k, v in x.items()}
 

@@ -12,11 +12,12 @@ TASKS = ("regression", "classification")
 
 def masked_mean(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Mean over time of valid steps: x (batch, K, L, d), mask (batch, K, L) bool or None ->
-    (batch, K, d). A stream with no valid step pools to zeros."""
+    (batch, K, d). A stream with no valid step pools to zeros. Values at masked steps never reach
+    the result, even NaN or Inf (they are replaced, not multiplied by 0)."""
     if mask is None:
         return x.mean(dim=2)
-    m = mask.to(x.dtype)[..., None]
-    return (x * m).sum(dim=2) / m.sum(dim=2).clamp_min(1.0)
+    count = mask.sum(dim=2, keepdim=True).to(x.dtype)[..., 0, None]
+    return x.masked_fill(~mask[..., None], 0.0).sum(dim=2) / count.clamp_min(1.0)
 
 
 class PredictionHead(nn.Module):

@@ -26,17 +26,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .streaming import causal_conv_step, coupled_scan_step
+from ..ops import coupled_scan_step, coupled_selective_scan
+from .streaming import causal_conv_step
 
 COUPLINGS = ("mean", "sum", "none", "learned")
-
-
-def _scan(*args, **kwargs):
-    # Looked up at call time: coupled_mamba.coupled_selective_scan is the fused op once built,
-    # and this keeps the modules importable while the package is being assembled.
-    import coupled_mamba
-
-    return coupled_mamba.coupled_selective_scan(*args, **kwargs)
 
 
 def resolve_dt_rank(dt_rank: Union[int, str, None], d_state: int) -> int:
@@ -247,7 +240,7 @@ class CoupledMambaLayer(nn.Module):
             delta_bias, softplus = None, False
 
         # Views with a contiguous time axis are fine: the op takes strides.
-        result = _scan(
+        result = coupled_selective_scan(
             u,
             delta,
             self.A(),

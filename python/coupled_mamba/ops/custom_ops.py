@@ -1,0 +1,218 @@
+"""The two custom ops, ``coupled_mamba::scan_fwd`` and ``coupled_mamba::scan_bwd``, their fake
+(shape-only) implementations for torch.compile, and the autograd formula of ``scan_fwd``.
+
+Each op fills one typed ``_C.ScanCall`` (tensors as pointers and strides) and calls the compiled
+library, which never links libtorch. The coupling arrives as the library's kind code plus the
+rank-one weight ``alpha`` and the optional matrix ``W`` (ops/coupling.py makes them).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import library, settings, validation
+
+_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+           torch.bfloat16: "bfloat16"}
+
+
+def _new(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
+    t = torch.empty(shape, dtype=dtype, device=device)
+    return t.fill_(float("nan")) if settings.POISON_OUTPUTS else t
+
+
+def _seq_dtype(u: Tensor) -> torch.dtype:
+    """dtype the library reads sequence tensors in: the CUDA kernels read float16 / bfloat16
+    directly; the CPU kernels read the compute dtype."""
+    return u.dtype if u.device.type == "cuda" else validation.compute_dtype(u)
+
+
+class _Call:
+    """A ScanCall being filled, with the converted tensors it points at kept alive."""
+
+    def __init__(self, u: Tensor, A: Tensor, kind: int, alpha: float, delta_softplus: bool):
+        ext = library.extension()
+        self.keep = []
+        self.cdt = validation.compute_dtype(u)
+        self.sdt = _seq_dtype(u)
+        c = self.c = ext.ScanCall()
+        c.batch, c.modalities, c.channels, c.length = u.shape
+        c.state = A.shape[-1]
+        c.dtype = getattr(ext.DType, _DTYPES[self.sdt])
+        c.coupling = library.kind_from_code(kind)
+        c.alpha = float(alpha)
+        c.delta_softplus = bool(delta_softplus)
+        c.num_threads = settings.get_num_threads()
+        if u.device.type == "cuda":
+            c.device = u.device.index if u.device.index is not None else torch.cuda.current_device()
+            c.stream = torch.cuda.current_stream(u.device).cuda_stream
+            c.time_segments = settings.get_cuda_time_segments()
+
+    def seq(self, name: str, t: Optional[Tensor]) -> None:
+        """A (Bt, M, R, L) input with a contiguous time axis, in the library's sequence dtype."""
+        if t is None:
+            return
+        t = t.to(self.sdt)
+        if t.size(-1) > 1 and t.stride(-1) != 1:
+            t = t.contiguous()
+        self.keep.append(t)
+        setattr(self.c, name, library.extension().Seq(t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)))
+
+    def param(self, name: str, t: Optional[Tensor], dtype: Optional[torch.dtype] = None) -> None:
+        """A contiguous input in the compute dtype (or ``dtype``)."""
+        if t is None:
+            return
+        t = t.to(dtype or self.cdt).contiguous()
+        self.keep.append(t)
+        setattr(self.c, name, t.data_ptr())
+
+    def output(self, name: str, shape, dtype: Optional[torch.dtype] = None, device=None) -> Tensor:
+        t = _new(shape, dtype or self.cdt, device)
+        setattr(self.c, name, t.data_ptr())
+        return t
+
+    def inputs(self, u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths) -> None:
+        for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
+            self.seq(name, t)
+        for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias), ("W", W), ("initial_state", initial_state)):
+            self.param(name, t)
+        if lengths is not None:
+            raise NotImplementedError("coupled_selective_scan: lengths: not supported by this build")
+
+    def run(self, direction: str, device: torch.device) -> None:
+        ext = library.extension()
+        if device.type != "cuda":
+            getattr(ext, f"{direction}_cpu")(self.c)
+            return
+        work = _new((max(1, ext.cuda_workspace(self.c, direction == "backward")),), torch.float32, device)
+        self.c.workspace = work.data_ptr()
+        # torch's device guard as well as the library's own: both runtimes share the current device.
+        with torch.cuda.device(device):
+            try:
+                getattr(ext, f"{direction}_cuda")(self.c)
+            except RuntimeError as e:  # say why when the library's runtime sees no GPU at all
+                if ext.cuda_device_count() == 0:
+                    raise RuntimeError(f"coupled_selective_scan: tensors on {device}, but "
+                                       f"{library.cuda_unavailable_reason()}") from e
+                raise
+
+
+@torch.library.custom_op("coupled_mamba::scan_fwd", mutates_args=())
+def scan_fwd(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+    delta_bias: Optional[Tensor], delta_softplus: bool, coupling: int, alpha: float, W: Optional[Tensor],
+    initial_state: Optional[Tensor], lengths: Optional[Tensor], save_checkpoints: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Returns (out in u's dtype, last_state in the compute dtype, checkpoints or an empty tensor)."""
+    validation.check_forward(u, delta, A, B, C, D, z, delta_bias, coupling, W, initial_state, lengths)
+    validation.check_lengths_values(lengths, u.shape[-1])
+    call = _Call(u, A, coupling, alpha, delta_softplus)
+    call.inputs(u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths)
+    Bt, M, Dch, L = u.shape
+    N = A.shape[-1]
+    out = call.output("out", (Bt, M, Dch, L), device=u.device)
+    last = call.output("last_state", (Bt, M, Dch, N), device=u.device)
+    if save_checkpoints:
+        ck = call.output("checkpoints", library.checkpoint_shape(u.device, coupling, Bt, M, Dch, N, L), device=u.device)
+    else:
+        ck = u.new_empty((0,), dtype=call.cdt)
+    call.run("forward", u.device)
+    return out.to(u.dtype), last, ck
+
+
+@scan_fwd.register_fake
+def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W, initial_state,
+                   lengths, save_checkpoints):
+    validation.check_forward(u, delta, A, B, C, D, z, delta_bias, coupling, W, initial_state, lengths,
+                             allow_meta=True)
+    cdt = validation.compute_dtype(u)
+    Bt, M, Dch, L = u.shape
+    N = A.shape[-1]
+    shape = library.checkpoint_shape(u.device, coupling, Bt, M, Dch, N, L) if save_checkpoints else (0,)
+    return u.new_empty((Bt, M, Dch, L)), u.new_empty((Bt, M, Dch, N), dtype=cdt), u.new_empty(shape, dtype=cdt)
+
+
+# The backward's results, in this order; an absent optional input gets an empty tensor.
+GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "dW", "dinitial_state")
+
+
+@torch.library.custom_op("coupled_mamba::scan_bwd", mutates_args=())
+def scan_bwd(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+    delta_bias: Optional[Tensor], delta_softplus: bool, coupling: int, alpha: float, W: Optional[Tensor],
+    initial_state: Optional[Tensor], lengths: Optional[Tensor], checkpoints: Optional[Tensor], dout: Tensor,
+    dlast_state: Optional[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dW, dinitial_state), each in its input's
+    dtype and strides; an absent optional input gets an empty tensor."""
+    validation.check_forward(u, delta, A, B, C, D, z, delta_bias, coupling, W, initial_state, lengths)
+    validation.check_backward(u, A, coupling, checkpoints, dout, dlast_state)
+    validation.check_lengths_values(lengths, u.shape[-1])
+    if (checkpoints is None or checkpoints.numel() == 0) and u.device.type == "cuda":
+        # The CPU library recomputes missing checkpoints itself; on the GPU a forward pass does.
+        checkpoints = scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W,
+                               initial_state, lengths, True)[2]
+    call = _Call(u, A, coupling, alpha, delta_softplus)
+    call.inputs(u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths)
+    call.seq("dout", dout)
+    call.param("dlast_state", dlast_state)
+    if checkpoints is not None and checkpoints.numel() > 0:
+        call.param("checkpoints", checkpoints)
+    like = dict(zip(GRAD_NAMES, (u, delta, A, B, C, D, z, delta_bias, W, initial_state)))
+    grads = {k: None if t is None else call.output(k, t.shape, device=u.device) for k, t in like.items()}
+    call.run("backward", u.device)
+
+    def shaped_like(g: Optional[Tensor], t: Optional[Tensor]) -> Tensor:
+        # Each gradient takes its input's dtype and strides (what the fake promises, torch.empty_like).
+        if g is None:
+            return u.new_empty((0,))
+        if g.dtype == t.dtype and g.stride() == t.stride():
+            return g
+        return torch.empty_like(t).copy_(g)
+
+    return tuple(shaped_like(grads[k], like[k]) for k in GRAD_NAMES)
+
+
+@scan_bwd.register_fake
+def _scan_bwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W, initial_state,
+                   lengths, checkpoints, dout, dlast_state):
+    validation.check_forward(u, delta, A, B, C, D, z, delta_bias, coupling, W, initial_state, lengths,
+                             allow_meta=True)
+    validation.check_backward(u, A, coupling, checkpoints, dout, dlast_state, allow_meta=True)
+
+    def like(t):
+        return u.new_empty((0,)) if t is None else torch.empty_like(t)
+
+    return tuple(like(t) for t in (u, delta, A, B, C, D, z, delta_bias, W, initial_state))
+
+
+def backward(saved, flags, dout: Optional[Tensor], dlast: Optional[Tensor]):
+    """Shared by the op's autograd formula and CoupledSelectiveScanFn: the 10 gradients, None for
+    absent inputs."""
+    u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths, ck = saved
+    delta_softplus, coupling, alpha = flags
+    if dout is None:
+        dout = torch.zeros_like(u)
+    grads = torch.ops.coupled_mamba.scan_bwd(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W, initial_state, lengths, ck,
+        dout, dlast)
+    present = (True, True, True, True, True, D is not None, z is not None, delta_bias is not None,
+               W is not None, initial_state is not None)
+    return tuple(g if p else None for g, p in zip(grads, present))
+
+
+def _setup_context(ctx, inputs, output):
+    (u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W, initial_state, lengths,
+     _save) = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths, output[2])
+    ctx.flags = (delta_softplus, coupling, alpha)
+
+
+def _op_backward(ctx, dout, dlast, _dck):
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dW, dinit = backward(ctx.saved_tensors, ctx.flags, dout, dlast)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None, None, dW, dinit, None, None
+
+
+scan_fwd.register_autograd(_op_backward, setup_context=_setup_context)
