@@ -1,4 +1,10 @@
-"""Metrics against hand-computed cases (ties at zero, half-way rounding, bin edges) and sklearn."""
+"""Metrics against hand-computed cases (ties at zero, half-way rounding, bin edges), sklearn and,
+for the "mmsa" mode, MMSA's MetricsTop itself (when MMSA is installed: pip install --no-deps mmsa)."""
+import importlib.util
+import math
+import os
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +191,200 @@ def test_compute_metrics_dispatch():
         M.compute_metrics("bleu", [1], [1])
     assert M.lower_is_better("MAE") and M.lower_is_better("Loss")
     assert not M.lower_is_better("Non0_acc_2")
+
+
+# ----------------------------------------------------------------------------- mmsa mode
+
+
+def test_mmsa_mosi_keys_and_shared_values():
+    m = M.compute_metrics("mosi", np.array(MOSI_P), np.array(MOSI_Y), mode="mmsa")
+    d = M.mosi_metrics(np.array(MOSI_P), np.array(MOSI_Y))
+    assert list(m) == ["Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score",
+                       "Mult_acc_5", "Mult_acc_7", "MAE", "Corr"]  # no Mult_acc_3
+    assert all(m[k] == d[k] for k in m)  # no ties at the fifth decimal here
+
+
+def test_mmsa_regression_undefined_values():
+    for fam in ("mosi", "sims"):
+        const = M.compute_metrics(fam, np.full(5, 0.3), [0.1, -0.2, 0.5, 0.9, -0.6], mode="mmsa")
+        single = M.compute_metrics(fam, [0.4], [0.2], mode="mmsa")
+        assert math.isnan(const["Corr"]) and math.isnan(single["Corr"])
+        assert M.compute_metrics(fam, np.full(5, 0.3), [0.1, -0.2, 0.5, 0.9, -0.6])["Corr"] == 0.0
+    with pytest.raises(ValueError, match="every label is 0"):
+        M.compute_metrics("mosi", [0.5, -1.0], [0.0, 0.0], mode="mmsa")
+    with pytest.raises(ValueError, match="NaN"):
+        M.compute_metrics("sims", [np.nan, 0.5], [0.1, 0.2], mode="mmsa")
+    m = M.compute_metrics("mosi", [np.nan, 0.5, 1.0], [0.5, -1.0, 2.0], mode="mmsa")
+    assert math.isnan(m["MAE"]) and m["Has0_acc_2"] == 0.3333  # MOSI keeps going with NaN
+
+
+def test_mmsa_rounding_and_float32_mae():
+    # Has0_acc_2 = 1/160 = 0.00625: numpy's rounding gives 0.0062, Python's 0.0063.
+    p, y = np.full(160, -1.0), np.full(160, 1.0)
+    p[0] = 1.0
+    assert M.compute_metrics("mosi", p, y, mode="mmsa")["Has0_acc_2"] == 0.0062
+    assert M.mosi_metrics(p, y)["Has0_acc_2"] == 0.0063
+    # |p - y| = 2.49995 in float64, just below it in float32.
+    p, y = np.array([-1.29995], np.float32), np.array([1.2], np.float32)
+    assert M.compute_metrics("mosi", p, y, mode="mmsa")["MAE"] == 2.4999
+    assert M.mosi_metrics(p, y)["MAE"] == 2.5
+
+
+def test_mmsa_sentiment3_quirks():
+    y = np.array([0, 1, 2, 2])
+    perfect = np.eye(3)[y] * 2.0
+    m = M.compute_metrics("sentiment3", perfect, y, mode="mmsa")
+    # Non0: predictions 0/1 against labels 0/2 -> only the negative sample is right; F1 of
+    # class 0 is 1 (support 1), of class 2 is 0 (support 2).
+    assert m == {"Has0_acc_2": 1.0, "Has0_F1_score": 1.0, "Non0_acc_2": 0.3333,
+                 "Non0_F1_score": 0.3333, "Acc_3": 1.0, "F1_score_3": 1.0}
+    assert M.sentiment3_metrics(perfect, y)["Non0_acc_2"] == 1.0
+    pos = M.compute_metrics("sentiment3", perfect, [2, 2, 2, 2], mode="mmsa")
+    assert pos["Non0_acc_2"] == 0.0 and pos["Non0_F1_score"] == 0.0
+    # Has0 puts neutral with negative; a tie between the negative and positive logit is negative.
+    tie = M.compute_metrics("sentiment3", [[1.0, 0, 1.0], [0, 0, 1]], torch.tensor([1, 2]), mode="mmsa")
+    assert tie["Has0_acc_2"] == 1.0
+    for bad_p, bad_y, msg in (
+        (perfect, [1, 1, 1, 1], "every label is neutral"),
+        (y, y, "logits"),
+        (perfect[:, :2], y, "logits"),
+        (perfect, [0, 1, 2, 3], "labels 0, 1 or 2"),
+        (perfect, [0, 1, 2], "differ in size"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            M.compute_metrics("sentiment3", bad_p, bad_y, mode="mmsa")
+    with pytest.raises(ValueError, match="no family 'classification'"):
+        M.compute_metrics("classification", perfect, y, mode="mmsa")
+    with pytest.raises(ValueError, match="unknown metrics mode"):
+        M.compute_metrics("mosi", [1.0], [1.0], mode="paper")
+
+
+def test_metric_names_match_computed_keys():
+    reg_p, reg_y = np.array([0.5, -0.5, 0.1]), np.array([0.4, -0.2, 0.0])
+    for mode in M.METRIC_MODES:
+        for fam in M.METRIC_FAMILIES:
+            k = {"classification": 4, "sentiment3": 3}.get(fam, 1)
+            if mode == "mmsa" and fam == "classification":
+                with pytest.raises(ValueError, match="no family"):
+                    M.metric_names(fam, k, mode)
+                continue
+            if fam in ("mosi", "sims"):
+                p, y = reg_p, reg_y
+            else:
+                p, y = np.eye(k)[[0, 1, 2]], np.array([0, 1, 2])
+            assert M.metric_names(fam, k, mode) == list(M.compute_metrics(fam, p, y, mode=mode)), (mode, fam)
+    assert M.metric_names("mosi", 1) == list(M.mosi_metrics(reg_p, reg_y))
+    for args, msg in ((("sentiment3", 2), "num_classes 3"), (("classification", 1), ">= 2"),
+                      (("mosi", 1, "x"), "unknown metrics mode"), (("bleu", 1), "unknown metric family"),
+                      (("mosi", None), "must be an int")):
+        with pytest.raises(ValueError, match=msg):
+            M.metric_names(*args)
+
+
+@pytest.fixture(scope="module")
+def mmsa_top():
+    """MMSA's MetricsTop, loaded from the installed file (importing the MMSA package would pull in
+    its whole training stack, which a --no-deps install lacks)."""
+    sk = pytest.importorskip("sklearn.metrics")
+    spec = importlib.util.find_spec("MMSA")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("MMSA is not installed (pip install --no-deps mmsa==2.2.1)")
+    path = os.path.join(spec.submodule_search_locations[0], "utils", "metricsTop.py")
+    loader = importlib.util.spec_from_file_location("mmsa_metrics_top", path)
+    mod = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(mod)
+    # scikit-learn < 1.6, which MMSA was written against, returns numpy floats, so MMSA rounds
+    # every value the numpy way; later versions return Python floats. Pin the older type.
+    mod.accuracy_score = lambda *a, **kw: np.float64(sk.accuracy_score(*a, **kw))
+    mod.f1_score = lambda *a, **kw: np.float64(sk.f1_score(*a, **kw))
+    return mod.MetricsTop
+
+
+def _mmsa_cases(rng):
+    """(family, predictions, labels): random, label grids with exact zeros, half-way and bin-edge
+    predictions, constants, sizes 1 and 2, logits incl. perfect and tied ones, one-class labels."""
+    f32 = np.float32
+    halves = np.array([-3.5, -2.5, -1.5, -0.5, -0.0, 0.0, 0.5, 1.5, 2.5, 3.0, 3.5], f32)
+    edges = np.array([-1.2, -1.0, -0.7, -0.1, -0.0, 0.0, 0.1, 0.7, 1.0, 1.3], f32)
+    for n in (1, 2, 3, 7, 32, 160, 457):
+        for rep in range(3):
+            for kind in range(8):
+                y = (np.round(rng.uniform(-3.4, 3.4, n) * 3) / 3).astype(f32)
+                y[rng.random(n) < 0.2] = 0.0
+                p = rng.normal(y, 1.0).astype(f32)
+                if kind == 1:
+                    p = rng.choice(halves, n)
+                elif kind == 2:
+                    p = np.full(n, f32(rng.uniform(-3, 3)))
+                elif kind == 3:
+                    y = np.full(n, f32(1.5))
+                elif kind == 4:
+                    p, y = p.astype(np.float64), y.astype(np.float64)
+                elif kind == 5:
+                    y = np.zeros(n, f32)
+                elif kind == 6:
+                    y = rng.choice(halves, n)
+                elif kind == 7:  # MAE near a tie at the fifth decimal: float32 vs float64 sums
+                    p = (rng.integers(-70, 71, n) / 20 + 5e-5).astype(f32)
+                    y = (rng.integers(-60, 61, n) / 20).astype(f32)
+                yield "mosi", p, y
+            for kind in range(7):
+                y = (np.round(rng.uniform(-1, 1, n) * 10) / 10).astype(f32)
+                p = rng.normal(y, 0.4).astype(f32)
+                if kind == 1:
+                    p = rng.choice(edges, n)
+                elif kind == 2:
+                    p = np.full(n, f32(0.1))
+                elif kind == 3:
+                    p = (np.round(p * 20) / 20).astype(f32)
+                elif kind == 4:
+                    p, y = p.astype(np.float64), y.astype(np.float64)
+                elif kind == 5:
+                    p[0] = np.nan
+                elif kind == 6:
+                    p = (rng.integers(-22, 23, n) / 20 + 5e-5).astype(f32)
+                yield "sims", p, y
+            for kind in range(7):
+                y = rng.integers(0, 3, n)
+                if kind in (1, 2, 3):
+                    y = np.full(n, kind - 1)  # all negative, all neutral, all positive
+                logits = rng.normal(0, 1, (n, 3)).astype(f32)
+                if kind == 4:
+                    logits = np.eye(3, dtype=f32)[y] * 3
+                elif kind == 5:
+                    logits = np.round(logits).astype(f32)  # many ties
+                elif kind == 6:
+                    logits = np.eye(3, dtype=f32)[rng.integers(0, 3, n)]
+                yield "sentiment3", logits, y
+
+
+def _run(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - MMSA raises several kinds; ours must raise ValueError
+        return e
+
+
+def test_mmsa_mode_matches_mmsa_metrics_top(mmsa_top):
+    dataset = {"mosi": "MOSI", "sims": "SIMS", "sentiment3": "MOSI"}
+    tops = {"mosi": mmsa_top("regression"), "sims": mmsa_top("regression"),
+            "sentiment3": mmsa_top("classification")}
+    counts = {"cases": 0, "raised": 0, "nan": 0}
+    for fam, p, y in _mmsa_cases(np.random.default_rng(13)):
+        counts["cases"] += 1
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MMSA's nan Corr and sklearn's undefined F1 warn
+            ref = _run(tops[fam].getMetics(dataset[fam]), torch.from_numpy(p), torch.from_numpy(y))
+        got = _run(M.compute_metrics, fam, p, y, "mmsa")
+        where = (fam, p.dtype, p.shape, p[:4], y[:4])
+        if isinstance(ref, Exception):
+            assert isinstance(got, ValueError), (where, ref, got)
+            counts["raised"] += 1
+            continue
+        assert not isinstance(got, Exception), (where, got)
+        assert list(got) == list(ref), where
+        for k in ref:
+            r = float(ref[k])
+            assert got[k] == r or (math.isnan(r) and math.isnan(got[k])), (where, k, r, got[k])
+        counts["nan"] += any(math.isnan(v) for v in got.values())
+    assert counts["cases"] >= 400 and counts["raised"] >= 20 and counts["nan"] >= 20, counts
