@@ -208,14 +208,27 @@ CS_HD void begin_backward_chunk(const ForwardArgs<T>& f, const Task& task, int64
   load_block_steps(f, task, cbp, t0, kc, r.DT, r.DTU, col, r.SLOPE);
 }
 
-// Rank-one coupling and "none" (a group of one modality): the carried state is s = sum_m h^m.
+// A sample of length 0 has no step: d initial_state is d last_state (or 0), row by row.
 template <typename T>
-void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, const Task& task,
+void pass_through_dlast_state(const BackwardArgs<T>& a, const Task& task) {
+  if (!a.dinitial_state) return;
+  const Sizes& s = a.fwd.size;
+  for (int64_t m = task.m0; m < task.m1; ++m)
+    for (int64_t d = task.d0; d < task.d1; ++d) {
+      const int64_t at = bmd_offset(s, task.b, m, d, s.state);
+      for (int64_t n = 0; n < s.state; ++n) a.dinitial_state[at + n] = a.dlast_state ? a.dlast_state[at + n] : T(0);
+    }
+}
+
+// Rank-one coupling and "none" (a group of one modality): the carried state is s = sum_m h^m.
+// Runs back through the sample's first `steps` time steps.
+template <typename T>
+void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, const Task& task, int64_t steps,
                        T alpha, T* scratch) {
   typedef typename Simd<T>::V V;
   const ForwardArgs<T>& f = a.fwd;
   const Sizes& s = f.size;
-  const int64_t w = Simd<T>::width, N = s.state, Np = padded_state(N), L = s.length, G = task.m1 - task.m0;
+  const int64_t w = Simd<T>::width, N = s.state, Np = padded_state(N), G = task.m1 - task.m0;
   const int64_t cbp = padded_block<T>(s.channels), nv = (task.d1 - task.d0 + w - 1) / w;
   const int64_t GKN = G * kChunk * Np, GKD = G * kChunk * cbp;
   T* Bt = scratch;
@@ -237,9 +250,9 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
 
   load_block_A(f, task, cbp, AT);
   for (int64_t i = 0; i < G * N * cbp; ++i) dAT[i] = T(0);
-  const int64_t nch = num_chunks(L);
+  const int64_t nch = num_chunks(steps);
   for (int64_t c = nch - 1; c >= 0; --c) {
-    const int64_t t0 = c * kChunk, kc = L - t0 < kChunk ? L - t0 : kChunk;
+    const int64_t t0 = c * kChunk, kc = steps - t0 < kChunk ? steps - t0 : kChunk;
     const bool final_chunk = c == nch - 1;
     begin_backward_chunk(f, task, cbp, t0, kc, Bt, Ct, dBt, dCt, rows, col);
 
@@ -295,6 +308,7 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
     }
     store_chunk_sums(s, p, task, t0, kc, dBt, dCt);
   }
+  if (steps == 0) pass_through_dlast_state(a, task);
   for (int64_t g = 0; g < G; ++g)  // dA of the block's channels, rows padded to Np
     for (int64_t d = task.d0; d < task.d1; ++d) {
       T* dst = p.dA + bmd_offset(s, task.b, task.m0 + g, d, Np);
@@ -305,12 +319,12 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
 // General coupling: an M-vector of states per (b, d, n); g^m = sum_i W[m, i] h^i, and the carry
 // into h^i is sum_m W[m, i] mu^m.
 template <typename T>
-void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, const Task& task,
+void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, const Task& task, int64_t steps,
                       T* scratch) {
   typedef typename Simd<T>::V V;
   const ForwardArgs<T>& f = a.fwd;
   const Sizes& s = f.size;
-  const int64_t w = Simd<T>::width, N = s.state, Np = padded_state(N), L = s.length, M = s.modalities;
+  const int64_t w = Simd<T>::width, N = s.state, Np = padded_state(N), M = s.modalities;
   const int64_t cbp = padded_block<T>(s.channels), nv = (task.d1 - task.d0 + w - 1) / w;
   const int64_t GKN = M * kChunk * Np, GKD = M * kChunk * cbp, MNW = M * N * w;
   T* Bt = scratch;
@@ -345,9 +359,9 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
 
   load_block_A(f, task, cbp, AT);
   for (int64_t i = 0; i < M * N * cbp; ++i) dAT[i] = T(0);
-  const int64_t nch = num_chunks(L);
+  const int64_t nch = num_chunks(steps);
   for (int64_t c = nch - 1; c >= 0; --c) {
-    const int64_t t0 = c * kChunk, kc = L - t0 < kChunk ? L - t0 : kChunk;
+    const int64_t t0 = c * kChunk, kc = steps - t0 < kChunk ? steps - t0 : kChunk;
     begin_backward_chunk(f, task, cbp, t0, kc, Bt, Ct, dBt, dCt, rows, col);
 
     for (int64_t v = 0; v < nv; ++v) {
@@ -406,6 +420,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
     }
     store_chunk_sums(s, p, task, t0, kc, dBt, dCt);
   }
+  if (steps == 0) pass_through_dlast_state(a, task);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t d = task.d0; d < task.d1; ++d) {
       T* dst = p.dA + bmd_offset(s, task.b, m, d, Np);
@@ -417,11 +432,21 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
 
 template <typename T>
 void backward_task(const BackwardArgs<T>& a, const BackwardPartials<T>& p, int64_t index, T* scratch) {
-  const Task task = decode_task(index, a.fwd.size, a.fwd.coupling);
+  const Sizes& s = a.fwd.size;
+  const Task task = decode_task(index, s, a.fwd.coupling);
+  const int64_t L = s.length, steps = sample_length(a.fwd.lengths, task.b, L);
+  if (steps < L)  // steps past the sample's length are not scanned; their gradients are 0
+    for (int64_t m = task.m0; m < task.m1; ++m)
+      for (int64_t d = task.d0; d < task.d1; ++d) {
+        const int64_t row = bmd_offset(s, task.b, m, d, L);
+        for (int64_t t = steps; t < L; ++t) a.du[row + t] = a.ddelta[row + t] = T(0);
+        if (a.fwd.z.data)
+          for (int64_t t = steps; t < L; ++t) a.dz[row + t] = T(0);
+      }
   switch (a.fwd.coupling) {
-    case CouplingKind::kRankOne: backward_rank_one(a, p, task, a.fwd.alpha, scratch); break;
-    case CouplingKind::kNone: backward_rank_one(a, p, task, T(1), scratch); break;
-    case CouplingKind::kGeneral: backward_general(a, p, task, scratch); break;
+    case CouplingKind::kRankOne: backward_rank_one(a, p, task, steps, a.fwd.alpha, scratch); break;
+    case CouplingKind::kNone: backward_rank_one(a, p, task, steps, T(1), scratch); break;
+    case CouplingKind::kGeneral: backward_general(a, p, task, steps, scratch); break;
   }
 }
 

@@ -66,13 +66,14 @@ CS_HD void store_block_outputs(const ForwardArgs<T>& a, const Task& task, int64_
 
 // Rank-one coupling (W = alpha * ones over the group): one scalar state s = sum_m h^m per
 // (b, d, n). h^m_t = alpha a^m_t s_{t-1} + dt u B, s_t = sum_m h^m_t. With a group of one
-// modality and alpha = 1 this is the plain (uncoupled) selective scan.
+// modality and alpha = 1 this is the plain (uncoupled) selective scan. Scans the sample's first
+// `steps` time steps.
 template <typename T>
-void forward_rank_one(const ForwardArgs<T>& a, const Task& task, T alpha, T* scratch) {
+void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, T alpha, T* scratch) {
   typedef typename Simd<T>::V V;
   const int64_t w = Simd<T>::width;
   const Sizes& s = a.size;
-  const int64_t N = s.state, Np = padded_state(N), L = s.length, G = task.m1 - task.m0;
+  const int64_t N = s.state, Np = padded_state(N), G = task.m1 - task.m0;
   const int64_t cbp = padded_block<T>(s.channels), nv = (task.d1 - task.d0 + w - 1) / w;
   T* Bt = scratch;
   T* Ct = Bt + G * kChunk * Np;
@@ -94,21 +95,24 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, T alpha, T* scr
         for (int64_t n = 0; n < N; ++n) S[((j / w) * N + n) * w + j % w] += h0[n];
       }
 
-  const int64_t nch = num_chunks(L);
+  auto save_checkpoint = [&](int64_t c) {
+    for (int64_t d = task.d0; d < task.d1; ++d) {
+      T* ck = a.checkpoints + checkpoint_offset(s, a.coupling, task.b, d, c, task.m0);
+      const int64_t j = d - task.d0;
+      for (int64_t n = 0; n < N; ++n) ck[n] = S[((j / w) * N + n) * w + j % w];
+    }
+  };
+
+  const int64_t nch = num_chunks(steps);
   for (int64_t c = 0; c < nch; ++c) {
-    const int64_t t0 = c * kChunk, kc = L - t0 < kChunk ? L - t0 : kChunk;
+    const int64_t t0 = c * kChunk, kc = steps - t0 < kChunk ? steps - t0 : kChunk;
     // B and C rows are L apart (often a power of two: cache-set conflicts), so copy the chunk.
     load_transposed(a.B, task.b, task.m0, task.m1, N, t0, kc, Bt);
     load_transposed(a.C, task.b, task.m0, task.m1, N, t0, kc, Ct);
     load_block_steps(a, task, cbp, t0, kc, DT, DTU, tmp);
-    if (a.checkpoints)
-      for (int64_t d = task.d0; d < task.d1; ++d) {
-        T* ck = a.checkpoints + checkpoint_offset(s, a.coupling, task.b, d, c, task.m0);
-        const int64_t j = d - task.d0;
-        for (int64_t n = 0; n < N; ++n) ck[n] = S[((j / w) * N + n) * w + j % w];
-      }
+    if (a.checkpoints) save_checkpoint(c);
     for (int64_t k = 0; k < kc; ++k) {
-      const bool final_step = t0 + k == L - 1;
+      const bool final_step = t0 + k == steps - 1;
       for (int64_t v = 0; v < nv; ++v) {
         T* sv = S + v * N * w;
         for (int64_t g = 0; g < G; ++g) {
@@ -130,15 +134,24 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, T alpha, T* scr
     }
     if (a.out) store_block_outputs(a, task, cbp, t0, kc, Y, tmp);
   }
+  // Chunks past the sample's length start from its final state.
+  for (int64_t c = nch; a.checkpoints && c < num_chunks(s.length); ++c) save_checkpoint(c);
+  if (steps == 0 && a.last_state)  // no step: h^m is the initial state
+    for (int64_t m = task.m0; m < task.m1; ++m)
+      for (int64_t d = task.d0; d < task.d1; ++d) {
+        const int64_t at = bmd_offset(s, task.b, m, d, N);
+        for (int64_t n = 0; n < N; ++n) a.last_state[at + n] = a.initial_state ? a.initial_state[at + n] : T(0);
+      }
 }
 
-// General coupling: an M-vector of states per (b, d, n); g^m = sum_i W[m, i] h^i.
+// General coupling: an M-vector of states per (b, d, n); g^m = sum_i W[m, i] h^i. Scans the
+// sample's first `steps` time steps.
 template <typename T>
-void forward_general(const ForwardArgs<T>& a, const Task& task, T* scratch) {
+void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T* scratch) {
   typedef typename Simd<T>::V V;
   const int64_t w = Simd<T>::width;
   const Sizes& s = a.size;
-  const int64_t N = s.state, Np = padded_state(N), L = s.length, M = s.modalities;
+  const int64_t N = s.state, Np = padded_state(N), M = s.modalities;
   const int64_t cbp = padded_block<T>(s.channels), nv = (task.d1 - task.d0 + w - 1) / w;
   T* Bt = scratch;
   T* Ct = Bt + M * kChunk * Np;
@@ -171,9 +184,9 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, T* scratch) {
     }
   };
 
-  const int64_t nch = num_chunks(L);
+  const int64_t nch = num_chunks(steps);
   for (int64_t c = 0; c < nch; ++c) {
-    const int64_t t0 = c * kChunk, kc = L - t0 < kChunk ? L - t0 : kChunk;
+    const int64_t t0 = c * kChunk, kc = steps - t0 < kChunk ? steps - t0 : kChunk;
     load_transposed(a.B, task.b, 0, M, N, t0, kc, Bt);
     load_transposed(a.C, task.b, 0, M, N, t0, kc, Ct);
     load_block_steps(a, task, cbp, t0, kc, DT, DTU, tmp);
@@ -199,16 +212,25 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, T* scratch) {
     }
     if (a.out) store_block_outputs(a, task, cbp, t0, kc, Y, tmp);
   }
+  // Chunks past the sample's length start from its final state.
+  for (int64_t c = nch; a.checkpoints && c < num_chunks(s.length); ++c) scatter_states(c, false);
   if (a.last_state) scatter_states(0, true);
 }
 
 template <typename T>
 void forward_task(const ForwardArgs<T>& a, int64_t index, T* scratch) {
   const Task task = decode_task(index, a.size, a.coupling);
+  const int64_t L = a.size.length, steps = sample_length(a.lengths, task.b, L);
+  if (a.out && steps < L)  // steps past the sample's length are not scanned; their output is 0
+    for (int64_t m = task.m0; m < task.m1; ++m)
+      for (int64_t d = task.d0; d < task.d1; ++d) {
+        T* o = a.out + bmd_offset(a.size, task.b, m, d, L);
+        for (int64_t t = steps; t < L; ++t) o[t] = T(0);
+      }
   switch (a.coupling) {
-    case CouplingKind::kRankOne: forward_rank_one(a, task, a.alpha, scratch); break;
-    case CouplingKind::kNone: forward_rank_one(a, task, T(1), scratch); break;
-    case CouplingKind::kGeneral: forward_general(a, task, scratch); break;
+    case CouplingKind::kRankOne: forward_rank_one(a, task, steps, a.alpha, scratch); break;
+    case CouplingKind::kNone: forward_rank_one(a, task, steps, T(1), scratch); break;
+    case CouplingKind::kGeneral: forward_general(a, task, steps, scratch); break;
   }
 }
 
