@@ -21,4 +21,13 @@ Status check_forward_args(const ForwardArgs<T>& a) {
   return Status::kOk;
 }
 
+// Per-sample lengths must lie in [0, L]. Reads `lengths` on the host: a back end whose lengths
+// live in device memory checks a host copy (check_forward_args never dereferences them).
+inline Status check_lengths(const int64_t* lengths, int64_t batch, int64_t length) {
+  if (!lengths) return Status::kOk;
+  for (int64_t b = 0; b < batch; ++b)
+    if (lengths[b] < 0 || lengths[b] > length) return Status::kInvalidSize;
+  return Status::kOk;
+}
+
 }  // namespace coupled_scan

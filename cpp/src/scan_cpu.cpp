@@ -80,7 +80,9 @@ const TaskKernels<double>& kernels_for<double>(const KernelTable& t) { return t.
 template <typename T>
 Status check_forward(const ForwardArgs<T>& a) {
   if (a.num_threads < 1) return Status::kInvalidSize;
-  return check_forward_args(a);
+  const Status st = check_forward_args(a);
+  if (st != Status::kOk) return st;
+  return check_lengths(a.lengths, a.size.batch, a.size.length);
 }
 
 struct StatusError {
@@ -134,7 +136,9 @@ Status run_backward(const BackwardArgs<T>& a) {
   const int64_t bmd = s.batch * M * D;
   const bool general = f.coupling == CouplingKind::kGeneral;
   fill(a.dW, M * M, T(0));
-  if (L == 0 || s.batch == 0 || D == 0) {
+  if (L == 0 || s.batch == 0 || D == 0) {  // every non-empty gradient is zero, or d last_state
+    fill(a.dB, s.batch * M * N * L, T(0));
+    fill(a.dC, s.batch * M * N * L, T(0));
     fill(a.dA, M * D * N, T(0));
     fill(a.dD, M * D, T(0));
     fill(a.ddelta_bias, M * D, T(0));
@@ -173,17 +177,20 @@ Status run_backward(const BackwardArgs<T>& a) {
     run_tasks<T>(num_tasks(s, f.coupling), f.num_threads, k.backward_scratch(s, f.coupling),
                  [&](int64_t task, T* scratch) { k.backward(args, p, task, scratch); });
 
-    // Fixed-order reductions: over channel blocks for dB, dC; over the batch for the rest.
+    // Fixed-order reductions: over channel blocks for dB, dC; over the batch for the rest. The
+    // tasks leave the partial sums of steps past a sample's length unwritten; those are zero.
     run_tasks<T>(s.batch * M, f.num_threads, 0, [&](int64_t bm, T*) {
-      const int64_t b = bm / M, m = bm % M;
-      T* ob = a.dB + bm * N * L;
-      T* oc = a.dC + bm * N * L;
-      for (int64_t i = 0; i < N * L; ++i) ob[i] = oc[i] = T(0);
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t base = ((b * blocks + blk) * M + m) * N * L;
-        for (int64_t i = 0; i < N * L; ++i) {
-          ob[i] += dB[base + i];
-          oc[i] += dC[base + i];
+      const int64_t b = bm / M, m = bm % M, valid = sample_length(f.lengths, b, L);
+      for (int64_t n = 0; n < N; ++n) {
+        T* ob = a.dB + (bm * N + n) * L;
+        T* oc = a.dC + (bm * N + n) * L;
+        for (int64_t t = 0; t < L; ++t) ob[t] = oc[t] = T(0);
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          const int64_t base = (((b * blocks + blk) * M + m) * N + n) * L;
+          for (int64_t t = 0; t < valid; ++t) {
+            ob[t] += dB[base + t];
+            oc[t] += dC[base + t];
+          }
         }
       }
     });
@@ -213,7 +220,7 @@ template <typename T>
 Status forward_cpu(const ForwardArgs<T>& args) {
   const Status st = cpu::check_forward(args);
   if (st != Status::kOk) return st;
-  if (args.size.batch == 0 || args.size.channels == 0) return Status::kOk;
+  if (args.size.batch == 0 || args.size.channels == 0) return Status::kOk;  // every output is empty
   return cpu::run_forward(args);
 }
 

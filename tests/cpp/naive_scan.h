@@ -16,7 +16,10 @@ struct Problem {
   int64_t Bt, M, D, N, L;
   Vec u, delta, A, B, C, Dskip, z, bias, W, init;  // Dskip, z, bias, init may be empty
   bool softplus = true;
+  std::vector<int64_t> lengths;  // (Bt,) steps scanned per sample; empty: every sample has L
 };
+
+inline int64_t length_of(const Problem& p, int64_t b) { return p.lengths.empty() ? p.L : p.lengths[b]; }
 
 struct Grads {
   Vec out, last;                                  // forward results
@@ -27,7 +30,9 @@ inline size_t seq(const Problem& p, int64_t b, int64_t m, int64_t r, int64_t t, 
   return static_cast<size_t>(((b * p.M + m) * R + r) * p.L + t);
 }
 
-// Forward and (when dout is non-empty) backward; dlast may be empty.
+// Forward and (when dout is non-empty) backward; dlast may be empty. Sample b is scanned over
+// steps t < length_of(p, b) only: later steps keep the state, output 0 and get zero gradients.
+// Inputs at those steps are never read.
 inline Grads run(const Problem& p, const Vec& dout, const Vec& dlast) {
   const int64_t Bt = p.Bt, M = p.M, D = p.D, N = p.N, L = p.L;
   auto sidx = [&](int64_t b, int64_t m, int64_t d, int64_t n) { return static_cast<size_t>(((b * M + m) * D + d) * N + n); };
@@ -41,7 +46,7 @@ inline Grads run(const Problem& p, const Vec& dout, const Vec& dlast) {
   for (int64_t b = 0; b < Bt; ++b)
     for (int64_t m = 0; m < M; ++m)
       for (int64_t d = 0; d < D; ++d)
-        for (int64_t t = 0; t < L; ++t) {
+        for (int64_t t = 0; t < length_of(p, b); ++t) {
           const size_t i = seq(p, b, m, d, t, D);
           pre[i] = p.delta[i] + (p.bias.empty() ? 0.0 : p.bias[m * D + d]);
           dt[i] = p.softplus ? coupled_scan::softplus(pre[i]) : pre[i];
@@ -50,6 +55,10 @@ inline Grads run(const Problem& p, const Vec& dout, const Vec& dlast) {
     for (int64_t b = 0; b < Bt; ++b)
       for (int64_t m = 0; m < M; ++m)
         for (int64_t d = 0; d < D; ++d) {
+          if (t >= length_of(p, b)) {  // past the sample's length: the state is kept
+            for (int64_t n = 0; n < N; ++n) h[t + 1][sidx(b, m, d, n)] = h[t][sidx(b, m, d, n)];
+            continue;
+          }
           const size_t i = seq(p, b, m, d, t, D);
           double acc = 0.0;
           for (int64_t n = 0; n < N; ++n) {
@@ -78,6 +87,7 @@ inline Grads run(const Problem& p, const Vec& dout, const Vec& dlast) {
     for (int64_t b = 0; b < Bt; ++b)
       for (int64_t m = 0; m < M; ++m)
         for (int64_t d = 0; d < D; ++d) {
+          if (t >= length_of(p, b)) continue;  // mu of sample b stays 0 until its last step
           const size_t i = seq(p, b, m, d, t, D);
           double dy = dout[i];
           if (!p.z.empty()) {
@@ -89,7 +99,7 @@ inline Grads run(const Problem& p, const Vec& dout, const Vec& dlast) {
             const size_t s = sidx(b, m, d, n);
             double l = dy * p.C[seq(p, b, m, n, t, N)];
             for (int64_t k = 0; k < M; ++k) l += p.W[k * M + m] * mu_next[sidx(b, k, d, n)];
-            if (t == L - 1 && !dlast.empty()) l += dlast[s];
+            if (t == length_of(p, b) - 1 && !dlast.empty()) l += dlast[s];
             lam[s] = l;
             mu[s] = a[t][s] * l;
             g.dC[seq(p, b, m, n, t, N)] += dy * h[t + 1][s];
@@ -112,8 +122,8 @@ inline Grads run(const Problem& p, const Vec& dout, const Vec& dlast) {
     for (int64_t i = 0; i < M; ++i)
       for (int64_t d = 0; d < D; ++d)
         for (int64_t n = 0; n < N; ++n) {
-          double acc = L == 0 && !dlast.empty() ? dlast[sidx(b, i, d, n)] : 0.0;
-          for (int64_t m = 0; m < M && L > 0; ++m) acc += p.W[m * M + i] * mu_next[sidx(b, m, d, n)];
+          double acc = length_of(p, b) == 0 && !dlast.empty() ? dlast[sidx(b, i, d, n)] : 0.0;
+          for (int64_t m = 0; m < M && length_of(p, b) > 0; ++m) acc += p.W[m * M + i] * mu_next[sidx(b, m, d, n)];
           g.dinit[sidx(b, i, d, n)] = acc;
         }
   return g;

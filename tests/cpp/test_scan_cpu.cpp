@@ -1,5 +1,6 @@
 // C++ tests of the CPU kernels against the naive transcription of the spec (naive_scan.h) and
 // against finite differences, for every coupling mode at odd sizes.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -16,14 +17,18 @@ using coupled_scan::Status;
 
 template <typename T>
 struct KernelResult {
-  Vec out, last, du, ddelta, dA, dB, dC, dD, dz, dbias, dW, dinit;
+  Vec out, last, checkpoints, du, ddelta, dA, dB, dC, dD, dz, dbias, dW, dinit;
   Status fwd_status, bwd_status;
 };
 
-// Runs forward and backward of the library on problem p (converted to T).
+// Runs forward and backward of the library on problem p (converted to T, with p.lengths when
+// given). Every output buffer starts as NaN, so a slot the library leaves unwritten shows up.
+// Without `saved_checkpoints` the backward recomputes the checkpoints itself.
 template <typename T>
 static KernelResult<T> run_kernel(const naive::Problem& p, CouplingKind kind, double alpha,
-                                  const Vec& dout, const Vec& dlast, int threads, int64_t row_pad = 0) {
+                                  const Vec& dout, const Vec& dlast, int threads, int64_t row_pad = 0,
+                                  bool saved_checkpoints = true) {
+  const T poison = T(std::nan(""));
   const int64_t Bt = p.Bt, M = p.M, D = p.D, N = p.N, L = p.L;
   // Sequence tensors may be stored with padded rows to test strided input.
   const int64_t Lp = L + row_pad;
@@ -35,8 +40,9 @@ static KernelResult<T> run_kernel(const naive::Problem& p, CouplingKind kind, do
   const InputPointers<T> x{u.data(), delta.data(), A.data(), B.data(), C.data(), data_or_null(Ds),
                            data_or_null(z), data_or_null(bias), W.data(), data_or_null(init)};
   coupled_scan::ForwardArgs<T> f = forward_args_for(p, x, Lp, kind, alpha);
-  std::vector<T> out(Bt * M * D * L), last(Bt * M * D * N),
-      ck(Bt * D * coupled_scan::num_chunks(L) * coupled_scan::checkpoint_width(kind, M, N));
+  f.lengths = p.lengths.empty() ? nullptr : p.lengths.data();
+  std::vector<T> out(Bt * M * D * L, poison), last(Bt * M * D * N, poison),
+      ck(Bt * D * coupled_scan::num_chunks(L) * coupled_scan::checkpoint_width(kind, M, N), poison);
   f.out = out.data();
   f.last_state = last.data();
   f.checkpoints = ck.data();
@@ -45,14 +51,16 @@ static KernelResult<T> run_kernel(const naive::Problem& p, CouplingKind kind, do
   r.fwd_status = coupled_scan::forward_cpu(f);
   r.out = to_double(out);
   r.last = to_double(last);
+  r.checkpoints = to_double(ck);
 
   coupled_scan::BackwardArgs<T> g;
   g.fwd = f;
-  g.checkpoints = ck.data();
+  g.checkpoints = saved_checkpoints ? ck.data() : nullptr;
   g.dout = {go.data(), M * D * L, D * L, L};
   g.dlast_state = gl.empty() ? nullptr : gl.data();
-  std::vector<T> du(Bt * M * D * L), dd(du.size()), dA(A.size()), dB(Bt * M * N * L), dC(dB.size()),
-      dD(M * D), dz(du.size()), dbias(M * D), dW(M * M), dinit(Bt * M * D * N);
+  std::vector<T> du(Bt * M * D * L, poison), dd(du.size(), poison), dA(A.size(), poison),
+      dB(Bt * M * N * L, poison), dC(dB.size(), poison), dD(M * D, poison), dz(du.size(), poison),
+      dbias(M * D, poison), dW(M * M, poison), dinit(Bt * M * D * N, poison);
   g.du = du.data(); g.ddelta = dd.data(); g.dA = dA.data(); g.dB = dB.data(); g.dC = dC.data();
   g.dD = dD.data(); g.dz = dz.data(); g.ddelta_bias = dbias.data(); g.dW = dW.data();
   g.dinitial_state = dinit.data();
@@ -216,6 +224,241 @@ static void empty_sequence_case() {
   check(r.dinit == dlast, "L = 0 d initial_state equals d last_state");
 }
 
+// ---- per-sample lengths ----
+
+// Random lengths in [0, L] that include 0, 1 and L at random positions (batch >= 3).
+static std::vector<int64_t> random_lengths(int64_t Bt, int64_t L, std::mt19937_64& rng) {
+  std::uniform_int_distribution<int64_t> any(0, L);
+  std::vector<int64_t> len(Bt);
+  for (auto& x : len) x = any(rng);
+  len[0] = 0;
+  len[1] = L < 1 ? 0 : 1;
+  len[2] = L;
+  std::shuffle(len.begin(), len.end(), rng);
+  return len;
+}
+
+// Apply fn(index) to every element at steps >= lengths[b] of a (Bt, M, R, L) array.
+template <typename Fn>
+static void for_padded_steps(const naive::Problem& p, int64_t R, const Fn& fn) {
+  for (int64_t b = 0; b < p.Bt; ++b)
+    for (int64_t mr = 0; mr < p.M * R; ++mr)
+      for (int64_t t = naive::length_of(p, b); t < p.L; ++t) fn((b * p.M * R + mr) * p.L + t);
+}
+
+// Sample b alone, its sequences cut to its length.
+static naive::Problem sample_alone(const naive::Problem& p, int64_t b) {
+  const int64_t Lb = naive::length_of(p, b);
+  naive::Problem q = p;
+  q.Bt = 1;
+  q.L = Lb;
+  q.lengths.clear();
+  auto cut = [&](const Vec& v, int64_t R) {
+    Vec o;
+    if (v.empty()) return o;
+    for (int64_t mr = 0; mr < p.M * R; ++mr)
+      for (int64_t t = 0; t < Lb; ++t) o.push_back(v[(b * p.M * R + mr) * p.L + t]);
+    return o;
+  };
+  auto state_rows = [&](const Vec& v) {
+    const int64_t n = p.M * p.D * p.N;
+    return v.empty() ? Vec() : Vec(v.begin() + b * n, v.begin() + (b + 1) * n);
+  };
+  q.u = cut(p.u, p.D);
+  q.delta = cut(p.delta, p.D);
+  q.B = cut(p.B, p.N);
+  q.C = cut(p.C, p.N);
+  q.z = cut(p.z, p.D);
+  q.init = state_rows(p.init);
+  return q;
+}
+
+// Sample b's part of a batched (Bt, M, R, L) array, steps < its length (L_out = that length).
+static Vec sample_steps(const naive::Problem& p, const Vec& v, int64_t R, int64_t b) {
+  Vec o;
+  for (int64_t mr = 0; mr < p.M * R; ++mr)
+    for (int64_t t = 0; t < naive::length_of(p, b); ++t) o.push_back(v[(b * p.M * R + mr) * p.L + t]);
+  return o;
+}
+
+template <typename T>
+static void lengths_case(const Case& c, double tol_out, double tol_grad) {
+  std::mt19937_64 rng(4321 + c.Bt * 7 + c.M * 131 + c.D * 17 + c.N * 3 + c.L * 1009);
+  naive::Problem p = make_problem(c, rng);
+  p.lengths = random_lengths(c.Bt, c.L, rng);
+  Vec dout, dlast;
+  random_upstream(p, c.with_optional, rng, dout, dlast);
+  // Inputs past a sample's length are NaN: reading any of them would show in the results.
+  const double nan = std::nan("");
+  for_padded_steps(p, c.D, [&](int64_t i) {
+    p.u[i] = p.delta[i] = dout[i] = nan;
+    if (!p.z.empty()) p.z[i] = nan;
+  });
+  for_padded_steps(p, c.N, [&](int64_t i) { p.B[i] = p.C[i] = nan; });
+
+  const naive::Grads ref = naive::run(p, dout, dlast);
+  const CouplingKind kind = kind_of(c.coupling);
+  const double alpha = c.coupling == "mean" ? 1.0 / c.M : 1.0;
+  const KernelResult<T> r = run_kernel<T>(p, kind, alpha, dout, dlast, 2);
+  std::string name = std::string(sizeof(T) == 8 ? "f64" : "f32") + " lengths Bt=" + std::to_string(c.Bt) +
+                     " M=" + std::to_string(c.M) + " D=" + std::to_string(c.D) + " N=" + std::to_string(c.N) +
+                     " L=" + std::to_string(c.L) + " " + c.coupling + (c.with_optional ? " +opt" : "") + " (";
+  for (int64_t x : p.lengths) name += std::to_string(x) + " ";
+  name += ")";
+  check(r.fwd_status == Status::kOk && r.bwd_status == Status::kOk, name + " status");
+
+  // Against the naive transcription with the same lengths.
+  auto cmp = [&](const char* what, const Vec& x, const Vec& ref_v, double tol) {
+    const double e = rel_err(x, ref_v);
+    check(e <= tol, name + " " + what + " rel err " + std::to_string(e));
+  };
+  cmp("out", r.out, ref.out, tol_out);
+  cmp("last_state", r.last, ref.last, tol_out);
+  cmp("du", r.du, ref.du, tol_grad);
+  cmp("ddelta", r.ddelta, ref.ddelta, tol_grad);
+  cmp("dA", r.dA, ref.dA, tol_grad);
+  cmp("dB", r.dB, ref.dB, tol_grad);
+  cmp("dC", r.dC, ref.dC, tol_grad);
+  cmp("dD", r.dD, ref.dD, tol_grad);
+  cmp("ddelta_bias", r.dbias, ref.dbias, tol_grad);
+  cmp("dinit", r.dinit, ref.dinit, tol_grad);
+  if (c.with_optional) cmp("dz", r.dz, ref.dz, tol_grad);
+  if (c.coupling == "general") cmp("dW", r.dW, ref.dW, tol_grad);
+
+  // Exact zeros past each sample's length.
+  bool zeros = true;
+  for_padded_steps(p, c.D, [&](int64_t i) {
+    zeros = zeros && r.out[i] == 0.0 && r.du[i] == 0.0 && r.ddelta[i] == 0.0 && (!c.with_optional || r.dz[i] == 0.0);
+  });
+  for_padded_steps(p, c.N, [&](int64_t i) { zeros = zeros && r.dB[i] == 0.0 && r.dC[i] == 0.0; });
+  check(zeros, name + " out, du, ddelta, dz, dB, dC exactly 0 past each length");
+  bool written = true;
+  for (double x : r.checkpoints) written = written && !std::isnan(x);
+  check(written, name + " every checkpoint slot written");
+
+  // The backward that recomputes its checkpoints gives the same bits.
+  const KernelResult<T> again = run_kernel<T>(p, kind, alpha, dout, dlast, 3, 0, /*saved_checkpoints=*/false);
+  check(again.du == r.du && again.ddelta == r.ddelta && again.dA == r.dA && again.dB == r.dB && again.dC == r.dC &&
+            again.dinit == r.dinit && again.dbias == r.dbias && again.dD == r.dD && again.dW == r.dW,
+        name + " recomputed checkpoints give identical gradients");
+
+  // Each sample run alone on its cut inputs: the same bits for the per-sample results, the same
+  // sums for the parameter gradients.
+  const int64_t S = c.M * c.D * c.N;
+  Vec dA(r.dA.size(), 0.0), dD(r.dD.size(), 0.0), dbias(r.dbias.size(), 0.0), dW(r.dW.size(), 0.0);
+  bool same = true;
+  for (int64_t b = 0; b < c.Bt; ++b) {
+    const naive::Problem q = sample_alone(p, b);
+    const Vec qdout = sample_steps(p, dout, c.D, b);
+    const Vec qdlast = dlast.empty() ? Vec() : Vec(dlast.begin() + b * S, dlast.begin() + (b + 1) * S);
+    const KernelResult<T> one = run_kernel<T>(q, kind, alpha, qdout, qdlast, 1);
+    same = same && one.fwd_status == Status::kOk && one.bwd_status == Status::kOk;
+    same = same && one.out == sample_steps(p, r.out, c.D, b) && one.du == sample_steps(p, r.du, c.D, b) &&
+           one.ddelta == sample_steps(p, r.ddelta, c.D, b) && one.dB == sample_steps(p, r.dB, c.N, b) &&
+           one.dC == sample_steps(p, r.dC, c.N, b);
+    if (c.with_optional) same = same && one.dz == sample_steps(p, r.dz, c.D, b);
+    same = same && Vec(r.last.begin() + b * S, r.last.begin() + (b + 1) * S) == one.last &&
+           Vec(r.dinit.begin() + b * S, r.dinit.begin() + (b + 1) * S) == one.dinit;
+    for (size_t i = 0; i < dA.size(); ++i) dA[i] += one.dA[i];
+    for (size_t i = 0; i < dD.size(); ++i) dD[i] += one.dD[i], dbias[i] += one.dbias[i];
+    for (size_t i = 0; i < dW.size(); ++i) dW[i] += one.dW[i];
+  }
+  check(same, name + " out, last_state, du, ddelta, dz, dB, dC, dinit equal each sample run alone");
+  const double tol_sum = sizeof(T) == 8 ? 1e-12 : 1e-5;
+  cmp("dA vs samples alone", r.dA, dA, tol_sum);
+  cmp("dD vs samples alone", r.dD, dD, tol_sum);
+  cmp("ddelta_bias vs samples alone", r.dbias, dbias, tol_sum);
+  if (c.coupling == "general") cmp("dW vs samples alone", r.dW, dW, tol_sum);
+}
+
+static void lengths_status_cases() {
+  const Case c{3, 2, 2, 3, 5, "general", false};
+  std::mt19937_64 rng(17);
+  const naive::Problem p = make_problem(c, rng);
+  std::vector<double> out(p.u.size());
+  const InputPointers<double> x{p.u.data(), p.delta.data(), p.A.data(), p.B.data(), p.C.data(), nullptr,
+                                nullptr, nullptr, p.W.data(), nullptr};
+  coupled_scan::ForwardArgs<double> f = forward_args_for(p, x, c.L, CouplingKind::kGeneral, 1.0);
+  f.out = out.data();
+  const int64_t good[] = {0, 5, 2}, negative[] = {1, -1, 2}, too_long[] = {1, 6, 2};
+  f.lengths = good;
+  check(coupled_scan::forward_cpu(f) == Status::kOk, "lengths in [0, L] accepted");
+  f.lengths = negative;
+  check(coupled_scan::forward_cpu(f) == Status::kInvalidSize, "negative length rejected");
+  f.lengths = too_long;
+  check(coupled_scan::forward_cpu(f) == Status::kInvalidSize, "length above L rejected");
+  coupled_scan::BackwardArgs<double> g;
+  g.fwd = f;
+  check(coupled_scan::backward_cpu(g) == Status::kInvalidSize, "backward: length above L rejected");
+  f.size.channels = 0;
+  check(coupled_scan::forward_cpu(f) == Status::kInvalidSize, "length above L rejected when D = 0");
+}
+
+// ---- empty sizes ----
+
+// Every combination of batch, D and L at zero (N >= 1 always): every non-empty output is exact
+// (zeros, or d initial_state = d last_state and last_state = initial_state when L = 0).
+static void empty_sizes_case(const std::string& coupling, bool with_lengths, bool with_states) {
+  const CouplingKind kind = kind_of(coupling);
+  const int64_t M = 3, N = 4;
+  for (int64_t Bt : {0, 2})
+    for (int64_t D : {0, 3})
+      for (int64_t L : {0, 5}) {
+        if (Bt > 0 && D > 0 && L > 0) continue;
+        const std::string name = coupling + " Bt=" + std::to_string(Bt) + " D=" + std::to_string(D) + " L=" +
+                                 std::to_string(L) + (with_lengths ? " +lengths" : "") +
+                                 (with_states ? " +states" : "");
+        std::mt19937_64 rng(3);
+        std::normal_distribution<double> normal(0.0, 1.0);
+        auto random = [&](int64_t n) {
+          std::vector<double> v(n);
+          for (auto& x : v) x = normal(rng);
+          return v;
+        };
+        const double nan = std::nan("");
+        const int64_t seq = Bt * M * D * L, bc = Bt * M * N * L, states = Bt * M * D * N;
+        std::vector<double> u = random(seq), delta = random(seq), B = random(bc), C = random(bc), A = random(M * D * N),
+                            W = random(M * M), init = random(states), dout = random(seq), dlast = random(states);
+        std::vector<double> out(seq, nan), last(states, nan), du(seq, nan), dd(seq, nan), dA(M * D * N, nan),
+            dB(bc, nan), dC(bc, nan), dD(M * D, nan), dbias(M * D, nan), dW(M * M, nan), dinit(states, nan);
+        std::vector<int64_t> lengths(Bt);
+        for (int64_t b = 0; b < Bt; ++b) lengths[b] = b % 2 ? L : 0;
+        coupled_scan::ForwardArgs<double> f;
+        f.size = {Bt, M, D, N, L};
+        f.u = {u.data(), M * D * L, D * L, L};
+        f.delta = {delta.data(), M * D * L, D * L, L};
+        f.A = A.data();
+        f.B = {B.data(), M * N * L, N * L, L};
+        f.C = {C.data(), M * N * L, N * L, L};
+        f.coupling = kind;
+        f.alpha = coupling == "mean" ? 1.0 / M : 1.0;
+        f.W = W.data();
+        f.initial_state = with_states ? init.data() : nullptr;
+        f.out = out.data();
+        f.last_state = last.data();
+        f.lengths = with_lengths ? lengths.data() : nullptr;
+        f.num_threads = 2;
+        check(coupled_scan::forward_cpu(f) == Status::kOk, name + " forward status");
+        coupled_scan::BackwardArgs<double> g;
+        g.fwd = f;
+        g.dout = {dout.data(), M * D * L, D * L, L};
+        g.dlast_state = with_states ? dlast.data() : nullptr;
+        g.du = du.data(); g.ddelta = dd.data(); g.dA = dA.data(); g.dB = dB.data(); g.dC = dC.data();
+        g.dD = dD.data(); g.ddelta_bias = dbias.data(); g.dW = dW.data(); g.dinitial_state = dinit.data();
+        check(coupled_scan::backward_cpu(g) == Status::kOk, name + " backward status");
+        auto all_zero = [](const std::vector<double>& v) {
+          for (double x : v)
+            if (x != 0.0) return false;
+          return true;
+        };
+        const std::vector<double> zero_states(states, 0.0);
+        check(last == (with_states ? init : zero_states), name + " last_state is the initial state");
+        check(dinit == (with_states ? dlast : zero_states), name + " d initial_state is d last_state");
+        check(all_zero(dA) && all_zero(dB) && all_zero(dC) && all_zero(dD) && all_zero(dbias) && all_zero(dW),
+              name + " dA, dB, dC, dD, d delta_bias, dW exactly 0");
+      }
+}
+
 int main() {
   std::setvbuf(stdout, nullptr, _IONBF, 0);
   std::printf("CPU kernels: %s\n", coupled_scan::cpu_isa());
@@ -242,6 +485,22 @@ int main() {
   determinism_case();
   status_cases();
   empty_sequence_case();
+  for (const char* c : {"sum", "mean", "none", "general"})
+    for (bool with_lengths : {false, true})
+      for (bool with_states : {false, true}) empty_sizes_case(c, with_lengths, with_states);
+  // Per-sample lengths: every coupling, M = 1 and M > 3, odd L, N off the vector width, several
+  // time chunks and channel blocks.
+  const std::vector<Case> length_cases = {
+      {3, 2, 3, 5, 1, "mean", true},     {5, 3, 3, 5, 7, "sum", true},      {4, 5, 3, 4, 9, "sum", false},
+      {4, 1, 2, 3, 63, "mean", true},    {4, 5, 17, 19, 130, "mean", true}, {4, 4, 3, 7, 65, "none", true},
+      {3, 1, 5, 9, 63, "none", false},   {4, 5, 3, 5, 70, "general", true}, {3, 1, 2, 3, 7, "general", true},
+      {3, 2, 33, 3, 9, "general", true}, {3, 2, 2, 3, 2049, "mean", true},  {3, 2, 2, 3, 2049, "general", true},
+  };
+  for (const Case& c : length_cases) {
+    lengths_case<double>(c, 1e-10, 1e-9);
+    lengths_case<float>(c, 1e-4, 1e-3);
+  }
+  lengths_status_cases();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

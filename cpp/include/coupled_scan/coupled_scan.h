@@ -80,8 +80,20 @@ struct ForwardArgs {
   T* out = nullptr;           // (Bt, M, D, L) contiguous
   T* last_state = nullptr;    // (Bt, M, D, N) or null
   T* checkpoints = nullptr;   // (Bt, D, num_chunks(L), checkpoint_width) or null
+  // Per-sample lengths, (Bt,) with 0 <= lengths[b] <= L (kInvalidSize otherwise); null: every
+  // sample has length L. Sample b is scanned over steps 0 .. lengths[b]-1 only: `out` is 0 at
+  // later steps, last_state is the state after step lengths[b]-1 (the initial state when the
+  // length is 0), and checkpoint c holds the state before step min(c * kChunk, lengths[b]).
+  // The backward gives exact zeros at later steps, sums the parameter gradients over valid steps
+  // only and sends d last_state into step lengths[b]-1. Padded inputs are never read.
+  const int64_t* lengths = nullptr;
   int num_threads = 1;
 };
+
+// Steps scanned for sample b: lengths[b], or L without lengths.
+CS_HD int64_t sample_length(const int64_t* lengths, int64_t b, int64_t length) {
+  return lengths ? lengths[b] : length;
+}
 
 // Gradients of the backward pass, all contiguous. Optional ones may be null when not wanted.
 template <typename T>

@@ -24,15 +24,15 @@ namespace CS_ISA {
 template <typename T>
 int64_t forward_scratch(const Sizes& s, CouplingKind kind) {
   const int64_t G = modality_grouping(kind, s.modalities).width;
-  const int64_t N = s.state, Np = padded_state(N), cbp = padded_block<T>(s.channels);
+  const int64_t N = s.state, Np = padded_state(N), block_pitch = padded_block<T>(s.channels);
   const int64_t w = Simd<T>::width;
-  const int64_t states = kind == CouplingKind::kGeneral ? G * N * cbp : N * cbp;
-  return 2 * G * kChunk * Np     // B and C of the chunk as [g][k][n] (contiguous per step)
-         + G * N * cbp           // A transposed to [g][n][d]
-         + states                // the state of every channel of the block
-         + 2 * G * N * w         // next state and coupled state of one channel vector
-         + 3 * G * kChunk * cbp  // dt, dt * u and y as [g][k][d]
-         + 3 * kChunk;           // one channel's dt, dt * u, slope
+  const int64_t states = kind == CouplingKind::kGeneral ? G * N * block_pitch : N * block_pitch;
+  return 2 * G * kChunk * Np             // B and C of the chunk as [g][k][n] (contiguous per step)
+         + G * N * block_pitch           // A transposed to [g][n][d]
+         + states                        // the state of every channel of the block
+         + 2 * G * N * w                 // next state and coupled state of one channel vector
+         + 3 * G * kChunk * block_pitch  // dt, dt * u and y as [g][k][d]
+         + 3 * kChunk;                   // one channel's dt, dt * u, slope
 }
 
 // Write out = (y + D u) * silu(z) for steps t0 .. t0+kc of one (b, m, d); y = sum_n C h.
@@ -55,110 +55,124 @@ CS_HD void store_outputs(const ForwardArgs<T>& a, int64_t b, int64_t m, int64_t 
 
 // Outputs of the chunk for every real channel of the block, from y stored as [g][k][d].
 template <typename T>
-CS_HD void store_block_outputs(const ForwardArgs<T>& a, const Task& task, int64_t cbp, int64_t t0, int64_t kc,
-                               const T* Y, T* tmp) {
+CS_HD void store_block_outputs(const ForwardArgs<T>& a, const Task& task, int64_t block_pitch, int64_t t0, int64_t kc,
+                               const T* y_rows, T* column) {
   for (int64_t m = task.m0; m < task.m1; ++m)
     for (int64_t d = task.d0; d < task.d1; ++d) {
-      for (int64_t k = 0; k < kc; ++k) tmp[k] = Y[((m - task.m0) * kChunk + k) * cbp + (d - task.d0)];
-      store_outputs(a, task.b, m, d, t0, kc, tmp);
+      const T* y = y_rows + (m - task.m0) * kChunk * block_pitch + (d - task.d0);
+      for (int64_t k = 0; k < kc; ++k) column[k] = y[k * block_pitch];
+      store_outputs(a, task.b, m, d, t0, kc, column);
     }
 }
 
 // Rank-one coupling (W = alpha * ones over the group): one scalar state s = sum_m h^m per
 // (b, d, n). h^m_t = alpha a^m_t s_{t-1} + dt u B, s_t = sum_m h^m_t. With a group of one
-// modality and alpha = 1 this is the plain (uncoupled) selective scan.
+// modality and alpha = 1 this is the plain (uncoupled) selective scan. Scans the sample's first
+// `steps` time steps.
 template <typename T>
-void forward_rank_one(const ForwardArgs<T>& a, const Task& task, T alpha, T* scratch) {
+void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, T alpha, T* scratch) {
   typedef typename Simd<T>::V V;
   const int64_t w = Simd<T>::width;
   const Sizes& s = a.size;
-  const int64_t N = s.state, Np = padded_state(N), L = s.length, G = task.m1 - task.m0;
-  const int64_t cbp = padded_block<T>(s.channels), nv = (task.d1 - task.d0 + w - 1) / w;
-  T* Bt = scratch;
-  T* Ct = Bt + G * kChunk * Np;
-  T* AT = Ct + G * kChunk * Np;
-  T* S = AT + G * N * cbp;      // [v][n][lane]
-  T* NX = S + N * cbp;          // [n][lane]
-  T* DT = NX + 2 * G * N * w;
-  T* DTU = DT + G * kChunk * cbp;
-  T* Y = DTU + G * kChunk * cbp;
-  T* tmp = Y + G * kChunk * cbp;
+  const int64_t N = s.state, Np = padded_state(N), G = task.m1 - task.m0;
+  const int64_t block_pitch = padded_block<T>(s.channels), vectors = (task.d1 - task.d0 + w - 1) / w;
+  T* B_chunk = scratch;                            // [g][k][n]
+  T* C_chunk = B_chunk + G * kChunk * Np;          // [g][k][n]
+  T* A_block = C_chunk + G * kChunk * Np;          // [g][n][d]
+  T* state_sum = A_block + G * N * block_pitch;    // [v][n][lane]: s of every channel vector
+  T* next_state = state_sum + N * block_pitch;     // [n][lane]: next s; then [g][n][lane]: final h^g
+  T* dt_rows = next_state + 2 * G * N * w;         // [g][k][d]
+  T* dtu_rows = dt_rows + G * kChunk * block_pitch;  // [g][k][d]: dt * u
+  T* y_rows = dtu_rows + G * kChunk * block_pitch;   // [g][k][d]
+  T* column = y_rows + G * kChunk * block_pitch;     // one channel's [k] columns
 
-  load_block_A(a, task, cbp, AT);
-  for (int64_t i = 0; i < N * cbp; ++i) S[i] = T(0);
+  load_block_A(a, task, block_pitch, A_block);
+  for (int64_t i = 0; i < N * block_pitch; ++i) state_sum[i] = T(0);
   if (a.initial_state)
     for (int64_t d = task.d0; d < task.d1; ++d)
       for (int64_t m = task.m0; m < task.m1; ++m) {
         const T* h0 = a.initial_state + bmd_offset(s, task.b, m, d, N);
         const int64_t j = d - task.d0;
-        for (int64_t n = 0; n < N; ++n) S[((j / w) * N + n) * w + j % w] += h0[n];
+        for (int64_t n = 0; n < N; ++n) state_sum[((j / w) * N + n) * w + j % w] += h0[n];
       }
 
-  const int64_t nch = num_chunks(L);
-  for (int64_t c = 0; c < nch; ++c) {
-    const int64_t t0 = c * kChunk, kc = L - t0 < kChunk ? L - t0 : kChunk;
+  auto save_checkpoint = [&](int64_t c) {
+    for (int64_t d = task.d0; d < task.d1; ++d) {
+      T* ck = a.checkpoints + checkpoint_offset(s, a.coupling, task.b, d, c, task.m0);
+      const int64_t j = d - task.d0;
+      for (int64_t n = 0; n < N; ++n) ck[n] = state_sum[((j / w) * N + n) * w + j % w];
+    }
+  };
+
+  const int64_t chunks = num_chunks(steps);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t t0 = c * kChunk, kc = steps - t0 < kChunk ? steps - t0 : kChunk;
     // B and C rows are L apart (often a power of two: cache-set conflicts), so copy the chunk.
-    load_transposed(a.B, task.b, task.m0, task.m1, N, t0, kc, Bt);
-    load_transposed(a.C, task.b, task.m0, task.m1, N, t0, kc, Ct);
-    load_block_steps(a, task, cbp, t0, kc, DT, DTU, tmp);
-    if (a.checkpoints)
-      for (int64_t d = task.d0; d < task.d1; ++d) {
-        T* ck = a.checkpoints + checkpoint_offset(s, a.coupling, task.b, d, c, task.m0);
-        const int64_t j = d - task.d0;
-        for (int64_t n = 0; n < N; ++n) ck[n] = S[((j / w) * N + n) * w + j % w];
-      }
+    load_transposed(a.B, task.b, task.m0, task.m1, N, t0, kc, B_chunk);
+    load_transposed(a.C, task.b, task.m0, task.m1, N, t0, kc, C_chunk);
+    load_block_steps(a, task, block_pitch, t0, kc, dt_rows, dtu_rows, column);
+    if (a.checkpoints) save_checkpoint(c);
     for (int64_t k = 0; k < kc; ++k) {
-      const bool final_step = t0 + k == L - 1;
-      for (int64_t v = 0; v < nv; ++v) {
-        T* sv = S + v * N * w;
+      const bool final_step = t0 + k == steps - 1;
+      for (int64_t v = 0; v < vectors; ++v) {
+        T* sum_v = state_sum + v * N * w;
         for (int64_t g = 0; g < G; ++g) {
-          const int64_t row = (g * kChunk + k) * cbp + v * w;
-          const V y = channel_step(AT + g * N * cbp + v * w, cbp, sv, alpha, Bt + (g * kChunk + k) * Np,
-                                   Ct + (g * kChunk + k) * Np, load_block<V>(DT + row), load_block<V>(DTU + row),
-                                   N, NX, g > 0,
-                                   final_step && a.last_state ? NX + (G + g) * N * w : nullptr);
-          store_block(Y + row, y);
+          const int64_t row = (g * kChunk + k) * block_pitch + v * w, bc = (g * kChunk + k) * Np;
+          const V y = channel_step(A_block + g * N * block_pitch + v * w, block_pitch, sum_v, alpha, B_chunk + bc,
+                                   C_chunk + bc, load_block<V>(dt_rows + row), load_block<V>(dtu_rows + row), N,
+                                   next_state, g > 0,
+                                   final_step && a.last_state ? next_state + (G + g) * N * w : nullptr);
+          store_block(y_rows + row, y);
         }
-        for (int64_t i = 0; i < N * w; ++i) sv[i] = NX[i];
+        for (int64_t i = 0; i < N * w; ++i) sum_v[i] = next_state[i];
         if (final_step && a.last_state)  // h^m of the final step, lane by lane
           for (int64_t j = 0; j < w && task.d0 + v * w + j < task.d1; ++j)
             for (int64_t g = 0; g < G; ++g) {
               T* last = a.last_state + bmd_offset(s, task.b, task.m0 + g, task.d0 + v * w + j, N);
-              for (int64_t n = 0; n < N; ++n) last[n] = NX[(G + g) * N * w + n * w + j];
+              for (int64_t n = 0; n < N; ++n) last[n] = next_state[(G + g) * N * w + n * w + j];
             }
       }
     }
-    if (a.out) store_block_outputs(a, task, cbp, t0, kc, Y, tmp);
+    if (a.out) store_block_outputs(a, task, block_pitch, t0, kc, y_rows, column);
   }
+  // Chunks past the sample's length start from its final state.
+  for (int64_t c = chunks; a.checkpoints && c < num_chunks(s.length); ++c) save_checkpoint(c);
+  if (steps == 0 && a.last_state)  // no step: h^m is the initial state
+    for (int64_t m = task.m0; m < task.m1; ++m)
+      for (int64_t d = task.d0; d < task.d1; ++d) {
+        const int64_t at = bmd_offset(s, task.b, m, d, N);
+        for (int64_t n = 0; n < N; ++n) a.last_state[at + n] = a.initial_state ? a.initial_state[at + n] : T(0);
+      }
 }
 
-// General coupling: an M-vector of states per (b, d, n); g^m = sum_i W[m, i] h^i.
+// General coupling: an M-vector of states per (b, d, n); g^m = sum_i W[m, i] h^i. Scans the
+// sample's first `steps` time steps.
 template <typename T>
-void forward_general(const ForwardArgs<T>& a, const Task& task, T* scratch) {
+void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T* scratch) {
   typedef typename Simd<T>::V V;
   const int64_t w = Simd<T>::width;
   const Sizes& s = a.size;
-  const int64_t N = s.state, Np = padded_state(N), L = s.length, M = s.modalities;
-  const int64_t cbp = padded_block<T>(s.channels), nv = (task.d1 - task.d0 + w - 1) / w;
-  T* Bt = scratch;
-  T* Ct = Bt + M * kChunk * Np;
-  T* AT = Ct + M * kChunk * Np;
-  T* H = AT + M * N * cbp;      // [v][m][n][lane]
-  T* NX = H + M * N * cbp;      // [m][n][lane]
-  T* GC = NX + M * N * w;       // coupled state [m][n][lane]
-  T* DT = GC + M * N * w;
-  T* DTU = DT + M * kChunk * cbp;
-  T* Y = DTU + M * kChunk * cbp;
-  T* tmp = Y + M * kChunk * cbp;
+  const int64_t N = s.state, Np = padded_state(N), M = s.modalities;
+  const int64_t block_pitch = padded_block<T>(s.channels), vectors = (task.d1 - task.d0 + w - 1) / w;
+  T* B_chunk = scratch;                          // [m][k][n]
+  T* C_chunk = B_chunk + M * kChunk * Np;        // [m][k][n]
+  T* A_block = C_chunk + M * kChunk * Np;        // [m][n][d]
+  T* states = A_block + M * N * block_pitch;     // [v][m][n][lane]: h of every channel vector
+  T* next_state = states + M * N * block_pitch;  // [m][n][lane]
+  T* coupled = next_state + M * N * w;           // [m][n][lane]: g = W h
+  T* dt_rows = coupled + M * N * w;              // [m][k][d]
+  T* dtu_rows = dt_rows + M * kChunk * block_pitch;  // [m][k][d]: dt * u
+  T* y_rows = dtu_rows + M * kChunk * block_pitch;   // [m][k][d]
+  T* column = y_rows + M * kChunk * block_pitch;     // one channel's [k] columns
 
-  load_block_A(a, task, cbp, AT);
-  for (int64_t i = 0; i < M * N * cbp; ++i) H[i] = T(0);
+  load_block_A(a, task, block_pitch, A_block);
+  for (int64_t i = 0; i < M * N * block_pitch; ++i) states[i] = T(0);
   if (a.initial_state)
     for (int64_t d = task.d0; d < task.d1; ++d)
       for (int64_t m = 0; m < M; ++m) {
         const T* h0 = a.initial_state + bmd_offset(s, task.b, m, d, N);
         const int64_t j = d - task.d0;
-        for (int64_t n = 0; n < N; ++n) H[(((j / w) * M + m) * N + n) * w + j % w] = h0[n];
+        for (int64_t n = 0; n < N; ++n) states[(((j / w) * M + m) * N + n) * w + j % w] = h0[n];
       }
   auto scatter_states = [&](int64_t c_or_last, bool last) {
     for (int64_t d = task.d0; d < task.d1; ++d) {
@@ -166,49 +180,59 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, T* scratch) {
       for (int64_t m = 0; m < M; ++m) {
         T* dst = last ? a.last_state + bmd_offset(s, task.b, m, d, N)
                       : a.checkpoints + checkpoint_offset(s, a.coupling, task.b, d, c_or_last, 0) + m * N;
-        for (int64_t n = 0; n < N; ++n) dst[n] = H[(((j / w) * M + m) * N + n) * w + j % w];
+        for (int64_t n = 0; n < N; ++n) dst[n] = states[(((j / w) * M + m) * N + n) * w + j % w];
       }
     }
   };
 
-  const int64_t nch = num_chunks(L);
-  for (int64_t c = 0; c < nch; ++c) {
-    const int64_t t0 = c * kChunk, kc = L - t0 < kChunk ? L - t0 : kChunk;
-    load_transposed(a.B, task.b, 0, M, N, t0, kc, Bt);
-    load_transposed(a.C, task.b, 0, M, N, t0, kc, Ct);
-    load_block_steps(a, task, cbp, t0, kc, DT, DTU, tmp);
+  const int64_t chunks = num_chunks(steps);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t t0 = c * kChunk, kc = steps - t0 < kChunk ? steps - t0 : kChunk;
+    load_transposed(a.B, task.b, 0, M, N, t0, kc, B_chunk);
+    load_transposed(a.C, task.b, 0, M, N, t0, kc, C_chunk);
+    load_block_steps(a, task, block_pitch, t0, kc, dt_rows, dtu_rows, column);
     if (a.checkpoints) scatter_states(c, false);
     for (int64_t k = 0; k < kc; ++k) {
-      for (int64_t v = 0; v < nv; ++v) {
-        T* hv = H + v * M * N * w;
+      for (int64_t v = 0; v < vectors; ++v) {
+        T* states_v = states + v * M * N * w;
         for (int64_t m = 0; m < M; ++m)
           for (int64_t n = 0; n < N; ++n) {
             V acc = V{};
-            for (int64_t i = 0; i < M; ++i) acc += a.W[m * M + i] * load_block<V>(hv + (i * N + n) * w);
-            store_block(GC + (m * N + n) * w, acc);
+            for (int64_t i = 0; i < M; ++i) acc += a.W[m * M + i] * load_block<V>(states_v + (i * N + n) * w);
+            store_block(coupled + (m * N + n) * w, acc);
           }
         for (int64_t m = 0; m < M; ++m) {
-          const int64_t row = (m * kChunk + k) * cbp + v * w;
-          const V y = channel_step(AT + m * N * cbp + v * w, cbp, GC + m * N * w, T(1), Bt + (m * kChunk + k) * Np,
-                                   Ct + (m * kChunk + k) * Np, load_block<V>(DT + row), load_block<V>(DTU + row),
-                                   N, NX + m * N * w, false, static_cast<T*>(nullptr));
-          store_block(Y + row, y);
+          const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;
+          const V y = channel_step(A_block + m * N * block_pitch + v * w, block_pitch, coupled + m * N * w, T(1),
+                                   B_chunk + bc, C_chunk + bc, load_block<V>(dt_rows + row),
+                                   load_block<V>(dtu_rows + row), N, next_state + m * N * w, false,
+                                   static_cast<T*>(nullptr));
+          store_block(y_rows + row, y);
         }
-        for (int64_t i = 0; i < M * N * w; ++i) hv[i] = NX[i];
+        for (int64_t i = 0; i < M * N * w; ++i) states_v[i] = next_state[i];
       }
     }
-    if (a.out) store_block_outputs(a, task, cbp, t0, kc, Y, tmp);
+    if (a.out) store_block_outputs(a, task, block_pitch, t0, kc, y_rows, column);
   }
+  // Chunks past the sample's length start from its final state.
+  for (int64_t c = chunks; a.checkpoints && c < num_chunks(s.length); ++c) scatter_states(c, false);
   if (a.last_state) scatter_states(0, true);
 }
 
 template <typename T>
 void forward_task(const ForwardArgs<T>& a, int64_t index, T* scratch) {
   const Task task = decode_task(index, a.size, a.coupling);
+  const int64_t L = a.size.length, steps = sample_length(a.lengths, task.b, L);
+  if (a.out && steps < L)  // steps past the sample's length are not scanned; their output is 0
+    for (int64_t m = task.m0; m < task.m1; ++m)
+      for (int64_t d = task.d0; d < task.d1; ++d) {
+        T* o = a.out + bmd_offset(a.size, task.b, m, d, L);
+        for (int64_t t = steps; t < L; ++t) o[t] = T(0);
+      }
   switch (a.coupling) {
-    case CouplingKind::kRankOne: forward_rank_one(a, task, a.alpha, scratch); break;
-    case CouplingKind::kNone: forward_rank_one(a, task, T(1), scratch); break;
-    case CouplingKind::kGeneral: forward_general(a, task, scratch); break;
+    case CouplingKind::kRankOne: forward_rank_one(a, task, steps, a.alpha, scratch); break;
+    case CouplingKind::kNone: forward_rank_one(a, task, steps, T(1), scratch); break;
+    case CouplingKind::kGeneral: forward_general(a, task, steps, scratch); break;
   }
 }
 

@@ -81,66 +81,70 @@ CS_HD int64_t padded_block(int64_t channels) {
 // Gather the per-channel inputs of one chunk into [g][k][d] rows (padding channels get dt = 0,
 // which keeps their state at exactly zero), and A into [g][n][d] (once per task).
 template <typename T>
-CS_HD void load_block_steps(const ForwardArgs<T>& a, const Task& task, int64_t cbp, int64_t t0, int64_t kc,
-                            T* DT, T* DTU, T* tmp, T* SLOPE = nullptr) {
+CS_HD void load_block_steps(const ForwardArgs<T>& a, const Task& task, int64_t block_pitch, int64_t t0, int64_t kc,
+                            T* dt_rows, T* dtu_rows, T* column, T* slope_rows = nullptr) {
   const int64_t G = task.m1 - task.m0;
   for (int64_t g = 0; g < G; ++g)
-    for (int64_t j = 0; j < cbp; ++j) {
+    for (int64_t j = 0; j < block_pitch; ++j) {
       const int64_t d = task.d0 + j;
-      if (d < task.d1) load_steps(a, task.b, task.m0 + g, d, t0, kc, tmp, tmp + kChunk, SLOPE ? tmp + 2 * kChunk : nullptr);
+      if (d < task.d1)
+        load_steps(a, task.b, task.m0 + g, d, t0, kc, column, column + kChunk,
+                   slope_rows ? column + 2 * kChunk : nullptr);
       for (int64_t k = 0; k < kc; ++k) {
-        const int64_t at = (g * kChunk + k) * cbp + j;
-        DT[at] = d < task.d1 ? tmp[k] : T(0);
-        DTU[at] = d < task.d1 ? tmp[kChunk + k] : T(0);
-        if (SLOPE) SLOPE[at] = d < task.d1 ? tmp[2 * kChunk + k] : T(0);
+        const int64_t at = (g * kChunk + k) * block_pitch + j;
+        dt_rows[at] = d < task.d1 ? column[k] : T(0);
+        dtu_rows[at] = d < task.d1 ? column[kChunk + k] : T(0);
+        if (slope_rows) slope_rows[at] = d < task.d1 ? column[2 * kChunk + k] : T(0);
       }
     }
 }
 
 // Column j (one channel) of a [k][d] row block, as a contiguous array over k.
 template <typename T>
-CS_HD void gather_column(const T* rows, int64_t cbp, int64_t j, int64_t kc, T* out) {
-  for (int64_t k = 0; k < kc; ++k) out[k] = rows[k * cbp + j];
+CS_HD void gather_column(const T* rows, int64_t block_pitch, int64_t j, int64_t kc, T* out) {
+  for (int64_t k = 0; k < kc; ++k) out[k] = rows[k * block_pitch + j];
 }
 
 template <typename T>
-CS_HD void load_block_A(const ForwardArgs<T>& a, const Task& task, int64_t cbp, T* AT) {
+CS_HD void load_block_A(const ForwardArgs<T>& a, const Task& task, int64_t block_pitch, T* A_block) {
   const int64_t N = a.size.state;
   for (int64_t m = task.m0; m < task.m1; ++m)
     for (int64_t n = 0; n < N; ++n)
-      for (int64_t j = 0; j < cbp; ++j) {
+      for (int64_t j = 0; j < block_pitch; ++j) {
         const int64_t d = task.d0 + j;
-        AT[((m - task.m0) * N + n) * cbp + j] = d < task.d1 ? a.A[(m * a.size.channels + d) * N + n] : T(0);
+        const T value = d < task.d1 ? a.A[(m * a.size.channels + d) * N + n] : T(0);
+        A_block[((m - task.m0) * N + n) * block_pitch + j] = value;
       }
 }
 
 // One step of one modality for one vector of channels: h = exp(dt A) (gscale g) + dt u B over
 // n (B and C of the step are scalars shared by the channels), next = h or next += h, and, when
-// given, copies of h (keep_h) and of exp(dt A) (keep_e). Returns y = sum_n C h for every channel.
+// given, copies of h (keep_h) and of exp(dt A) (keep_decay). Returns y = sum_n C h for every
+// channel.
 template <typename T>
 CS_HD typename Simd<T>::V channel_step(const T* A, int64_t a_stride, const T* g, T gscale, const T* B, const T* C,
                                        typename Simd<T>::V dtv, typename Simd<T>::V dtuv, int64_t N, T* next,
-                                       bool accumulate, T* keep_h, T* keep_e = nullptr) {
+                                       bool accumulate, T* keep_h, T* keep_decay = nullptr) {
   typedef typename Simd<T>::V V;
   const int64_t w = Simd<T>::width;
   V y = V{};
   if (accumulate) {
     for (int64_t n = 0; n < N; ++n) {
-      const V e = block_exp(dtv * load_block<V>(A + n * a_stride));
-      const V h = e * (gscale * load_block<V>(g + n * w)) + dtuv * B[n];
+      const V decay = block_exp(dtv * load_block<V>(A + n * a_stride));
+      const V h = decay * (gscale * load_block<V>(g + n * w)) + dtuv * B[n];
       y += C[n] * h;
       store_block(next + n * w, load_block<V>(next + n * w) + h);
       if (keep_h) store_block(keep_h + n * w, h);
-      if (keep_e) store_block(keep_e + n * w, e);
+      if (keep_decay) store_block(keep_decay + n * w, decay);
     }
   } else {
     for (int64_t n = 0; n < N; ++n) {
-      const V e = block_exp(dtv * load_block<V>(A + n * a_stride));
-      const V h = e * (gscale * load_block<V>(g + n * w)) + dtuv * B[n];
+      const V decay = block_exp(dtv * load_block<V>(A + n * a_stride));
+      const V h = decay * (gscale * load_block<V>(g + n * w)) + dtuv * B[n];
       y += C[n] * h;
       store_block(next + n * w, h);
       if (keep_h) store_block(keep_h + n * w, h);
-      if (keep_e) store_block(keep_e + n * w, e);
+      if (keep_decay) store_block(keep_decay + n * w, decay);
     }
   }
   return y;
