@@ -35,7 +35,9 @@ struct ScanCall {
   int64_t batch = 0, modalities = 0, channels = 0, state = 0, length = 0;
   DType dtype = DType::kFloat32;
   Seq u, delta, B, C, z, dout;
-  std::uintptr_t A = 0, D = 0, delta_bias = 0, W = 0, initial_state = 0, lengths = 0;
+  std::uintptr_t A = 0, D = 0, delta_bias = 0, W = 0, initial_state = 0;
+  std::uintptr_t lengths = 0;  // (Bt,) int64
+
   std::uintptr_t out = 0, last_state = 0, checkpoints = 0, dlast_state = 0;
   std::uintptr_t du = 0, ddelta = 0, dA = 0, dB = 0, dC = 0, dD = 0, dz = 0, ddelta_bias = 0, dW = 0,
                  dinitial_state = 0;
@@ -81,6 +83,7 @@ ForwardArgs<T> forward_args(const ScanCall& c) {
   a.alpha = static_cast<T>(c.alpha);
   a.W = ptr<const T>(c.W);
   a.initial_state = ptr<const T>(c.initial_state);
+  a.lengths = ptr<const int64_t>(c.lengths);
   a.out = ptr<T>(c.out);
   a.last_state = ptr<T>(c.last_state);
   a.checkpoints = ptr<T>(c.checkpoints);

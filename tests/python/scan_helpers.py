@@ -32,6 +32,25 @@ def rel(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
+def run_with(fn, inputs, coupling, dout, dlast, cast=None, delta_softplus=True, lengths=None):
+    """(out, last, grads) of ``fn`` on ``inputs`` (cast to ``cast``) for the loss
+    sum(out * dout) + sum(last * dlast); grads by input name, plus "coupling" for a tensor W."""
+    names = list(inputs)
+    xs = {k: (v.detach().to(cast) if cast else v.detach().clone()).requires_grad_() for k, v in inputs.items()}
+    w = coupling
+    if isinstance(coupling, torch.Tensor):
+        w = (coupling.detach().to(cast) if cast else coupling.detach().clone()).requires_grad_()
+    extra = {} if lengths is None else {"lengths": lengths}
+    out, last = fn(**xs, delta_softplus=delta_softplus, coupling=w, return_last_state=True, **extra)
+    loss = (out.double() * dout.to(out.device)).sum() + (last.double() * dlast.to(out.device)).sum()
+    wrt = [xs[k] for k in names] + ([w] if isinstance(w, torch.Tensor) else [])
+    if loss.requires_grad:
+        grads = torch.autograd.grad(loss, wrt, allow_unused=True, materialize_grads=True)
+    else:  # an empty size: nothing depends on the inputs, every gradient is zero
+        grads = [torch.zeros_like(t) for t in wrt]
+    return out, last, dict(zip(names + ["coupling"], grads))
+
+
 def run_both(inputs, coupling, delta_softplus=True, lengths=None, fused=coupled_selective_scan):
     """Returns ((out, last, grads) fused, (out, last, grads) reference in float64)."""
     names = list(inputs)

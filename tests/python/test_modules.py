@@ -136,6 +136,22 @@ def test_masked_steps_never_change_valid_steps(coupling):
         torch.testing.assert_close(net(x, torch.ones_like(mask)), net(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("coupling", COUPLINGS)
+def test_long_padding_changes_no_valid_output(coupling):
+    """20 valid steps padded to 300: with "sum" the padded steps (dt = 0, so a = 1) would grow the
+    summed state like M^t; the op's lengths stop each sample at its last valid step instead."""
+    torch.manual_seed(1)
+    xs = [torch.randn(2, 20, 5), torch.randn(2, 20, 3)]
+    lengths = [torch.tensor([20, 13]), torch.tensor([20, 17])]
+    model = build_model(f"coupled-{coupling}", [5, 3], **dict(SMALL, align="pad")).eval()
+    with torch.no_grad():
+        y = model(xs, lengths)
+        padded = [torch.cat([x, 1e3 * torch.randn(2, 280, x.shape[-1])], dim=1) for x in xs]
+        y_padded = model(padded, lengths)
+    assert torch.isfinite(y).all() and torch.isfinite(y_padded).all()
+    torch.testing.assert_close(y_padded, y, rtol=1e-5, atol=1e-5)
+
+
 def test_empty_modality_is_masked_out():
     xs, lengths = make_inputs()
     lengths[1][2] = 0

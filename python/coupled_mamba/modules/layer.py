@@ -197,8 +197,9 @@ class CoupledMambaLayer(nn.Module):
         """x: (batch, M, L, d_model) -> (batch, M, L, d_model).
 
         mask: optional (batch, M, L) bool, True at valid steps. A modality's masked steps get
-        dt = 0 (state carried over unchanged into the coupling, no input, no decay), so the values
-        at padded steps never change any output at a valid step, of any modality.
+        dt = 0 (state carried over unchanged into the coupling, no input, no decay), and the scan
+        ends each sample at its last valid step (the op's ``lengths``), so the values at padded
+        steps never change any output at a valid step, of any modality.
         cache: optional LayerCache; the layer starts from its conv and SSM state (so a long
         sequence can be processed in chunks) and leaves the state after the last step in it.
         """
@@ -231,13 +232,19 @@ class CoupledMambaLayer(nn.Module):
         z = self._in_proj(xn, 1)
         del xn
 
+        lengths = None
         if mask is None:
             delta_bias, softplus = self.dt_proj_bias, True
         else:
-            # Apply bias and softplus here so padded steps can get dt = 0 exactly.
+            # Apply bias and softplus here so masked steps inside a sample get dt = 0 exactly (the
+            # modality's state is carried into the coupling unchanged, without input or decay).
             dt = F.softplus(delta.float() + self.dt_proj_bias[..., None])
             delta = (dt * mask[:, :, None, :].to(dt.dtype)).to(u.dtype)
             delta_bias, softplus = None, False
+            # The scan stops each sample after its last valid step of any modality: the padded
+            # tail costs nothing and cannot change (or overflow) anything before it.
+            steps = torch.arange(1, L + 1, device=mask.device)
+            lengths = (mask.any(dim=1) * steps).amax(dim=-1) if L > 0 else mask.new_zeros(Bt, dtype=torch.long)
 
         # Views with a contiguous time axis are fine: the op takes strides.
         result = coupled_selective_scan(
@@ -253,6 +260,7 @@ class CoupledMambaLayer(nn.Module):
             coupling=self.coupling_weights(),
             initial_state=cache.ssm_state if cache is not None else None,
             return_last_state=cache is not None,
+            lengths=lengths,
         )
         if cache is not None:
             y, last_state = result

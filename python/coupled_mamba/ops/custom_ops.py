@@ -79,7 +79,7 @@ class _Call:
         for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias), ("W", W), ("initial_state", initial_state)):
             self.param(name, t)
         if lengths is not None:
-            raise NotImplementedError("coupled_selective_scan: lengths: not supported by this build")
+            self.param("lengths", lengths, torch.int64)
 
     def run(self, direction: str, device: torch.device) -> None:
         ext = library.extension()

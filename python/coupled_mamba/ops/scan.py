@@ -49,6 +49,8 @@ def coupled_selective_scan(
     (float64 for float64 inputs) when ``return_last_state``. NaN and Inf in the inputs propagate
     to the outputs; they are not checked for.
     """
+    validation.check_tensor_types(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                                  initial_state=initial_state, lengths=lengths)
     kind, alpha, W = _op_coupling(coupling, u)
     save = _needs_grad(u, delta, A, B, C, D, z, delta_bias, W, initial_state)
     out, last, _ = torch.ops.coupled_mamba.scan_fwd(
@@ -64,6 +66,8 @@ class CoupledSelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                 coupling="mean", initial_state=None, return_last_state=False, lengths=None):
+        validation.check_tensor_types(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                                      initial_state=initial_state, lengths=lengths)
         kind, alpha, W = _op_coupling(coupling, u)
         out, last, ck = torch.ops.coupled_mamba.scan_fwd(
             u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), kind, alpha, W, initial_state, lengths,

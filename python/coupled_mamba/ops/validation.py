@@ -56,6 +56,14 @@ def check_u(u) -> int:
     return M
 
 
+def check_tensor_types(**named) -> None:
+    """Given arguments are tensors: the op's schema would refuse anything else with a cast error
+    that does not say which argument is wrong."""
+    for name, t in named.items():
+        if t is not None and not isinstance(t, Tensor):
+            _fail(TypeError, name, f"expected a torch.Tensor, got {type(t).__name__}")
+
+
 def _devices(named, u: Tensor, allow_meta: bool) -> None:
     for name, t in named:
         if t is not None and t.device != u.device:
@@ -120,6 +128,9 @@ def check_forward(u, delta, A, B, C, D, z, delta_bias, kind: int, W, initial_sta
     _devices([("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
               ("delta_bias", delta_bias), ("initial_state", initial_state), ("coupling", W), ("lengths", lengths)],
              u, allow_meta)
+    if lengths is not None and u.device.type == "cuda":
+        _fail(NotImplementedError, "lengths", "per-sample lengths run on the CPU kernels only; the CUDA kernels "
+              "do not take them yet (pad with dt = 0 instead, or run the scan on the CPU)")
 
 
 def check_lengths_values(lengths: Optional[Tensor], L: int) -> None:
