@@ -15,7 +15,7 @@ float32 array with a Python float). F1 is scikit-learn's weighted F1, reimplemen
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ __all__ = [
     "classification_metrics",
     "sentiment3_metrics",
     "compute_metrics",
+    "metric_names",
     "METRIC_FAMILIES",
     "lower_is_better",
 ]
@@ -247,6 +248,23 @@ def compute_metrics(family: str, preds, labels) -> Dict[str, float]:
             f"unknown metric family {family!r}; expected one of {sorted(METRIC_FAMILIES)}"
         ) from None
     return fn(preds, labels)
+
+
+# The keys each family returns, in the order its function returns them.
+_METRIC_NAMES = {
+    "mosi": ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7",
+             "Mult_acc_3", "MAE", "Corr"),
+    "sims": ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr"),
+    "classification": ("Acc", "F1_score"),
+    "sentiment3": ("Mult_acc_3", "F1_score_3", "Non0_acc_2", "Non0_F1_score"),
+}
+
+
+def metric_names(family: str, num_classes: int = 0) -> List[str]:
+    """The names :func:`compute_metrics` returns for ``family`` (the same for any class count)."""
+    if family not in _METRIC_NAMES:
+        raise ValueError(f"unknown metric family {family!r}; expected one of {sorted(METRIC_FAMILIES)}")
+    return list(_METRIC_NAMES[family])
 
 
 def lower_is_better(name: str) -> bool:

@@ -1,0 +1,24 @@
+"""The one exception the application reports without a traceback."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__all__ = ["UsageError", "TRAIN_EXTRA", "require_module"]
+
+# The install command for what the training command needs beyond the op (progress bars, plots).
+TRAIN_EXTRA = 'pip install "coupled-mamba[train]"'
+
+
+class UsageError(Exception):
+    """A problem with the command line, a data file or a run folder; the commands print it as one
+    ``error:`` line and exit with status 2."""
+
+
+def require_module(name: str, purpose: str) -> ModuleType:
+    """Import ``name``, or fail with the command that installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise UsageError(f"{name} is needed for {purpose} but cannot be imported ({e}); install it with "
+                         f"{TRAIN_EXTRA}") from None
