@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..data import DATASETS, modality_names
 from ..modules import MODEL_KINDS
-from .errors import UsageError
+from .errors import CommandParser, UsageError
 
 __all__ = [
     "build_parser", "resolve_config", "check_config", "check_model_options", "explicit_options",
@@ -115,7 +115,7 @@ _DEFAULTS = dict(dataset="synthetic", data_seed=0, model="coupled-mean", lr=PAPE
 
 def build_parser(prog: str = "coupled-mamba train", with_defaults: bool = True) -> argparse.ArgumentParser:
     """The ``coupled-mamba train`` parser. ``with_defaults=False``: options not given are absent."""
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog=prog,
         description="Train Coupled Mamba (or a baseline) on multimodal sequence data; select on the "
                     "validation split, report test metrics. With no options: the default model on the "

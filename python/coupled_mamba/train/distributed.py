@@ -18,8 +18,8 @@ def resolve_device(arg: str, local_rank: int = 0, world: int = 1) -> torch.devic
         arg = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(arg)
-    except RuntimeError as e:
-        raise UsageError(f"--device {arg}: {e}") from None
+    except RuntimeError:
+        raise UsageError(f"--device {arg}: expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"--device {arg}: CUDA is not available")

@@ -16,7 +16,7 @@ from ..modules import MODEL_KINDS, build_model
 from .artifacts import load_checkpoint, load_json, save_json
 from .config import POSITIVE, check_model_options
 from .distributed import resolve_device
-from .errors import UsageError
+from .errors import CommandParser, UsageError, fail
 from .loop import predict
 
 __all__ = ["evaluate_checkpoint", "build_evaluate_parser", "evaluate_main", "summarize_runs", "summarize_main",
@@ -104,7 +104,7 @@ def evaluate_checkpoint(checkpoint: str, data: Optional[str] = None, split: str 
 
 
 def build_evaluate_parser(prog: str = "coupled-mamba evaluate") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog=prog, description="Evaluate a checkpoint (best.pt) written by coupled-mamba train on its data.")
     p.add_argument("checkpoint", help="a best.pt file")
     p.add_argument("--data", metavar="PATH", help="the data file, if it moved (MMSA datasets)")
@@ -124,8 +124,7 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.device, args.batch_size)
     except UsageError as e:
-        print(f"coupled-mamba evaluate: error: {e}", file=sys.stderr)
-        return 2
+        return fail("coupled-mamba evaluate", e)
     m = r["metrics"]
     print(f"{r['model']['kind']} (seed {r['seed']}, epoch {r['epoch']}) on {r['data']['name']} {args.split}:")
     width = max(len(k) for k in m)
@@ -143,8 +142,7 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             save_json({"split": args.split, "metrics": m, "recorded": rec, "data": r["data"]}, args.json)
         except OSError as e:
-            print(f"coupled-mamba evaluate: error: --json {args.json}: {e.strerror or e}", file=sys.stderr)
-            return 2
+            return fail("coupled-mamba evaluate", UsageError(f"--json {args.json}: {e.strerror or e}"))
     return 0
 
 
@@ -194,7 +192,7 @@ def summarize_runs(run_dirs: Sequence[str], split: str = "test") -> str:
 
 def summarize_main(argv: Optional[Sequence[str]] = None) -> int:
     """``coupled-mamba summarize RUN_DIR...``: prints a markdown table of the runs' metrics."""
-    p = argparse.ArgumentParser(prog="coupled-mamba summarize",
+    p = CommandParser(prog="coupled-mamba summarize",
                                 description="Markdown table (mean ± std over seeds) of finished runs.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--split", choices=("test", "valid"), default="test")
@@ -202,6 +200,5 @@ def summarize_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         print(summarize_runs(args.runs, args.split))
     except UsageError as e:
-        print(f"coupled-mamba summarize: error: {e}", file=sys.stderr)
-        return 2
+        return fail("coupled-mamba summarize", e)
     return 0

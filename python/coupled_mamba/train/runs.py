@@ -16,7 +16,7 @@ from ..data import SPLITS, MultimodalDataset, load_data
 from .artifacts import load_json, save_json
 from .config import RUNTIME_KEYS, SELECT_DEFAULTS, build_parser, check_config, explicit_options, resolve_config
 from .distributed import DistributedContext
-from .errors import UsageError, require_module
+from .errors import UsageError, fail, require_module
 from .loop import Runtime, train_seed
 from .stores import SeedFolder
 
@@ -187,7 +187,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return run_training(args, ctx, argv)
     except UsageError as e:
-        print(f"coupled-mamba train: error: {e}", file=sys.stderr)
-        return 2
+        return fail(parser.prog, e)
     finally:
         ctx.close()
