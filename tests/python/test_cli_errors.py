@@ -255,3 +255,10 @@ def test_console_script_prints_one_line(tmp_path):
                            text=True, timeout=300)
         assert r.returncode == 2, r.stderr
         assert r.stderr.count("\n") == 1 and "error:" in r.stderr and fragment in r.stderr, r.stderr
+
+
+def test_missing_train_extra_names_the_install_command(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    _fails_cleanly(capsys, ["train", *TINY, "--out", str(tmp_path / "r")], "matplotlib",
+                   'pip install "coupled-mamba[train]"')
+    assert not (tmp_path / "r").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 
@@ -168,7 +168,3 @@ def plot_curve(history: List[Dict[str, Any]], select: str, best_epoch: int, path
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
-
-def optional_json(path: str, what: str) -> Optional[Any]:
-    """load_json for a file that may be absent (None then)."""
-    return load_json(path, what) if os.path.exists(path) else None
