@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -107,14 +107,13 @@ class Runtime:
     progress: bool = False  # tqdm bars (on a terminal)
     resume: bool = False
     checkpoint_every: int = 0  # also save the resume state every N batches
-    printer: Callable[[str], None] = field(default=lambda msg: print(msg, flush=True))
 
     def log(self, msg: str, always: bool = False) -> None:
         if self.ctx.is_main and (always or not self.quiet):
             if self.progress:
                 require_module("tqdm", "progress bars").tqdm.write(msg)
             else:
-                self.printer(msg)
+                print(msg, flush=True)
 
 
 @dataclass
@@ -156,110 +155,118 @@ def _batches_per_epoch(n: int, batch: int, ctx: DistributedContext) -> int:
     return n_batches
 
 
-def train_seed(cfg: Dict[str, Any], seed: int, splits: Dict[str, MultimodalDataset], rt: Runtime, store,
-               announce: bool = False, title: str = "") -> SeedRun:
-    """Train ``cfg["model"]`` with ``seed`` on ``splits``, select on valid, evaluate on valid and test.
+class _SeedTraining:
+    """One seed's model, optimiser and loop state, and the steps of its training."""
 
-    ``cfg``: a run configuration (see :func:`.config.resolve_config`) whose ``select`` is set.
-    ``store``: a :class:`.stores.SeedFolder` or :class:`.stores.InMemoryStore`.
-    """
-    ctx, device = rt.ctx, rt.ctx.device
-    train, valid, test = splits["train"], splits["valid"], splits["test"]
-    info = train.info
-    family, select = info.metrics, cfg["select"]
-    lower = metrics_mod.lower_is_better(select)
+    def __init__(self, cfg: Dict[str, Any], seed: int, splits: Dict[str, MultimodalDataset], rt: Runtime, store):
+        self.cfg, self.seed, self.splits, self.rt, self.store = cfg, seed, splits, rt, store
+        self.ctx = rt.ctx
+        info = splits["train"].info
+        self.family, self.select = info.metrics, cfg["select"]
+        self.lower = metrics_mod.lower_is_better(self.select)
+        torch.manual_seed(seed)
+        np.random.seed(seed % (2 ** 32))
+        try:
+            self.model = build_model(cfg["model"], splits["train"].input_dims, task=info.task,
+                                     num_classes=info.num_classes, **cfg["model_options"])
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"model {cfg['model']}: {e}") from None
+        self.model.to(self.ctx.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        self.state = _new_state()
+        self.train_model = self.model
+        self.n_batches = _batches_per_epoch(len(splits["train"]), cfg["batch_size"], self.ctx)
 
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    try:
-        model = build_model(cfg["model"], train.input_dims, task=info.task, num_classes=info.num_classes,
-                            **cfg["model_options"])
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"model {cfg['model']}: {e}") from None
-    model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    if announce:
-        opts = ", ".join(f"{k} {v}" for k, v in model.config.items()
+    def describe_model(self) -> str:
+        opts = ", ".join(f"{k} {v}" for k, v in self.model.config.items()
                          if k not in ("kind", "input_dims", "task", "num_classes"))
-        rt.log(f"model    {cfg['model']}: {opts}; {parameter_count(model):,} parameters")
+        return f"model    {self.cfg['model']}: {opts}; {parameter_count(self.model):,} parameters"
 
-    state = _new_state()
-    saved = store.load_resume() if rt.resume else None
-    if saved is not None:
-        _restore(model, opt, saved, store.last_path)
-        state = saved["state"]
-        if not ctx.is_main:  # the saved partial sums are global; count them once
+    def resume(self) -> Optional[Dict[str, Any]]:
+        """Continue from the store's resume state, if any; the result if that seed had finished."""
+        saved = self.store.load_resume()
+        if saved is None:
+            return None
+        _restore(self.model, self.opt, saved, self.store.last_path)
+        self.state = state = saved["state"]
+        if not self.ctx.is_main:  # the saved partial sums are global; count them once
             state["loss_sum"], state["loss_count"] = 0.0, 0
         if state["finished"]:
-            res = store.finished_result()
+            res = self.store.finished_result()
             if res is not None:
-                rt.log(f"seed {seed}: already finished, test {format_metrics(res['test'])}")
-                return SeedRun(model, state["history"], res)
+                self.rt.log(f"seed {self.seed}: already finished, test {format_metrics(res['test'])}")
+                return res
         where = f"epoch {state['epoch'] + 1}" + (f", batch {state['batch']}" if state["batch"] else "")
-        rt.log(f"seed {seed}: resuming from {store.last_path} at {where}")
+        self.rt.log(f"seed {self.seed}: resuming from {self.store.last_path} at {where}")
+        return None
 
-    def save_resume():
-        store.save_resume({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                           "optimizer": opt.state_dict(), "state": state})
+    def save_resume(self) -> None:
+        self.store.save_resume({"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                                "optimizer": self.opt.state_dict(), "state": self.state})
 
-    train_model = model
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    def wrap_data_parallel(self) -> None:
+        if self.ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+            device = self.ctx.device
+            self.train_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    n, B, E = len(train), cfg["batch_size"], cfg["epochs"]
-    n_batches = _batches_per_epoch(n, B, ctx)
-    tqdm = require_module("tqdm", "progress bars").tqdm if rt.progress else None
-    bar = tqdm(total=E, initial=state["epoch"], desc=f"seed {seed}", unit="epoch", dynamic_ncols=True) if tqdm else None
-    t_start = time.time() - state["seconds"]
-    while state["epoch"] < E and not state["stopped"]:
-        epoch = state["epoch"]
+    def train_epoch(self, tqdm, t_start: float) -> None:
+        """The remaining batches of the current epoch (all of them unless resumed mid-epoch)."""
+        ctx, cfg, state, seed = self.ctx, self.cfg, self.state, self.seed
+        epoch, B, n = state["epoch"], cfg["batch_size"], len(self.splits["train"])
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, epoch)))
-        train_model.train()
+        self.train_model.train()
         inner = None
         if tqdm:
-            inner = tqdm(total=n_batches, initial=state["batch"], desc=f"epoch {epoch + 1}/{E}", unit="batch",
-                         leave=False, dynamic_ncols=True)
-        for b in range(state["batch"], n_batches):
+            inner = tqdm(total=self.n_batches, initial=state["batch"], desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+                         unit="batch", leave=False, dynamic_ncols=True)
+        for b in range(state["batch"], self.n_batches):
             torch.manual_seed(mix_seed(seed, epoch, b, ctx.rank))
             idx = perm[b * B:(b + 1) * B]
             part = idx[ctx.rank::ctx.world]
-            xs, ls, y = _to(train.batch(part), device)
-            per = loss_per_sample(cfg["loss"], train_model(xs, ls), y)
+            xs, ls, y = _to(self.splits["train"].batch(part), ctx.device)
+            per = loss_per_sample(cfg["loss"], self.train_model(xs, ls), y)
             loss = per.sum() * (ctx.world / len(idx))
-            opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-            opt.step()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"])
+            self.opt.step()
             state["loss_sum"] += float(per.detach().double().sum())
             state["loss_count"] += int(len(part))
             state["batch"] = b + 1
             if inner is not None:
                 inner.update(1)
                 inner.set_postfix(loss=f"{state['loss_sum'] / max(state['loss_count'], 1):.4f}")
-            if rt.checkpoint_every and state["batch"] % rt.checkpoint_every == 0 and state["batch"] < n_batches:
-                s, c = ctx.sum([state["loss_sum"], state["loss_count"]])
+            every = self.rt.checkpoint_every
+            if every and state["batch"] % every == 0 and state["batch"] < self.n_batches:
+                # the saved sums are global, so that a resume with any process count continues them
                 mine = (state["loss_sum"], state["loss_count"])
+                s, c = ctx.sum(mine)
                 state["loss_sum"], state["loss_count"] = s, int(c)
                 state["seconds"] = time.time() - t_start
-                save_resume()
+                self.save_resume()
                 state["loss_sum"], state["loss_count"] = mine
         if inner is not None:
             inner.close()
 
+    def end_epoch(self, t_start: float) -> Tuple[float, float, bool]:
+        """Validate, keep the weights if they are the best so far, save the resume state and history.
+        Returns the validation loss, the selection value and whether it improved."""
+        ctx, cfg, state = self.ctx, self.cfg, self.state
+        epoch = state["epoch"]
         loss_sum, loss_count = ctx.sum([state["loss_sum"], state["loss_count"]])
-        vp, vy = predict_sharded(model, valid, cfg["eval_batch_size"], ctx)
-        vm = metrics_mod.compute_metrics(family, vp, vy)
+        vp, vy = predict_sharded(self.model, self.splits["valid"], cfg["eval_batch_size"], ctx)
+        vm = metrics_mod.compute_metrics(self.family, vp, vy)
         vloss = _loss_value(cfg["loss"], vp, vy)
         row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(loss_count, 1), 6),
                "valid_loss": round(vloss, 6), **{f"valid_{k}": v for k, v in vm.items()}}
-        value = {**vm, "Loss": round(vloss, 4)}[select]
+        value = {**vm, "Loss": round(vloss, 4)}[self.select]
         best = state["best"]
         # better on the selection metric, or as good with a lower validation loss (ties are
         # common for accuracy on small validation sets)
-        improved = (best is None or (value < best if lower else value > best)
+        improved = (best is None or (value < best if self.lower else value > best)
                     or (value == best and vloss < state["best_loss"]))
         state["epoch"], state["batch"], state["loss_sum"], state["loss_count"] = epoch + 1, 0, 0.0, 0
         state["seconds"] = time.time() - t_start
@@ -269,30 +276,59 @@ def train_seed(cfg: Dict[str, Any], seed: int, splits: Dict[str, MultimodalDatas
             state["best"], state["best_epoch"], state["bad_epochs"] = value, epoch + 1, 0
             state["best_loss"] = vloss
             if ctx.is_main:
-                store.save_best(make_checkpoint(model, info, cfg, seed, epoch + 1, vm))
+                self.store.save_best(make_checkpoint(self.model, self.splits["train"].info, cfg, self.seed,
+                                                     epoch + 1, vm))
         else:
             state["bad_epochs"] += 1
             if cfg["patience"] and state["bad_epochs"] >= cfg["patience"]:
                 state["stopped"] = True
-        save_resume()
-        store.save_history(state["history"])
+        self.save_resume()
+        self.store.save_history(state["history"])
+        return vloss, value, improved
+
+
+def train_seed(cfg: Dict[str, Any], seed: int, splits: Dict[str, MultimodalDataset], rt: Runtime, store,
+               announce: bool = False, title: str = "") -> SeedRun:
+    """Train ``cfg["model"]`` with ``seed`` on ``splits``, select on valid, evaluate on valid and test.
+
+    ``cfg``: a run configuration (see :func:`.config.resolve_config`) whose ``select`` is set.
+    ``store``: a :class:`.stores.SeedFolder` or :class:`.stores.InMemoryStore`. ``title``: of the
+    learning curve.
+    """
+    run = _SeedTraining(cfg, seed, splits, rt, store)
+    if announce:
+        rt.log(run.describe_model())
+    finished = run.resume() if rt.resume else None
+    if finished is not None:
+        return SeedRun(run.model, run.state["history"], finished)
+    run.wrap_data_parallel()
+
+    state, E, select = run.state, cfg["epochs"], cfg["select"]
+    tqdm = require_module("tqdm", "progress bars").tqdm if rt.progress else None
+    bar = tqdm(total=E, initial=state["epoch"], desc=f"seed {seed}", unit="epoch", dynamic_ncols=True) if tqdm else None
+    t_start = time.time() - state["seconds"]
+    while state["epoch"] < E and not state["stopped"]:
+        run.train_epoch(tqdm, t_start)
+        vloss, value, improved = run.end_epoch(t_start)
+        row = state["history"][-1]
         if bar is not None:
             bar.update(1)
             bar.set_postfix(valid=f"{select} {value:.4f}", best=f"{state['best']:.4f}")
         elif not rt.quiet:
-            rt.log(f"epoch {epoch + 1:3d}/{E}  train_loss {row['train_loss']:.4f}  valid_loss {vloss:.4f}  "
+            rt.log(f"epoch {row['epoch']:3d}/{E}  train_loss {row['train_loss']:.4f}  valid_loss {vloss:.4f}  "
                    f"valid {select} {value:.4f}{'  *' if improved else ''}")
         if state["stopped"]:
             rt.log(f"seed {seed}: no improvement for {cfg['patience']} epochs, stopping")
     if bar is not None:
         bar.close()
 
-    ctx.barrier()
-    result = _final_evaluation(cfg, seed, splits, rt, store, model, state, title) if ctx.is_main else None
-    if ctx.is_main:
-        save_resume()
-    ctx.barrier()
-    return SeedRun(model, state["history"], result)
+    rt.ctx.barrier()
+    result = None
+    if rt.ctx.is_main:
+        result = _final_evaluation(cfg, seed, splits, rt, store, run.model, state, title)
+        run.save_resume()
+    rt.ctx.barrier()
+    return SeedRun(run.model, state["history"], result)
 
 
 def _final_evaluation(cfg, seed, splits, rt: Runtime, store, model, state, title: str) -> Dict[str, Any]:
