@@ -308,3 +308,17 @@ def test_importing_the_package_does_not_import_the_application():
             "if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_metric_names_are_the_keys_compute_metrics_returns():
+    import numpy as np
+
+    from coupled_mamba import metrics
+
+    rng = np.random.default_rng(0)
+    cases = {"mosi": (rng.normal(size=9), rng.normal(size=9)), "sims": (rng.uniform(-1, 1, 9), rng.uniform(-1, 1, 9)),
+             "classification": (rng.normal(size=(9, 4)), rng.integers(0, 4, 9)),
+             "sentiment3": (rng.normal(size=(9, 3)), rng.integers(0, 3, 9))}
+    assert set(cases) == set(metrics.METRIC_FAMILIES)
+    for family, (p, y) in cases.items():
+        assert list(metrics.compute_metrics(family, p, y)) == metrics.metric_names(family, 4), family
