@@ -324,3 +324,64 @@ def test_basicmotions_offline():
     x = torch.cat([f.reshape(-1, 3) for f in tr.features], 1)
     assert torch.allclose(x.mean(0), torch.zeros(6), atol=1e-4)
     assert torch.allclose(x.std(0), torch.ones(6), atol=1e-2)
+
+
+# ----------------------------------------------------------------------------- pickles never run code
+
+
+class _RunsCode:
+    """Unpickling this object calls ``fn(*args)``: what a malicious pickle does."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_mmsa_pickle_that_runs_code_is_refused_without_running(tmp_path, protocol, capsys):
+    import os
+
+    marker = tmp_path / "ran"
+    cases = {
+        "os.system" if os.name != "nt" else "nt.system": _RunsCode(os.system, f"touch {marker}"),
+        "builtins.print": _RunsCode(print, "the pickle ran print"),
+        "builtins.eval": _RunsCode(eval, "1 + 1"),
+    }
+    for name, payload in cases.items():
+        for where in ("top", "nested"):
+            raw = make_mmsa("mosei_aligned", sizes=(2, 2, 2))
+            data = payload if where == "top" else raw
+            if where == "nested":
+                raw["train"]["id"] = payload
+            path = tmp_path / f"evil-{protocol}.pkl"
+            path.write_bytes(pickle.dumps(data, protocol=protocol))
+            with pytest.raises(DataFileError) as e:
+                load_mmsa(path, dataset="mosei")
+            msg = str(e.value)
+            assert str(path) in msg and "refused" in msg and name.split(".")[-1] in msg, msg
+            assert "docs/data.md" in msg
+    assert not marker.exists()
+    assert "the pickle ran" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_mmsa_pickle_of_plain_data_loads_with_every_protocol(tmp_path, protocol):
+    raw = make_mmsa("mosi_unaligned", sizes=(3, 2, 2))
+    raw["train"]["extra"] = {"nested": (1, 2.5, 3 + 4j, b"bytes", None, True), "scalar": np.float32(1.5)}
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps(raw, protocol=protocol))
+    d = load_mmsa(path, dataset="mosi")
+    np.testing.assert_allclose(d["test"].features[2].numpy(), raw["test"]["vision"].astype(np.float32))
+    assert d["train"].lengths[1].tolist() == list(raw["train"]["audio_lengths"])
+
+
+def test_safe_pickle_refuses_other_numpy_functions(tmp_path):
+    from coupled_mamba.data.safe_pickle import RefusedPickle, load_data_pickle
+    import io
+
+    # numpy.load can open other files; it is a numpy global but not one that rebuilds an array
+    data = pickle.dumps(_RunsCode(np.load, str(tmp_path / "x.npy")), protocol=4)
+    with pytest.raises(RefusedPickle, match="load"):
+        load_data_pickle(io.BytesIO(data))

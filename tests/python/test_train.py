@@ -269,3 +269,57 @@ def test_basicmotions_through_the_command(tmp_path):
     assert set(res["test"]) == {"Acc", "F1_score"} and res["select"] == "Acc"
     assert res["model"]["num_classes"] == 4 and res["model"]["input_dims"] == [3, 3]
     assert train.evaluate_checkpoint(str(out / "seed-0" / "best.pt"))["metrics"] == res["test"]
+
+
+# ----------------------------------------------------------------------------- the Python API and tiers
+
+
+def test_fit_matches_the_command(tmp_path):
+    """coupled_mamba.train.fit runs the command's loop in memory: same weights, history and metrics."""
+    from coupled_mamba.data import load_data
+
+    out = tmp_path / "cmd"
+    argv = ["--n-train", "40", "--n-valid", "16", "--n-test", "24", "--epochs", "2", "--batch-size", "16",
+            "--quiet", "--d-model", "16", "--d-state", "8", "--seq-len", "8", "--n-layers", "1"]
+    assert train.main([*argv, "--out", str(out)]) == 0
+    splits = load_data("synthetic", n_train=40, n_valid=16, n_test=24)
+    r = train.fit(splits, "coupled-mean", epochs=2, batch_size=16, d_model=16, d_state=8, seq_len=8, n_layers=1,
+                  device="cpu")
+    res = _json(out / "seed-0" / "results.json")
+    assert r.metrics == {"valid": res["valid"], "test": res["test"]} and r.best_epoch == res["best_epoch"]
+    strip = lambda rows: [{k: str(v) for k, v in x.items() if k != "seconds"} for x in rows]  # noqa: E731
+    assert strip(r.history) == strip(_csv(out / "seed-0" / "metrics.csv"))
+    best = torch.load(out / "seed-0" / "best.pt", weights_only=True)["model"]
+    for k, v in r.model.state_dict().items():
+        assert torch.equal(v, best[k]), k
+    assert not r.model.training
+    with pytest.raises(ValueError, match="lr"):
+        train.fit(splits, epochs=1, lr=float("nan"))
+    with pytest.raises(ValueError, match="d_state"):
+        train.fit(splits, epochs=1, d_state=300)
+    with pytest.raises(ValueError, match="colour"):
+        train.fit(splits, epochs=1, colour="red")
+
+
+def test_importing_the_package_does_not_import_the_application():
+    # (torch itself imports tqdm when it is installed, so only matplotlib is checked of the extra)
+    code = ("import sys, coupled_mamba, coupled_mamba.modules; "
+            "bad = [m for m in ('coupled_mamba.train', 'coupled_mamba.cli', 'coupled_mamba.data', 'matplotlib') "
+            "if m in sys.modules]; assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
+def test_metric_names_are_the_keys_compute_metrics_returns():
+    import numpy as np
+
+    from coupled_mamba import metrics
+
+    rng = np.random.default_rng(0)
+    cases = {"mosi": (rng.normal(size=9), rng.normal(size=9)), "sims": (rng.uniform(-1, 1, 9), rng.uniform(-1, 1, 9)),
+             "classification": (rng.normal(size=(9, 4)), rng.integers(0, 4, 9)),
+             "sentiment3": (rng.normal(size=(9, 3)), rng.integers(0, 3, 9))}
+    assert set(cases) == set(metrics.METRIC_FAMILIES)
+    for family, (p, y) in cases.items():
+        classes = p.shape[1] if p.ndim == 2 else 1
+        assert list(metrics.compute_metrics(family, p, y)) == metrics.metric_names(family, classes), family

@@ -244,7 +244,16 @@ def print_table(report: Dict) -> None:
                   f"{-saving:.1f}% more") + " peak memory")
 
 
+def _require_matplotlib() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SystemExit('the plot (--plot) needs matplotlib: pip install "coupled-mamba[train]", '
+                         "or pass --plot '' for none")
+
+
 def plot(report: Dict, path: str) -> None:
+    _require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -313,6 +322,8 @@ def parse_args(argv: Optional[List[str]]):
 def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.plot:
+        _require_matplotlib()  # before the benchmark, not after minutes of it
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"{'length':>7} {'device':>6} {'model':<16} {'ms/forward':>12} {'peak MB':>12}", flush=True)

@@ -18,18 +18,21 @@ assumed. What the loader does with each key:
 A missing or damaged file, a missing key or an array of the wrong shape raises
 :class:`DataFileError` naming the file, the key and what was expected.
 
-Note: a pickle can run code when it is loaded; only load files you trust.
+A pickle can run code when it is opened. The file is read with :mod:`.safe_pickle`, which rebuilds
+only dicts, lists, tuples, strings, bytes, numbers and numpy arrays and refuses a file that names
+anything else (a :class:`DataFileError` naming the file and the refused global); docs/data.md says
+the same to users.
 """
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .dataset import SPLITS, MultimodalDataset, TaskInfo, check_splits
+from .safe_pickle import RefusedPickle, load_data_pickle
 
 __all__ = ["load_mmsa", "DataFileError", "MMSA_MODALITIES", "MMSA_DATASETS"]
 
@@ -62,7 +65,13 @@ def _read_pickle(path: str):
         raise DataFileError(f"{path}: is a directory, expected an MMSA feature pickle file")
     try:
         with open(path, "rb") as f:
-            return pickle.load(f)
+            return load_data_pickle(f)
+    except RefusedPickle as e:
+        raise DataFileError(
+            f"{path}: refused to open: the pickle names {e}, but an MMSA feature pickle holds only numpy "
+            "arrays, dicts, lists, strings and numbers, and a pickle that names other functions or classes "
+            "can run code when opened (see docs/data.md)"
+        ) from None
     except MemoryError:
         raise
     except Exception as e:  # unpickling can fail in many ways; all mean "not a usable pickle"
