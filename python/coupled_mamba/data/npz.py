@@ -105,6 +105,8 @@ def parse_arrays(origin: str, arrays: Mapping[str, np.ndarray], modalities: Opti
     if not names:
         _fail(origin, None, "no modality: expected a float (total_steps, features) array NAME with an int (n,) "
               f"NAME_lengths beside it; {found}")
+    if isinstance(modalities, str):
+        modalities = [modalities]
     if modalities:
         for m in modalities:
             if m not in names:
@@ -318,6 +320,8 @@ def make_splits(
             raise ValueError(f"standardize: statistics for modalities {st.modalities}, the data has {data.modalities}")
         out = {name: st.apply(ds) for name, ds in out.items()}
         src["standardize"] = st.to_dict()
+    else:
+        src["standardize"] = False
     check_splits(out, data.origin)
     return out
 
@@ -336,23 +340,16 @@ def load_npz(
     """Load an ``.npz`` file as the split dict (see :func:`make_splits` for the arguments).
 
     ``info.source`` records every argument (and the statistics used), so ``load_npz(**source)``
-    without ``name`` rebuilds the same split dict.
+    rebuilds the same split dict, standardised with the same statistics.
     """
     data = read_npz(path, modalities, task)
     source = dict(name=name, path=os.path.abspath(os.fspath(path)))
     return make_splits(data, folds, fold, seed, fractions, standardize, source)
 
 
-def load_npz_folds(
-    path,
-    folds: int,
-    modalities: Optional[Sequence[str]] = None,
-    task: Optional[str] = None,
-    seed: int = 0,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    standardize: bool = True,
-    name: str = "npz",
-) -> List[Dict[str, MultimodalDataset]]:
+def load_npz_folds(path, folds: int, modalities: Optional[Sequence[str]] = None, task: Optional[str] = None,
+                   seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS, standardize: bool = True,
+                   name: str = "npz") -> List[Dict[str, MultimodalDataset]]:
     """The split dict of every fold of ``folds``-fold cross-validation (the file read once)."""
     data = read_npz(path, modalities, task)
     source = dict(name=name, path=os.path.abspath(os.fspath(path)))
@@ -382,14 +379,8 @@ def from_arrays(
     return make_splits(data, folds, fold, seed, fractions, standardize, {"name": "arrays"})
 
 
-def save_npz(
-    path,
-    modalities: Mapping[str, Sequence[np.ndarray]],
-    labels,
-    split=None,
-    groups=None,
-    class_names=None,
-) -> None:
+def save_npz(path, modalities: Mapping[str, Sequence[np.ndarray]], labels, split=None, groups=None,
+             class_names=None) -> None:
     """Write ``modalities`` (``{name: list of n arrays (T_i, F)}``) and the keys in this format.
 
     Everything is checked as :func:`read_npz` would check it before anything is written.
@@ -421,12 +412,12 @@ def _as_file_arrays(origin: str, modalities, labels, split, groups, class_names)
 
 def _plain(origin: str, key: str, value) -> np.ndarray:
     """``value`` as a numeric or string array (never an object array, which a file would refuse)."""
-    a = np.asarray(value)
-    if a.dtype == object:
-        try:
-            a = np.asarray(value, dtype=str) if all(isinstance(v, str) for v in value) else a
-        except TypeError:
-            pass
+    try:
+        a = np.asarray(value)
+        if a.dtype == object and all(isinstance(v, str) for v in value):
+            a = np.asarray(value, dtype=str)
+    except (TypeError, ValueError):
+        a = np.empty(0, dtype=object)
     if a.dtype == object:
         raise DataFileError(f"{origin}: key {key!r}: expected numbers or strings, got Python objects")
     return a

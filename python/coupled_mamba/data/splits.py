@@ -10,10 +10,11 @@ optional ``groups`` (one id per sample: subject, session, speaker; any ints or s
   training part.
 * Without either, samples are dealt one by one in a seeded random order.
 
-Dealing: the items (groups, or samples) are taken in a seeded order (largest groups first, so part
-sizes come out close to their targets) and each goes to the part that is furthest below its target
-share; while there are parts still empty and no more items left than such parts, an item goes to
-an empty part, so every part with a positive fraction gets one when there are enough items.
+Dealing: groups are taken largest first (ties in seeded order), each to the part furthest below
+its target share of the samples dealt so far; single samples, in seeded order (by class blocks when
+stratified), follow the Sainte-Lague order of the fractions, so every run of samples holds each
+part's share within about one sample. A part with a positive fraction that would stay empty gets
+an item whenever there are at least as many items as such parts.
 
 :class:`Standardizer` fits a per-feature mean and standard deviation over the valid steps of the
 training part of each modality, applies them to any part (padded steps stay 0), and round-trips
@@ -69,6 +70,30 @@ def _deal(sizes: np.ndarray, fractions: np.ndarray) -> np.ndarray:
     return parts
 
 
+def _deal_units(n: int, fractions: np.ndarray) -> np.ndarray:
+    """:func:`_deal` for n items of size 1, vectorised: the parts in the Sainte-Lague order.
+
+    Part p's k-th item comes at position (k + 1/2) / f_p (ties to the lower part), so every prefix,
+    and so every class block, holds each part's share within about one item.
+    """
+    wanted = np.flatnonzero(fractions > 0)
+    keys, parts = [], []
+    for p in wanted:
+        k = np.arange(int(np.ceil(n * fractions[p])) + 2)
+        keys.append((k + 0.5) / fractions[p])
+        parts.append(np.full(len(k), p, dtype=np.int64))
+    keys, parts = np.concatenate(keys), np.concatenate(parts)
+    dealt = parts[np.lexsort((parts, keys))[:n]]
+    counts = np.bincount(dealt, minlength=len(fractions))
+    for p in wanted:  # a part left empty takes the last item of the largest part
+        if counts[p] == 0 and n >= len(wanted):
+            donor = int(np.argmax(counts))
+            dealt[np.flatnonzero(dealt == donor)[-1]] = p
+            counts[donor] -= 1
+            counts[p] += 1
+    return dealt
+
+
 def partition(
     indices: Union[int, Sequence[int], np.ndarray],
     fractions: Sequence[float],
@@ -107,14 +132,14 @@ def partition(
         c = c[idx]
         order = rng.permutation(len(idx))
         order = order[np.argsort(c[order], kind="stable")]  # class blocks, seeded order inside
-        dealt = _deal(np.ones(len(idx)), frac)
+        dealt = _deal_units(len(idx), frac)
         first = np.r_[True, c[order][1:] != c[order][:-1]] if len(idx) else np.zeros(0, bool)
         if anchor_classes:
             dealt = _keep_first_in_train(dealt, first)
         parts_of[order] = dealt
     else:
         order = rng.permutation(len(idx))
-        parts_of[order] = _deal(np.ones(len(idx)), frac)
+        parts_of[order] = _deal_units(len(idx), frac)
     return [np.sort(idx[parts_of == p]) for p in range(len(frac))]
 
 
