@@ -238,6 +238,33 @@ def test_standardisation_uses_train_statistics_and_reloads(data_file):
     assert back.to_dict() == stats.to_dict()
 
 
+def test_unstandardised_data_reloads_unstandardised(data_file):
+    raw = load_npz(data_file[0], standardize=False)
+    source = raw["train"].info.source
+    assert source["standardize"] is False
+    again = load_npz(**source)
+    for s in SPLITS:
+        assert all(torch.equal(a, b) for a, b in zip(raw[s].features, again[s].features))
+
+
+def test_split_options_errors(data_file):
+    path = data_file[0]
+    with pytest.raises(ValueError, match="fold: expected an int in \\[0, 3\\)"):
+        load_npz(path, folds=3)
+    with pytest.raises(ValueError, match="fractions"):
+        load_npz(path, fractions=(0.8, 0.2))
+    with pytest.raises(ValueError, match="task"):
+        load_npz(path, task="ranking")
+
+
+def test_drawn_split_without_groups_is_stratified():
+    mods, labels, _ = make_arrays(n=90)
+    got = from_arrays(mods, labels, standardize=False)
+    for s, f in zip(SPLITS, (0.7, 0.1, 0.2)):
+        counts = np.bincount(got[s].labels.numpy(), minlength=CLASSES)
+        assert np.all(np.abs(counts - f * 30) <= 1.5), (s, counts)
+
+
 def test_standardizer_constant_feature_and_batch_transform():
     x = torch.zeros(2, 4, 2)
     x[..., 0] = 5.0  # constant: only centred
@@ -426,3 +453,5 @@ def test_in_memory_errors_name_the_origin(tmp_path):
         from_arrays({"labels": mods["gyro"]}, labels)
     with pytest.raises(DataFileError, match="key 'groups'"):
         from_arrays(mods, labels, groups=[None] * N)
+    with pytest.raises(DataFileError, match="key 'labels'"):
+        from_arrays(mods, [[0, 1], [2]] + [0] * (N - 2))
