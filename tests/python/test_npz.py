@@ -1,5 +1,6 @@
 """The .npz data format: writing, reading, drawn splits and folds, standardisation, every error."""
 import io
+import zipfile
 
 import numpy as np
 import pytest
@@ -434,6 +435,12 @@ def test_unreadable_files(tmp_path):
     np.save(single, np.zeros(3))
     with pytest.raises(DataFileError, match="single array"):
         load_npz(single)
+    odd = tmp_path / "odd.npz"
+    np.savez(odd, **good_arrays())
+    with zipfile.ZipFile(odd, "a") as zf:
+        zf.writestr("notes.txt", "free text")
+    with pytest.raises(DataFileError, match="key 'notes.txt': not a numpy array"):
+        load_npz(odd)
 
 
 def test_in_memory_errors_name_the_origin(tmp_path):

@@ -229,7 +229,7 @@ def read_npz(path, modalities: Optional[Sequence[str]] = None, task: Optional[st
     with z:
         for key in z.files:
             try:
-                arrays[key] = z[key]
+                value = z[key]
             except ValueError as e:
                 if "allow_pickle" in str(e) or "Object arrays" in str(e):
                     raise DataFileError(
@@ -239,6 +239,9 @@ def read_npz(path, modalities: Optional[Sequence[str]] = None, task: Optional[st
                 raise DataFileError(f"{path}: key {key!r}: could not be read ({e})") from None
             except (OSError, EOFError, zipfile.BadZipFile) as e:
                 raise DataFileError(f"{path}: key {key!r}: could not be read ({type(e).__name__}: {e})") from None
+            if not isinstance(value, np.ndarray):  # a zip member that is not a .npy file
+                raise DataFileError(f"{path}: key {key!r}: not a numpy array (.npy) inside the archive")
+            arrays[key] = value
     return parse_arrays(path, arrays, modalities, task)
 
 
@@ -273,15 +276,9 @@ def _indices(data: SequenceData, folds, fold, seed: int, fractions) -> tuple:
     return tr, va, te
 
 
-def make_splits(
-    data: SequenceData,
-    folds: Optional[int] = None,
-    fold: Optional[int] = None,
-    seed: int = 0,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    standardize: Union[bool, Mapping] = True,
-    source: Optional[Dict] = None,
-) -> Dict[str, MultimodalDataset]:
+def make_splits(data: SequenceData, folds: Optional[int] = None, fold: Optional[int] = None, seed: int = 0,
+                fractions: Sequence[float] = DEFAULT_FRACTIONS, standardize: Union[bool, Mapping] = True,
+                source: Optional[Dict] = None) -> Dict[str, MultimodalDataset]:
     """The split dict of ``data``: the file's ``split``, else drawn; fold ``fold`` of ``folds``.
 
     ``standardize``: True fits a :class:`Standardizer` on the train part and applies it to every
@@ -326,17 +323,10 @@ def make_splits(
     return out
 
 
-def load_npz(
-    path,
-    modalities: Optional[Sequence[str]] = None,
-    task: Optional[str] = None,
-    folds: Optional[int] = None,
-    fold: Optional[int] = None,
-    seed: int = 0,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    standardize: Union[bool, Mapping] = True,
-    name: str = "npz",
-) -> Dict[str, MultimodalDataset]:
+def load_npz(path, modalities: Optional[Sequence[str]] = None, task: Optional[str] = None,
+             folds: Optional[int] = None, fold: Optional[int] = None, seed: int = 0,
+             fractions: Sequence[float] = DEFAULT_FRACTIONS, standardize: Union[bool, Mapping] = True,
+             name: str = "npz") -> Dict[str, MultimodalDataset]:
     """Load an ``.npz`` file as the split dict (see :func:`make_splits` for the arguments).
 
     ``info.source`` records every argument (and the statistics used), so ``load_npz(**source)``
@@ -356,19 +346,10 @@ def load_npz_folds(path, folds: int, modalities: Optional[Sequence[str]] = None,
     return [make_splits(data, folds, k, seed, fractions, standardize, source) for k in range(int(folds))]
 
 
-def from_arrays(
-    modalities: Mapping[str, Sequence[np.ndarray]],
-    labels,
-    split=None,
-    groups=None,
-    class_names=None,
-    task: Optional[str] = None,
-    folds: Optional[int] = None,
-    fold: Optional[int] = None,
-    seed: int = 0,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    standardize: Union[bool, Mapping] = True,
-) -> Dict[str, MultimodalDataset]:
+def from_arrays(modalities: Mapping[str, Sequence[np.ndarray]], labels, split=None, groups=None, class_names=None,
+                task: Optional[str] = None, folds: Optional[int] = None, fold: Optional[int] = None, seed: int = 0,
+                fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                standardize: Union[bool, Mapping] = True) -> Dict[str, MultimodalDataset]:
     """The split dict of arrays in memory, checked exactly as a file would be.
 
     ``modalities``: ``{name: list of n arrays (T_i, F)}`` in the order to use; the other arguments
