@@ -6,8 +6,8 @@ optional ``groups`` (one id per sample: subject, session, speaker; any ints or s
 
 * With ``groups``, whole groups are dealt to the parts: no group is ever on both sides.
 * Without groups but with ``classes``, samples are dealt class by class, so every part keeps the
-  class proportions (within one sample per class), and every class with a sample keeps one in the
-  training part.
+  class proportions (within about one sample per class), and every class with a sample keeps one
+  in the training part.
 * Without either, samples are dealt one by one in a seeded random order.
 
 Dealing: groups are taken largest first (ties in seeded order), each to the part furthest below
