@@ -153,7 +153,17 @@ struct DeviceLauncher {
   template <typename Tin, typename Launch>
   static Status by_shape(const BlockPlan& p, bool vector, Launch launch) {
     if (p.threads <= 256) return vector ? launch(Config<Tin, true, 256>{}) : launch(Config<Tin, false, 256>{});
-    return vector ? launch(Config<Tin, true, 1024>{}) : launch(Config<Tin, false, 1024>{});
+#ifdef CS_CUDA_SIM_KERNELS
+    // The simulator's kernel set (CMake COUPLED_MAMBA_CUDA_SIM_KERNELS): half-precision
+    // sequence tensors only in blocks of up to 256 threads, to keep the PTX it parses small.
+    if constexpr (!std::is_same<Tin, float>::value) {
+      g_error = "float16 / bfloat16 kernels for N > 64 are not compiled in this build (COUPLED_MAMBA_CUDA_SIM_KERNELS)";
+      return Status::kNotCompiled;
+    } else
+#endif
+    {
+      return vector ? launch(Config<Tin, true, 1024>{}) : launch(Config<Tin, false, 1024>{});
+    }
   }
   template <typename Launch>
   Status by_config(const BlockPlan& p, bool vector, Launch launch) const {
