@@ -2,8 +2,9 @@
 // restart from its checkpoint and recompute the states (kept per thread, one chunk long) and y
 // (for dy and dz); then walk the chunk backwards one (step, modality) at a time with the reverse
 // recurrence of docs/coupled-scan.md. Sums over n (du, d dt) cross the warps, sums over the
-// block's channels (dB, dC) cross the lanes, both through shared memory in a fixed order; what
-// crosses blocks goes to the workspace, reduced afterwards by sum_leading_at.
+// block's channels (dB, dC) cross the lanes, both through shared memory in a fixed order (the
+// dB / dC terms in plan.tiles rounds of state groups where shared memory is short); what crosses
+// blocks goes to the workspace, reduced afterwards by sum_leading_at.
 #pragma once
 
 #include "block_view.h"
