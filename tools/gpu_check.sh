@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA path on a machine with a GPU and no network, in a few minutes: build the package for
-# this GPU's architecture, run the GPU tests (ctest label `gpu`, then pytest's CUDA tests, or the
+# this GPU's architecture, run the GPU tests (ctest label `gpu`: cuda_device and cuda_api, the
+# simulator's case set of tools/sim_check.sh on the real GPU; then pytest's CUDA tests, or the
 # plain-Python op check where pytest is missing), train the main job for two epochs on the GPU,
 # run the GPU benchmark, and print a summary last.
 # Results go to $OUT (default: gpu_check_out/). Usage: bash tools/gpu_check.sh [--quick]

@@ -2,8 +2,9 @@
 // restart from its checkpoint and recompute the states (kept per thread, one chunk long) and y
 // (for dy and dz); then walk the chunk backwards one (step, modality) at a time with the reverse
 // recurrence of docs/coupled-scan.md. Sums over n (du, d dt) cross the warps, sums over the
-// block's channels (dB, dC) cross the lanes, both through shared memory in a fixed order; what
-// crosses blocks goes to the workspace, reduced afterwards by sum_leading_at.
+// block's channels (dB, dC) cross the lanes, both through shared memory in a fixed order (the
+// dB / dC terms in plan.tiles rounds of state groups where shared memory is short); what crosses
+// blocks goes to the workspace, reduced afterwards by sum_leading_at.
 #pragma once
 
 #include "block_view.h"
@@ -26,6 +27,7 @@ struct BackwardBlock : BlockView<Tin> {
     float dW[kMM];
     float factor[kMs][kStates];  // summary pass: product of the steps' factors
     float a_sum[kStates];        // rank one: sum_m a^m_t of the current step
+    float terms[2][kStates];     // dB / dC terms of the step, kept for a later tile's sum
   };
 
   BackwardArgs<float> g;
@@ -43,7 +45,11 @@ struct BackwardBlock : BlockView<Tin> {
   // Index of this block's (batch element, segment) among the partial sums.
   CS_HD int64_t bs() const { return b * p.segments + this->seg; }
 
-  CS_HD float& red(int q, int n, int ln) const { return this->sm[p.off_red + (q * p.N + n) * kPad + ln]; }
+  // dB / dC term q of state n (of the tile being summed) and lane ln.
+  CS_HD float& red(int q, int n, int ln) const {
+    return this->sm[p.off_red + (q * p.tile_states() + n % p.tile_states()) * kPad + ln];
+  }
+  CS_HD int tile_of(int grp) const { return grp / p.tile_groups; }
   CS_HD float& nsum(int q, int grp, int ln) const { return this->sm[p.off_nsum + (q * p.G + grp) * kPad + ln]; }
   CS_HD float& acc(int q, int m, int ln) const { return this->sm[p.off_acc + (q * p.M + m) * kPad + ln]; }
 
@@ -159,10 +165,8 @@ struct BackwardBlock : BlockView<Tin> {
     for (int j = 0; j < kStates; ++j) {
       const int n = grp * kStates + j;
       if (n >= p.N) break;
-      if (!valid) {  // every lane's term enters the sum over channels
-        red(0, n, ln) = red(1, n, ln) = 0.0f;
-        continue;
-      }
+      th.terms[0][j] = th.terms[1][j] = 0.0f;  // every lane's term enters the sum over channels
+      if (!valid) continue;
       float after;  // sum_k W[k, m] mu^k_{t+1}
       if (kVector) {
         after = 0.0f;
@@ -179,8 +183,8 @@ struct BackwardBlock : BlockView<Tin> {
         const float coupled = coupled_state(th.hist[s], m, j);
         const float Bv = this->seq(a.B, m, n, t);
         const float hv = av * coupled + dtv * uv * Bv;
-        red(0, n, ln) = lam * dtv * uv;  // dB term
-        red(1, n, ln) = dyv * hv;        // dC term
+        th.terms[0][j] = lam * dtv * uv;  // dB term
+        th.terms[1][j] = dyv * hv;        // dC term
         su += lam * Bv;
         sdt += lam * (Bv * uv + av * coupled * Av);
         th.dA[m][j] += mu * coupled * dtv;
@@ -200,6 +204,7 @@ struct BackwardBlock : BlockView<Tin> {
     }
     nsum(0, grp, ln) = su;
     nsum(1, grp, ln) = sdt;
+    if (!summary() && tile_of(grp) == 0) write_terms(tid, th, 0);
     if (m != p.M - 1) return;
     for (int k = 0; k < kMs; ++k)
       for (int j = 0; j < kStates; ++j) th.carry[k][j] = th.next[k][j];
@@ -221,20 +226,35 @@ struct BackwardBlock : BlockView<Tin> {
     }
   }
 
-  // Phase: the sums of the reverse step (s, m): dB and dC over the block's channels (to the
-  // workspace), du and d delta over the state groups.
-  CS_HD void reverse_sums(int tid, int64_t c, int s, int m) const {
+  // Phase (tile k > 0 of a reverse step; tile 0 is written by `reverse`): this thread's dB / dC
+  // terms into shared memory when its state group is in tile k.
+  CS_HD void write_terms(int tid, const Thread& th, int k) const {
+    const int ln = View::lane(tid), grp = View::group(tid);
+    if (tile_of(grp) != k) return;
+    for (int j = 0; j < kStates; ++j) {
+      const int n = grp * kStates + j;
+      if (n >= p.N) break;
+      red(0, n, ln) = th.terms[0][j];
+      red(1, n, ln) = th.terms[1][j];
+    }
+  }
+
+  // Phase: the sums of the reverse step (s, m) for tile k of the state groups: dB and dC over
+  // the block's channels (to the workspace); with tile 0 also du and d delta over the groups.
+  CS_HD void reverse_sums(int tid, int64_t c, int s, int m, int k) const {
     const int64_t t = this->chunk_start(c) + s;
-    for (int i = tid; i < 2 * p.N + kRows; i += p.threads) {
-      if (i < 2 * p.N) {
-        const int q = i / p.N, n = i % p.N;
+    const int n0 = k * p.tile_states(), n1 = n0 + p.tile_states() < p.N ? n0 + p.tile_states() : p.N;
+    const int tn = n1 - n0, lanes = k == 0 ? kRows : 0;
+    for (int i = tid; i < 2 * tn + lanes; i += p.threads) {
+      if (i < 2 * tn) {
+        const int q = i / tn, n = n0 + i % tn;
         float v = 0.0f;
         for (int ln = 0; ln < kRows; ++ln) v += red(q, n, ln);
         // [..][t][n]: this phase's N values are contiguous (the reduction transposes them back)
         work[ws.bc + q * ws.bc_half + (((b * p.row_blocks + this->x) * p.M + m) * p.L + t) * p.N + n] = v;
         continue;
       }
-      const int ln = i - 2 * p.N;
+      const int ln = i - 2 * tn;
       const int64_t d = this->d0 + ln;
       if (d >= p.D) continue;
       float su = 0.0f, sdt = 0.0f;
@@ -304,7 +324,12 @@ CS_HD void run_backward_block(const Block& blk, Exec& ex) {
     for (int s = len - 1; s >= 0; --s)
       for (int m = 0; m < blk.p.M; ++m) {
         ex.each([&](int tid, Thread& th) { blk.reverse(tid, th, c, s, m); });
-        if (!blk.summary()) ex.each([&](int tid, Thread&) { blk.reverse_sums(tid, c, s, m); });
+        if (blk.summary()) continue;
+        ex.each([&](int tid, Thread&) { blk.reverse_sums(tid, c, s, m, 0); });
+        for (int k = 1; k < blk.p.tiles; ++k) {
+          ex.each([&](int tid, Thread& th) { blk.write_terms(tid, th, k); });
+          ex.each([&](int tid, Thread&) { blk.reverse_sums(tid, c, s, m, k); });
+        }
       }
   }
   ex.each([&](int tid, Thread& th) { blk.finish(tid, th); });

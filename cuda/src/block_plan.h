@@ -32,6 +32,8 @@ struct BlockPlan {
   int threads = 0;       // 32 * G
   int chunk = 0;         // time steps per checkpoint chunk (cuda_chunk)
   int sub = 0;           // time steps per y-reduction round (divides chunk)
+  int tiles = 1;         // backward: rounds that sum the dB / dC terms of one (step, modality)
+  int tile_groups = 0;   // state groups per such round (the last may hold fewer)
   int64_t row_blocks = 0;  // ceil(D / 32)
   int64_t segments = 1;    // time segments (1: one block walks all of L)
   int64_t seg_chunks = 0;  // chunks per segment
@@ -41,12 +43,42 @@ struct BlockPlan {
   // Offsets (in floats) of the shared arrays; `smem_floats` is the total.
   int off_dt = 0, off_u = 0, off_dy = 0, off_part = 0, off_red = 0, off_nsum = 0, off_acc = 0;
   int smem_floats = 0;
+  CS_HD int tile_states() const { return tile_groups * kStates; }
 };
 
-// Chunk arrays [M][chunk][kPad]: dt and u (forward), plus dy (backward). Per round:
-// y partials [sub][M][G][kPad]. Backward per step and modality: dB / dC terms [2][N][kPad] and
-// du / d dt partials [2][G][kPad]; accumulators of dD / d delta_bias [2][M][kPad].
-inline BlockPlan make_plan(const Sizes& s, CouplingKind kind, bool backward, int64_t smem_budget_bytes) {
+// Shared arrays. Chunk arrays [M][chunk][kPad]: dt and u (forward), plus dy (backward); in the
+// backward, accumulators of dD / d delta_bias [2][M][kPad]. Then one area that two uses share,
+// since no phase touches both: the y partials of a round [sub][M][G][kPad] (forward walk,
+// backward recomputation), and in the backward's reverse walk the dB / dC terms of one tile of
+// state groups [2][tile_groups * 8][kPad] plus the du / d dt partials [2][G][kPad].
+inline BlockPlan layout(BlockPlan p, bool backward, int sub, int tiles) {
+  p.sub = sub;
+  p.tile_groups = (p.G + tiles - 1) / tiles;
+  p.tiles = (p.G + p.tile_groups - 1) / p.tile_groups;
+  const int chunk_array = p.M * p.chunk * kPad;
+  int off = 0;
+  p.off_dt = off, off += chunk_array;
+  p.off_u = off, off += chunk_array;
+  if (backward) {
+    p.off_dy = off, off += chunk_array;
+    p.off_acc = off, off += 2 * p.M * kPad;
+  }
+  const int part = sub * p.M * p.G * kPad;
+  const int red = backward ? 2 * p.tile_states() * kPad : 0, nsum = backward ? 2 * p.G * kPad : 0;
+  p.off_part = p.off_red = off;
+  p.off_nsum = off + red;
+  p.smem_floats = off + (part > red + nsum ? part : red + nsum);
+  return p;
+}
+
+inline int64_t smem_bytes(const BlockPlan& p) { return int64_t(p.smem_floats) * 4; }
+
+// The plan for a shared-memory budget: the longest reduction rounds that fit; where even rounds
+// of one step do not, the backward sums its dB / dC terms in 2, 4, ... tiles of state groups
+// (up to `max_tiles`; each extra tile costs two barriers per step and modality). When nothing
+// fits, the smallest layout (the caller then reports what it needs).
+inline BlockPlan make_plan(const Sizes& s, CouplingKind kind, bool backward, int64_t smem_budget_bytes,
+                           int max_tiles) {
   BlockPlan p;
   p.Bt = s.batch;
   p.D = s.channels;
@@ -61,36 +93,27 @@ inline BlockPlan make_plan(const Sizes& s, CouplingKind kind, bool backward, int
   p.chunks = num_cuda_chunks(p.L, kind);
   p.seg_chunks = p.chunks;
   p.width = static_cast<int>(checkpoint_width(kind, p.M, p.N));
-  const int chunk_array = p.M * p.chunk * kPad;
-  for (int sub = p.chunk; sub >= 1; sub /= 2) {
-    int off = 0;
-    p.off_dt = off, off += chunk_array;
-    p.off_u = off, off += chunk_array;
-    if (backward) p.off_dy = off, off += chunk_array;
-    p.off_part = off, off += sub * p.M * p.G * kPad;
-    if (backward) {
-      p.off_red = off, off += 2 * p.N * kPad;
-      p.off_nsum = off, off += 2 * p.G * kPad;
-      p.off_acc = off, off += 2 * p.M * kPad;
+  if (!backward || max_tiles < 1) max_tiles = 1;
+  BlockPlan q;
+  for (int tiles = 1;; tiles *= 2) {
+    for (int sub = p.chunk; sub >= 1; sub /= 2) {
+      q = layout(p, backward, sub, tiles);
+      if (smem_bytes(q) <= smem_budget_bytes) return q;
     }
-    p.sub = sub;
-    p.smem_floats = off;
-    if (int64_t(off) * 4 <= smem_budget_bytes) break;
+    if (q.tiles >= p.G || 2 * tiles > max_tiles) return q;
   }
-  return p;
 }
 
-inline int64_t smem_bytes(const BlockPlan& p) { return int64_t(p.smem_floats) * 4; }
-
-// Up to 64 KB per block the plan takes the longest reduction rounds; beyond, it takes the
-// longest rounds that fit `limit` (the GPU's opt-in maximum). Small blocks keep more of them
-// resident per SM, which matters more than the rounds' barriers.
+// Up to 64 KB per block the plan takes the longest reduction rounds (in one tile); beyond, the
+// longest rounds and fewest tiles that fit `limit` (the GPU's opt-in maximum, e.g. 99 KB on
+// sm_86 / sm_89, 163 KB on an A100). Small blocks keep more of them resident per SM, which
+// matters more than the rounds' barriers.
 constexpr int64_t kPreferredSmemBytes = 64 * 1024;
 
 inline BlockPlan plan_for(const Sizes& s, CouplingKind kind, bool backward, int64_t limit) {
   const int64_t preferred = limit < kPreferredSmemBytes ? limit : kPreferredSmemBytes;
-  const BlockPlan p = make_plan(s, kind, backward, preferred);
-  return smem_bytes(p) <= preferred ? p : make_plan(s, kind, backward, limit);
+  const BlockPlan p = make_plan(s, kind, backward, preferred, 1);
+  return smem_bytes(p) <= preferred ? p : make_plan(s, kind, backward, limit, static_cast<int>(kMaxState / kStates));
 }
 
 // Time segments. With few blocks (small Bt * D at long L) most SMs would idle, so L splits into

@@ -105,20 +105,23 @@ int grid_for(int64_t count, int threads) {
 struct DeviceLauncher {
   SeqDType dtype;
   cudaStream_t stream;
-  int64_t budget = 48 * 1024;
+  int64_t max_shared = 0;  // CudaCall::max_shared_bytes
+  int64_t optin = 48 * 1024;   // the device's opt-in maximum per block
+  int64_t budget = 48 * 1024;  // what the plan may use: optin, or less when capped
   int64_t sms = 1;
 
   Status init(int dev) {
-    int optin = 0, count = 0;
+    int max_optin = 0, count = 0;
     Status st = cuda_status(cudaSetDevice(dev), "cudaSetDevice");
     if (st != Status::kOk) return st;
-    st = cuda_status(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+    st = cuda_status(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
                      "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
     if (st != Status::kOk) return st;
     st = cuda_status(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev),
                      "cudaDeviceGetAttribute(MultiProcessorCount)");
     if (st != Status::kOk) return st;
-    budget = optin;
+    optin = max_optin;
+    budget = max_shared > 0 && max_shared < optin ? max_shared : optin;
     sms = count;
     return Status::kOk;
   }
@@ -132,7 +135,7 @@ struct DeviceLauncher {
     // Always the device's maximum, never this call's size: host threads launching the same
     // kernel concurrently then cannot shrink the limit under one another's launch.
     Status st = cuda_status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(budget)),
+                                                 static_cast<int>(optin)),
                             "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
     if (st != Status::kOk) return st;
     kernel<<<static_cast<unsigned>(p.blocks), p.threads, bytes, stream>>>(args..., p);
@@ -150,7 +153,17 @@ struct DeviceLauncher {
   template <typename Tin, typename Launch>
   static Status by_shape(const BlockPlan& p, bool vector, Launch launch) {
     if (p.threads <= 256) return vector ? launch(Config<Tin, true, 256>{}) : launch(Config<Tin, false, 256>{});
-    return vector ? launch(Config<Tin, true, 1024>{}) : launch(Config<Tin, false, 1024>{});
+#ifdef CS_CUDA_SIM_KERNELS
+    // The simulator's kernel set (CMake COUPLED_MAMBA_CUDA_SIM_KERNELS): half-precision
+    // sequence tensors only in blocks of up to 256 threads, to keep the PTX it parses small.
+    if constexpr (!std::is_same<Tin, float>::value) {
+      g_error = "float16 / bfloat16 kernels for N > 64 are not compiled in this build (COUPLED_MAMBA_CUDA_SIM_KERNELS)";
+      return Status::kNotCompiled;
+    } else
+#endif
+    {
+      return vector ? launch(Config<Tin, true, 1024>{}) : launch(Config<Tin, false, 1024>{});
+    }
   }
   template <typename Launch>
   Status by_config(const BlockPlan& p, bool vector, Launch launch) const {
@@ -221,9 +234,9 @@ template <typename Driver>
 Status run(const CudaCall& call, const Sizes& s, CouplingKind kind, bool backward, Driver driver) {
   g_error.clear();
   (void)cudaGetLastError();  // an earlier failure in this runtime must not be reported as ours
-  if (!valid_dtype(call.dtype) || call.time_segments < 0) return Status::kInvalidArgument;
+  if (!valid_dtype(call.dtype) || call.time_segments < 0 || call.max_shared_bytes < 0) return Status::kInvalidArgument;
   DeviceGuard guard;
-  DeviceLauncher launch{call.dtype, static_cast<cudaStream_t>(call.stream)};
+  DeviceLauncher launch{call.dtype, static_cast<cudaStream_t>(call.stream), call.max_shared_bytes};
   Status st = launch.init(call.device);
   if (st != Status::kOk) return st;
   st = driver(launch);
@@ -233,7 +246,9 @@ Status run(const CudaCall& call, const Sizes& s, CouplingKind kind, bool backwar
     if (smem_bytes(p) > launch.smem_budget())
       g_error = "the " + std::string(backward ? "backward" : "forward") + " needs " +
                 std::to_string(smem_bytes(p)) + " bytes of shared memory per block for M = " +
-                std::to_string(s.modalities) + ", N = " + std::to_string(s.state) + "; this GPU allows " +
+                std::to_string(s.modalities) + ", N = " + std::to_string(s.state) + "; " +
+                (launch.budget < launch.optin ? "the call's max_shared_bytes allows "
+                                              : "this GPU allows ") +
                 std::to_string(launch.smem_budget());
   }
   return st;
@@ -248,13 +263,14 @@ Status forward_cuda(const ForwardArgs<float>& a, const CudaCall& call, float* wo
   });
 }
 
-int64_t cuda_workspace(const Sizes& size, CouplingKind coupling, bool backward, const CudaCall& call) {
+int64_t cuda_workspace(const Sizes& size, CouplingKind coupling, bool backward, const CudaCall& call,
+                       bool recompute_checkpoints) {
   int sms = 0;
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, call.device) != cudaSuccess) {
     (void)cudaGetLastError();
     return -1;
   }
-  return gpu::workspace_floats(size, coupling, backward, call.time_segments, sms);
+  return gpu::workspace_floats(size, coupling, backward, call.time_segments, sms, recompute_checkpoints);
 }
 
 Status backward_cuda(const BackwardArgs<float>& g, const CudaCall& call, float* workspace) {

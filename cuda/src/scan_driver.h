@@ -31,10 +31,32 @@ inline BlockPlan call_plan(const Sizes& s, CouplingKind k, bool backward, int64_
 
 inline bool empty_call(const Sizes& s) { return s.batch == 0 || s.channels == 0 || s.length == 0; }
 
-// Workspace floats a call needs (the segment arrays; in the backward also the partial sums).
-inline int64_t workspace_floats(const Sizes& s, CouplingKind k, bool backward, int64_t hint, int64_t sms) {
+// A backward without checkpoints first runs the forward into the workspace: its segment arrays
+// share the start of the workspace with the backward's (the forward is done before the backward
+// starts), the checkpoints follow both.
+struct RecomputeMap {
+  int64_t checkpoints = 0, total = 0;
+};
+
+// The workspace does not depend on the shared-memory plan, only on the shape and the segments.
+inline RecomputeMap recompute_map(const Sizes& s, CouplingKind k, int64_t hint, int64_t sms) {
+  const int64_t unlimited = int64_t(1) << 30;
+  const BlockPlan fwd = call_plan(s, k, false, unlimited, hint, sms);
+  const BlockPlan bwd = call_plan(s, k, true, unlimited, hint, sms);
+  const int64_t f = forward_workspace(fwd), b = workspace_map(bwd, k == CouplingKind::kGeneral).total;
+  RecomputeMap r;
+  r.checkpoints = f > b ? f : b;
+  r.total = r.checkpoints + s.batch * s.channels * fwd.chunks * fwd.width;
+  return r;
+}
+
+// Workspace floats a call needs (the segment arrays; in the backward also the partial sums, and
+// with `recompute` the checkpoints it recomputes).
+inline int64_t workspace_floats(const Sizes& s, CouplingKind k, bool backward, int64_t hint, int64_t sms,
+                                bool recompute = false) {
   if (empty_call(s) || s.modalities < 1 || s.modalities > kMaxModalities || s.state < 1 || s.state > kMaxState)
     return 0;
+  if (backward && recompute) return recompute_map(s, k, hint, sms).total;
   const BlockPlan p = call_plan(s, k, backward, int64_t(1) << 30, hint, sms);
   return backward ? workspace_map(p, k == CouplingKind::kGeneral).total : forward_workspace(p);
 }
@@ -64,7 +86,8 @@ Status forward_driver(const ForwardArgs<float>& a, int64_t segments_hint, float*
 }
 
 template <typename Launcher>
-Status backward_driver(const BackwardArgs<float>& g, int64_t segments_hint, float* work, Launcher& launch) {
+Status backward_driver(const BackwardArgs<float>& grads, int64_t segments_hint, float* work, Launcher& launch) {
+  BackwardArgs<float> g = grads;
   const ForwardArgs<float>& a = g.fwd;
   Status st = check_forward_args(a);
   if (st != Status::kOk) return st;
@@ -72,22 +95,31 @@ Status backward_driver(const BackwardArgs<float>& g, int64_t segments_hint, floa
   const int64_t M = s.modalities, D = s.channels, N = s.state, L = s.length;
   const bool general = a.coupling == CouplingKind::kGeneral;
   auto zero = [&](float* p, int64_t n) { return p && n > 0 ? launch.fill(p, n, 0.0f) : Status::kOk; };
-  if (s.batch == 0 || D == 0 || L == 0) {
+  if (s.batch == 0 || D == 0 || L == 0) {  // du, ddelta, dz are empty; dB, dC are not when D = 0
     if ((st = zero(g.dA, M * D * N)) != Status::kOk) return st;
+    if ((st = zero(g.dB, s.batch * M * N * L)) != Status::kOk) return st;
+    if ((st = zero(g.dC, s.batch * M * N * L)) != Status::kOk) return st;
     if ((st = zero(g.dD, M * D)) != Status::kOk) return st;
     if ((st = zero(g.ddelta_bias, M * D)) != Status::kOk) return st;
-    if ((st = zero(g.dW, general ? M * M : 0)) != Status::kOk) return st;
+    if ((st = zero(g.dW, M * M)) != Status::kOk) return st;
     const int64_t states = s.batch * M * D * N;
     if (g.dinitial_state && states > 0)
       return g.dlast_state ? launch.copy(g.dinitial_state, g.dlast_state, states)
                            : launch.fill(g.dinitial_state, states, 0.0f);
     return Status::kOk;
   }
-  if (!g.checkpoints || !g.dout.data || !g.du || !g.ddelta || !g.dA || !g.dB || !g.dC || !work)
-    return Status::kNullPointer;
+  if (!g.dout.data || !g.du || !g.ddelta || !g.dA || !g.dB || !g.dC || !work) return Status::kNullPointer;
   if (a.z.data && !g.dz) return Status::kNullPointer;
   const BlockPlan plan = call_plan(s, a.coupling, true, launch.smem_budget(), segments_hint, launch.sm_count());
   if (smem_bytes(plan) > launch.smem_budget()) return Status::kInvalidSize;
+  if (!g.checkpoints) {  // not saved by the caller: a forward pass recomputes them into the workspace
+    ForwardArgs<float> f = a;
+    f.out = nullptr;
+    f.last_state = nullptr;
+    f.checkpoints = work + recompute_map(s, a.coupling, segments_hint, launch.sm_count()).checkpoints;
+    if ((st = forward_driver(f, segments_hint, work, launch)) != Status::kOk) return st;
+    g.checkpoints = f.checkpoints;
+  }
   const Workspace map = workspace_map(plan, general);
   const bool vector = vector_path(a.coupling);
   if (plan.segments > 1) {

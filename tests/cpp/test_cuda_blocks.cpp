@@ -62,12 +62,14 @@ struct SnapshotExec {
   }
 };
 
-bool g_snapshot = false;  // run blocks with SnapshotExec instead of HostExec
+bool g_snapshot = false;   // run blocks with SnapshotExec instead of HostExec
+bool g_recompute = false;  // call the backward without checkpoints (it recomputes them)
 
 struct HostLauncher {
   int64_t budget = 96 * 1024;
   int64_t sms = 132;
   int64_t last_segments = 0;  // of the last backward call, for the test names
+  int launches = 0;           // emulated kernel launches and copies
   int64_t smem_budget() const { return budget; }
   int64_t sm_count() const { return sms; }
 
@@ -92,12 +94,14 @@ struct HostLauncher {
   }
   Status blocks_forward(const ForwardArgs<float>& a, const BlockPlan& p, bool vector, Pass pass,
                         const SegmentArrays& segs, float* work) {
+    ++launches;
     auto run = [](const auto& block, auto& ex) { run_forward_block(block, ex); };
     if (vector) return emulate<ForwardBlock<float, true>>(p, run, a, p, pass, segs, work);
     return emulate<ForwardBlock<float, false>>(p, run, a, p, pass, segs, work);
   }
   Status blocks_backward(const BackwardArgs<float>& g, const BlockPlan& p, bool vector, Pass pass, const Workspace& w,
                          float* work) {
+    ++launches;
     last_segments = p.segments;
     auto run = [](const auto& block, auto& ex) { run_backward_block(block, ex); };
     if (vector) return emulate<BackwardBlock<float, true>>(p, run, g, p, pass, w, work);
@@ -105,18 +109,22 @@ struct HostLauncher {
   }
   template <typename Job>
   Status each_index(const Job& job) {
+    ++launches;
     for (int64_t i = 0; i < job.count(); ++i) job(i);
     return Status::kOk;
   }
   Status sum_leading(const float* in, float* out, int64_t K, int64_t inner, int64_t count) {
+    ++launches;
     for (int64_t i = 0; i < count; ++i) out[i] = sum_leading_at(in, K, inner, i);
     return Status::kOk;
   }
   Status fill(float* p, int64_t n, float v) {
+    ++launches;
     for (int64_t i = 0; i < n; ++i) p[i] = v;
     return Status::kOk;
   }
   Status copy(float* dst, const float* src, int64_t n) {
+    ++launches;
     std::memcpy(dst, src, sizeof(float) * n);
     return Status::kOk;
   }
@@ -169,17 +177,21 @@ void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0, int64_t se
                      dB = poisoned(Bt * M * N * L), dC = poisoned(dB.size()), dD = poisoned(M * D),
                      dz = poisoned(du.size()), dbias = poisoned(M * D), dW = poisoned(M * M),
                      dinit = poisoned(Bt * M * D * N);
-  std::vector<float> work = poisoned(std::max<int64_t>(1, workspace_floats(f.size, kind, true, segments, sms)));
+  std::vector<float> work =
+      poisoned(std::max<int64_t>(1, workspace_floats(f.size, kind, true, segments, sms, g_recompute)));
+  if (g_recompute) g.checkpoints = nullptr;
   g.du = du.data(); g.ddelta = dd.data(); g.dA = dA.data(); g.dB = dB.data(); g.dC = dC.data();
   g.dD = dD.data(); g.dz = dz.data(); g.ddelta_bias = dbias.data(); g.dW = dW.data();
   g.dinitial_state = dinit.data();
   const Status bst = backward_driver(g, segments, work.data(), launch);
 
   const BlockPlan plan = plan_for(f.size, kind, true, budget);
-  char name[200];
-  std::snprintf(name, sizeof(name), "cuda-emulated Bt=%lld M=%lld D=%lld N=%lld L=%lld %s%s pad=%lld sub=%d segments=%lld",
+  char name[240];
+  std::snprintf(name, sizeof(name),
+                "cuda-emulated Bt=%lld M=%lld D=%lld N=%lld L=%lld %s%s pad=%lld sub=%d tiles=%d segments=%lld%s",
                 (long long)Bt, (long long)M, (long long)D, (long long)N, (long long)L, c.coupling.c_str(),
-                c.with_optional ? " +opt" : "", (long long)row_pad, plan.sub, (long long)launch.last_segments);
+                c.with_optional ? " +opt" : "", (long long)row_pad, plan.sub, plan.tiles,
+                (long long)launch.last_segments, g_recompute ? " recomputed checkpoints" : "");
   check(fst == Status::kOk && bst == Status::kOk, std::string(name) + " status");
   if (segments > 1 && kind != CouplingKind::kGeneral)  // the split was taken
     check(launch.last_segments > 1, std::string(name) + " ran in time segments");
@@ -207,24 +219,110 @@ void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0, int64_t se
   if (kind == CouplingKind::kGeneral) cmp("dW", dW, ref.dW, 1e-3);
 }
 
-// The plan: shared memory shrinks the reduction rounds to fit. Every configuration the API
-// accepts fits the opt-in limit of an A100 (163 KB per block; H100: 227 KB); the forward also
-// fits the 99 KB of sm_86 / sm_89 GPUs (where a large backward reports kInvalidSize).
+// The plan: shared memory shrinks the reduction rounds, then tiles the backward's dB / dC sums,
+// to fit. Every configuration the API accepts fits the 99 KB (101,376 bytes) of opt-in shared
+// memory of sm_86 / sm_89 GPUs, forward and backward; up to 64 KB the plan stays in one tile.
 void plan_cases() {
-  for (int64_t M : {1, 3, 8})
-    for (int64_t N : {1, 16, 64, 128, 256}) {
+  const int64_t sm86 = 101376;
+  for (int64_t M : {1, 3, 5, 8})
+    for (int64_t N : {1, 16, 19, 64, 128, 200, 256}) {
       const Sizes s{1, M, 64, N, 100};
-      for (CouplingKind kind : {CouplingKind::kRankOne, CouplingKind::kGeneral})
-        for (bool bwd : {false, true}) {
-          const int64_t limit = bwd ? 163 * 1024 : 99 * 1024;
-          const BlockPlan p = plan_for(s, kind, bwd, limit);
-          const std::string name = " M=" + std::to_string(M) + " N=" + std::to_string(N) +
-                                   (bwd ? " backward" : " forward") + (kind == CouplingKind::kGeneral ? " vector" : "");
-          check(smem_bytes(p) <= limit, "plan fits" + name);
-          check(p.sub >= 1 && p.chunk == cuda_chunk(kind) && p.chunk % p.sub == 0 &&
-                    p.threads == 32 * ((N + 7) / 8) && p.threads <= 1024,
-                "plan shape" + name);
-        }
+      for (CouplingKind kind : {CouplingKind::kRankOne, CouplingKind::kNone, CouplingKind::kGeneral})
+        for (bool bwd : {false, true})
+          for (int64_t limit : {sm86, int64_t(163 * 1024)}) {
+            const BlockPlan p = plan_for(s, kind, bwd, limit);
+            const std::string name = " M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                     (bwd ? " backward" : " forward") + (kind == CouplingKind::kRankOne ? "" : " vector") +
+                                     " limit=" + std::to_string(limit);
+            check(smem_bytes(p) <= limit, "plan fits" + name);
+            check(p.sub >= 1 && p.chunk == cuda_chunk(kind) && p.chunk % p.sub == 0 &&
+                      p.threads == 32 * ((N + 7) / 8) && p.threads <= 1024 && p.tiles >= 1 &&
+                      p.tiles * p.tile_groups >= p.G && (p.tiles - 1) * p.tile_groups < p.G && (bwd || p.tiles == 1),
+                  "plan shape" + name);
+            if (smem_bytes(p) <= kPreferredSmemBytes) check(p.tiles == 1, "one tile within 64 KB" + name);
+          }
+    }
+  // The sizes that need tiles on sm_86: M = 8, N = 256 in both paths.
+  check(plan_for({1, 8, 64, 256, 100}, CouplingKind::kRankOne, true, sm86).tiles == 2, "M=8 N=256 rank one: 2 tiles");
+  check(plan_for({1, 8, 64, 256, 100}, CouplingKind::kGeneral, true, sm86).tiles == 2, "M=8 N=256 vector: 2 tiles");
+  check(plan_for({1, 8, 64, 256, 100}, CouplingKind::kRankOne, true, 163 * 1024).tiles == 1, "A100: 1 tile");
+  // Too small a budget: the smallest layout, which the driver refuses (kInvalidSize, no launch).
+  HostLauncher launch;
+  launch.budget = 20000;
+  std::vector<float> buf = poisoned(1 << 16);
+  float* x = buf.data();
+  ForwardArgs<float> f;
+  f.size = {1, 8, 2, 256, 3};
+  f.u = f.delta = f.B = f.C = {x, 0, 0, 0};
+  f.A = f.out = f.checkpoints = x;
+  BackwardArgs<float> g;
+  g.fwd = f;
+  g.dout = f.u;
+  g.du = g.ddelta = g.dA = g.dB = g.dC = x;
+  check(forward_driver(f, 1, x, launch) == Status::kInvalidSize, "a forward that cannot fit is refused");
+  check(backward_driver(g, 1, x, launch) == Status::kInvalidSize, "a backward that cannot fit is refused");
+  check(launch.launches == 0 && std::isnan(buf[0]) && std::isnan(buf.back()), "and nothing ran");
+}
+
+// The shared-memory budget of the backward plan with rounds of `sub` steps in `tiles` tiles.
+int64_t budget_for(const Case& c, int sub, int tiles = 1) {
+  const Sizes s{c.Bt, c.M, c.D, c.N, c.L};
+  const BlockPlan p = make_plan(s, kind_of(c.coupling), true, 0, 1);  // nothing fits: the base shape
+  return smem_bytes(layout(p, true, sub, tiles));
+}
+
+// compare_case at exactly that budget, after checking that the plan takes that many tiles and
+// rounds at least that long (longer ones may fit the same area: the y partials share it).
+void compare_layout(const Case& c, int sub, int tiles = 1) {
+  const int64_t budget = budget_for(c, sub, tiles);
+  const BlockPlan p = plan_for({c.Bt, c.M, c.D, c.N, c.L}, kind_of(c.coupling), true, budget);
+  check(p.sub >= sub && p.tiles == tiles && smem_bytes(p) <= budget,
+        "budget " + std::to_string(budget) + " gives " + std::to_string(tiles) + " tiles");
+  compare_case(c, budget);
+}
+
+// Empty sizes (batch, D or L zero, alone and together) through the drivers: every gradient is
+// exact zeros (d initial_state is d last_state), including dB and dC, which are not empty when
+// only D is zero; the forward's last state is the initial state.
+void empty_cases() {
+  for (const char* coupling : {"mean", "general"})
+    for (int mask = 1; mask < 8; ++mask) {
+      const int64_t Bt = mask & 1 ? 0 : 2, D = mask & 2 ? 0 : 3, L = mask & 4 ? 0 : 5, M = 3, N = 4;
+      const CouplingKind kind = kind_of(coupling);
+      std::vector<float> x(64, 0.5f), W(M * M, 0.25f), init(Bt * M * D * N, 1.5f), dlast(init.size(), -2.0f);
+      ForwardArgs<float> f;
+      f.size = {Bt, M, D, N, L};
+      f.u = f.delta = f.B = f.C = {x.data(), 0, 0, 0};
+      f.A = x.data();
+      f.coupling = kind;
+      f.W = W.data();
+      f.initial_state = init.data();
+      std::vector<float> last = poisoned(init.size());
+      f.last_state = last.data();
+      HostLauncher launch;
+      const Status fst = forward_driver(f, 0, nullptr, launch);
+      BackwardArgs<float> g;
+      g.fwd = f;
+      g.dout = {x.data(), 0, 0, 0};
+      g.dlast_state = dlast.data();
+      std::vector<float> dA = poisoned(M * D * N), dB = poisoned(Bt * M * N * L), dC = poisoned(dB.size()),
+                         dD = poisoned(M * D), dbias = poisoned(M * D), dW = poisoned(M * M),
+                         dinit = poisoned(init.size()), du = poisoned(Bt * M * D * L), dd = poisoned(du.size());
+      g.du = du.data(), g.ddelta = dd.data(), g.dA = dA.data(), g.dB = dB.data(), g.dC = dC.data();
+      g.dD = dD.data(), g.ddelta_bias = dbias.data(), g.dW = dW.data(), g.dinitial_state = dinit.data();
+      const Status bst = backward_driver(g, 0, nullptr, launch);
+      const std::string name = std::string("empty ") + coupling + " Bt=" + std::to_string(Bt) +
+                               " D=" + std::to_string(D) + " L=" + std::to_string(L);
+      auto all = [](const std::vector<float>& v, float want) {
+        for (float e : v)
+          if (!(e == want)) return false;
+        return true;
+      };
+      check(fst == Status::kOk && bst == Status::kOk, name + " status");
+      check(last == init, name + " last_state = initial_state");
+      check(all(dA, 0) && all(dB, 0) && all(dC, 0) && all(dD, 0) && all(dbias, 0) && all(dW, 0),
+            name + " gradients exactly zero (dB " + std::to_string(dB.size()) + " elements)");
+      check(dinit == dlast, name + " d initial_state = d last_state");
     }
 }
 
@@ -243,13 +341,26 @@ int main() {
       {1, 8, 2, 256, 5, "mean", true},   {3, 2, 40, 16, 50, "sum", false},
   };
   for (const Case& c : cases) compare_case(c, big);
-  // Small shared-memory budgets force reduction rounds of 8, 4, 2 and 1 steps.
-  // Backward plans of 35.1, 30.4, 28.0 and 26.8 KB (rounds of 8, 4, 2, 1 steps).
-  for (int64_t bytes : {36864, 31744, 29184, 27648}) compare_case({2, 3, 17, 19, 37, "mean", true}, bytes);
-  // The vector path (8-step chunks): plans of 17.2 and 14.8 KB (rounds of 4 and 1 steps).
-  compare_case({1, 3, 5, 12, 21, "general", true}, 17600);
-  compare_case({1, 3, 5, 12, 21, "general", true}, 15000);
+  // Small shared-memory budgets force reduction rounds of 8, 4, 2 and 1 steps (rank one), and
+  // 4 and 1 steps on the vector path (8-step chunks).
+  const Case round_case{2, 3, 17, 19, 37, "mean", true}, vector_case{1, 3, 5, 12, 21, "general", true};
+  for (int sub : {8, 4, 2, 1}) compare_layout(round_case, sub);
+  for (int sub : {4, 1}) compare_layout(vector_case, sub);
   compare_case({2, 3, 17, 19, 63, "mean", true}, big, /*row_pad=*/5);
+  // M = 8, N = 256 within sm_86's 99 KB: rounds of one step in 2 tiles.
+  compare_case({1, 8, 2, 256, 5, "mean", true}, 101376);
+  compare_case({1, 8, 2, 256, 3, "general", true}, 101376);
+  // Tiled dB / dC sums (budgets below rounds of one step in one tile): 2 and 3 tiles of the 3
+  // state groups of N = 19, and 2 of the vector path's.
+  for (int tiles : {2, 3}) compare_layout(round_case, 1, tiles);
+  compare_layout(vector_case, 1, 2);
+  // A backward called without checkpoints recomputes them into its workspace.
+  g_recompute = true;
+  compare_case({2, 3, 17, 19, 63, "mean", true}, big);
+  compare_case({1, 3, 5, 12, 21, "general", true}, big);
+  compare_case({1, 2, 6, 5, 200, "none", true}, big, 0, 3);  // with time segments
+  g_recompute = false;
+  empty_cases();
   // Time segments (rank one and "none"; a general W always runs as one segment): the summaries,
   // the carry pass and the per-segment partial sums, with d last_state and initial_state.
   for (const char* coupling : {"mean", "sum", "none", "general"})
@@ -258,7 +369,7 @@ int main() {
       compare_case({2, 3, 5, 6, std::string(coupling) == "sum" ? 40 : 110, coupling, true}, big, 0, segments);
     }
   compare_case({1, 1, 3, 9, 100, "mean", false}, big, 3, 4);
-  compare_case({1, 2, 33, 5, 37, "none", true}, 12000, 0, 5);  // short rounds too
+  compare_case({1, 2, 33, 5, 37, "none", true}, budget_for({1, 2, 33, 5, 37, "none", true}, 1), 0, 5);  // short rounds too
   // Automatic choice: on a 1-SM "GPU" a small grid at long L splits (and must stay exact).
   compare_case({1, 2, 8, 4, 300, "mean", true}, big, 0, /*segments=*/0, /*sms=*/1);
   compare_case({1, 2, 8, 4, 300, "none", true}, big, 0, /*segments=*/0, /*sms=*/1);
@@ -268,7 +379,9 @@ int main() {
   for (const Case& c : std::vector<Case>{{2, 3, 17, 19, 40, "mean", true}, {1, 2, 33, 9, 30, "none", true},
                                          {1, 3, 5, 12, 21, "general", true}, {2, 3, 3, 5, 7, "sum", true}})
     compare_case(c, big);
-  compare_case({2, 3, 17, 19, 37, "mean", true}, 29184);  // rounds of 2 steps
+  compare_layout(round_case, 2);  // rounds of 2 steps
+  compare_layout(round_case, 1, 3);
+  compare_layout(vector_case, 1, 2);
   compare_case({1, 2, 6, 5, 200, "mean", true}, big, 0, 3);
   compare_case({1, 2, 6, 5, 200, "none", true}, big, 0, 3);
   g_snapshot = false;

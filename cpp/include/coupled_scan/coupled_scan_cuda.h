@@ -31,24 +31,32 @@ enum class SeqDType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 // device (e.g. PyTorch's current stream). `time_segments`: 0 lets the library split long
 // sequences into segments that run in parallel when the grid alone would leave the GPU idle
 // (docs/cuda.md); 1 forces one block per (b, 32 channels) walking all of L; n > 1 asks for n.
+// `max_shared_bytes`: 0 lets a block use up to the device's opt-in shared-memory limit; n > 0
+// caps it at n bytes (the plan then takes smaller rounds, or fails with kInvalidSize and a
+// message in cuda_error_text() when nothing fits).
 struct CudaCall {
   SeqDType dtype = SeqDType::kFloat32;  // of the sequence tensors
   int device = 0;
   void* stream = nullptr;
   int64_t time_segments = 0;
+  int64_t max_shared_bytes = 0;
 };
 
 // float32 elements of scratch memory a forward (backward = false) or backward call with these
-// sizes needs (segment summaries; in the backward also partial sums reduced in a fixed order);
-// -1 when the device cannot be queried.
-int64_t cuda_workspace(const Sizes& size, CouplingKind coupling, bool backward, const CudaCall& call);
+// sizes needs (segment summaries; in the backward also partial sums reduced in a fixed order;
+// with `recompute_checkpoints`, for a backward called without checkpoints, also the room for
+// the checkpoints it recomputes); -1 when the device cannot be queried.
+int64_t cuda_workspace(const Sizes& size, CouplingKind coupling, bool backward, const CudaCall& call,
+                       bool recompute_checkpoints = false);
 
 // Forward. The SeqTensor pointers of `a` point at data of type call.dtype (strides in elements
 // of that type). a.checkpoints, when not null, is (Bt, D, num_cuda_chunks(L, coupling), width).
 Status forward_cuda(const ForwardArgs<float>& a, const CudaCall& call, float* workspace);
 
-// Backward; a.checkpoints must come from forward_cuda. Deterministic: no atomics, every sum runs
-// in a fixed order, so the same inputs (and time_segments) give the same bits on every run.
+// Backward. a.checkpoints come from forward_cuda, or are null: then the backward recomputes
+// them with a forward pass into `workspace`, which must then have the size cuda_workspace gives
+// with recompute_checkpoints = true. Deterministic: no atomics, every sum runs in a fixed order,
+// so the same inputs (and time_segments) give the same bits on every run.
 Status backward_cuda(const BackwardArgs<float>& a, const CudaCall& call, float* workspace);
 
 // The message of the CUDA runtime error behind the last kCudaError on this thread.
