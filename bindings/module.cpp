@@ -185,8 +185,9 @@ void backward_cuda_py(const ScanCall& c) {
                 "backward (CUDA)");
 }
 
+// A backward without checkpoints recomputes them into the workspace, which then holds them too.
 int64_t cuda_workspace_py(const ScanCall& c, bool backward) {
-  const int64_t n = cuda_workspace(sizes(c), c.coupling, backward, cuda_call(c));
+  const int64_t n = cuda_workspace(sizes(c), c.coupling, backward, cuda_call(c), backward && c.checkpoints == 0);
   if (n < 0) throw std::runtime_error("coupled_scan: cannot query the CUDA device for the workspace size");
   return n;
 }

@@ -323,3 +323,14 @@ def test_metric_names_are_the_keys_compute_metrics_returns():
     for family, (p, y) in cases.items():
         classes = p.shape[1] if p.ndim == 2 else 1
         assert list(metrics.compute_metrics(family, p, y)) == metrics.metric_names(family, classes), family
+
+
+def test_mmsa_metrics_mode_through_the_command(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main([*TINY, "--metrics", "mmsa", "--out", str(out)]) == 0
+    res = _json(out / "seed-0" / "results.json")
+    assert "Mult_acc_3" not in res["test"] and {"Has0_acc_2", "MAE", "Corr"} <= set(res["test"])
+    assert _json(out / "config.json")["metrics"] == "mmsa"
+    assert train.evaluate_checkpoint(str(out / "seed-0" / "best.pt"))["metrics"] == res["test"]
+    assert train.main([*TINY, "--metrics", "mmsa", "--select", "Mult_acc_3", "--out", str(tmp_path / "x")]) == 2
+    assert "--select Mult_acc_3: expected one of" in capsys.readouterr().err

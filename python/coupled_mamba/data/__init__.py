@@ -15,10 +15,14 @@ from .dataset import SPLITS, MultimodalDataset, TaskInfo, check_splits, collate
 from .mmsa import MMSA_DATASETS, DataFileError, load_mmsa
 from .synthetic import SYNTHETIC_DEFAULTS, SYNTHETIC_MODALITIES, make_synthetic
 from .basicmotions import BASICMOTIONS_MODALITIES, load_basicmotions
+from .npz import from_arrays, load_npz, load_npz_folds, read_npz, save_npz
+from .splits import Standardizer, cross_validation_splits, kfold, train_valid_test_split
 
 __all__ = [
     "DATASETS", "SPLITS", "MultimodalDataset", "TaskInfo", "collate", "check_splits", "load_data",
     "make_synthetic", "load_mmsa", "load_basicmotions", "DataFileError", "modality_names", "SYNTHETIC_DEFAULTS",
+    "save_npz", "load_npz", "load_npz_folds", "read_npz", "from_arrays", "Standardizer", "kfold",
+    "cross_validation_splits", "train_valid_test_split",
 ]
 
 DATASETS = ("synthetic", "mosi", "mosei", "sims", "simsv2", "basicmotions")

@@ -150,15 +150,11 @@ def scan_bwd(
     validation.check_forward(u, delta, A, B, C, D, z, delta_bias, coupling, W, initial_state, lengths)
     validation.check_backward(u, A, coupling, checkpoints, dout, dlast_state)
     validation.check_lengths_values(lengths, u.shape[-1])
-    if (checkpoints is None or checkpoints.numel() == 0) and u.device.type == "cuda":
-        # The CPU library recomputes missing checkpoints itself; on the GPU a forward pass does.
-        checkpoints = scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling, alpha, W,
-                               initial_state, lengths, True)[2]
     call = _Call(u, A, coupling, alpha, delta_softplus)
     call.inputs(u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths)
     call.seq("dout", dout)
     call.param("dlast_state", dlast_state)
-    if checkpoints is not None and checkpoints.numel() > 0:
+    if checkpoints is not None and checkpoints.numel() > 0:  # without them the library recomputes them
         call.param("checkpoints", checkpoints)
     like = dict(zip(GRAD_NAMES, (u, delta, A, B, C, D, z, delta_bias, W, initial_state)))
     grads = {k: None if t is None else call.output(k, t.shape, device=u.device) for k, t in like.items()}

@@ -88,6 +88,7 @@ def make_checkpoint(model, info, cfg: Dict[str, Any], seed: int, epoch: int, val
         "seed": seed,
         "epoch": epoch,
         "eval_batch_size": cfg["eval_batch_size"],
+        "metrics_mode": cfg.get("metrics", "default"),
         "valid_metrics": valid_metrics,
         "test_metrics": test_metrics,
     }

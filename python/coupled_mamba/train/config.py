@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..data import DATASETS, modality_names
+from ..ops.library import max_state
 from ..modules import MODEL_KINDS
 from .errors import CommandParser, UsageError
 
@@ -37,14 +38,14 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
 }
 # Model-selection metric per metric family (valid split).
 SELECT_DEFAULTS = {"mosi": "MAE", "sims": "MAE", "classification": "Acc", "sentiment3": "Mult_acc_3"}
+SELECT_DEFAULTS_MMSA = {**SELECT_DEFAULTS, "sentiment3": "Acc_3"}  # MMSA names the 3-class accuracy so
 MODEL_OPTIONS = ("d_model", "n_layers", "d_state", "d_conv", "expand", "dt_rank", "seq_len", "align",
                  "dropout", "n_heads")
 # Options that may change when a run is resumed (they do not change the result).
 RUNTIME_KEYS = ("device", "threads", "quiet", "out", "resume", "overwrite", "checkpoint_every")
 
-# SSM states the scan library supports (kMaxState in cpp/include/coupled_scan/coupled_scan.h, the
-# compiled module's max_state). A constant here so that parsing never loads the compiled library.
-MAX_STATE = 256
+# SSM states the scan library supports, read from the compiled library (kMaxState).
+MAX_STATE = max_state()
 _MAX_SEED = 2 ** 63 - 1
 
 
@@ -168,6 +169,9 @@ def build_parser(prog: str = "coupled-mamba train", with_defaults: bool = True) 
     g.add_argument("--grad-clip", type=t["grad_clip"], metavar="NORM", help="clip the gradient norm (0: off)")
     g.add_argument("--patience", type=t["patience"], metavar="N",
                    help="stop after this many epochs without improvement (0: off)")
+    g.add_argument("--metrics", choices=("default", "mmsa"),
+                   help="metric definitions: default, or mmsa for MMSA 2.2.1's MetricsTop numbers, quirks "
+                        "included, to compare with published tables (docs/metrics.md)")
     g.add_argument("--select", metavar="METRIC",
                    help="validation metric for model selection (default MAE, or accuracy for classification)")
     g.add_argument("--eval-batch-size", type=t["eval_batch_size"], metavar="N",
@@ -250,6 +254,7 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
         grad_clip=args.grad_clip,
         patience=args.patience,
         select=args.select,  # resolved once the metric family is known
+        metrics=args.metrics or "default",
         seeds=seeds,
         checkpoint_every=args.checkpoint_every,
     )
@@ -306,6 +311,8 @@ def check_config(cfg: Any, where: str) -> None:
         raise UsageError(f"{where}: data_options: expected a JSON object, got {cfg['data_options']!r}")
     if cfg["data"] is not None and not isinstance(cfg["data"], str):
         raise UsageError(f"{where}: data: expected a path or null, got {cfg['data']!r}")
+    if cfg.get("metrics", "default") not in ("default", "mmsa"):
+        raise UsageError(f"{where}: metrics: expected default or mmsa, got {cfg['metrics']!r}")
     if cfg["select"] is not None and not isinstance(cfg["select"], str):
         raise UsageError(f"{where}: select: expected a metric name or null, got {cfg['select']!r}")
     check_model_options(cfg["model_options"], f"{where}: model_options")

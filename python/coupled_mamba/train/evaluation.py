@@ -97,7 +97,13 @@ def evaluate_checkpoint(checkpoint: str, data: Optional[str] = None, split: str 
     bs = batch_size or ck.get("eval_batch_size") or 256
     if POSITIVE.problem(bs):
         raise UsageError(f"{checkpoint}: eval_batch_size: {POSITIVE.problem(bs)}")
-    metrics = metrics_mod.compute_metrics(info["metrics"], *predict(model, ds, bs, dev))
+    mode = ck.get("metrics_mode", "default")
+    if mode not in metrics_mod.METRIC_MODES:
+        raise UsageError(f"{checkpoint}: metrics_mode: expected one of {', '.join(metrics_mod.METRIC_MODES)}, got {mode!r}")
+    try:
+        metrics = metrics_mod.compute_metrics(info["metrics"], *predict(model, ds, bs, dev), mode=mode)
+    except ValueError as e:  # the mmsa mode is undefined on some label sets
+        raise UsageError(f"{checkpoint}: metrics: {e}") from None
     return {"metrics": metrics, "recorded": ck.get(f"{split}_metrics"), "data": source,
             "model": cfg, "epoch": ck.get("epoch"), "seed": ck.get("seed")}
 

@@ -162,7 +162,7 @@ class _SeedTraining:
         self.cfg, self.seed, self.splits, self.rt, self.store = cfg, seed, splits, rt, store
         self.ctx = rt.ctx
         info = splits["train"].info
-        self.family, self.select = info.metrics, cfg["select"]
+        self.family, self.select, self.mode = info.metrics, cfg["select"], cfg.get("metrics", "default")
         self.lower = metrics_mod.lower_is_better(self.select)
         torch.manual_seed(seed)
         np.random.seed(seed % (2 ** 32))
@@ -258,7 +258,7 @@ class _SeedTraining:
         epoch = state["epoch"]
         loss_sum, loss_count = ctx.sum([state["loss_sum"], state["loss_count"]])
         vp, vy = predict_sharded(self.model, self.splits["valid"], cfg["eval_batch_size"], ctx)
-        vm = metrics_mod.compute_metrics(self.family, vp, vy)
+        vm = _metrics(self.family, vp, vy, self.mode)
         vloss = _loss_value(cfg["loss"], vp, vy)
         row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(loss_count, 1), 6),
                "valid_loss": round(vloss, 6), **{f"valid_{k}": v for k, v in vm.items()}}
@@ -331,6 +331,13 @@ def train_seed(cfg: Dict[str, Any], seed: int, splits: Dict[str, MultimodalDatas
     return SeedRun(run.model, state["history"], result)
 
 
+def _metrics(family: str, preds, labels, mode: str) -> Dict[str, float]:
+    try:
+        return metrics_mod.compute_metrics(family, preds, labels, mode=mode)
+    except ValueError as e:  # the mmsa mode is undefined on some label sets (e.g. every label 0)
+        raise UsageError(f"--metrics {mode}: {e}") from None
+
+
 def _final_evaluation(cfg, seed, splits, rt: Runtime, store, model, state, title: str) -> Dict[str, Any]:
     """The selected weights on valid and test, in one process, exactly as ``evaluate`` does it."""
     device, select = rt.ctx.device, cfg["select"]
@@ -338,8 +345,9 @@ def _final_evaluation(cfg, seed, splits, rt: Runtime, store, model, state, title
     ck = store.load_best()
     model.load_state_dict(ck["model"])
     bs = cfg["eval_batch_size"]
-    vm = metrics_mod.compute_metrics(family, *predict(model, splits["valid"], bs, device))
-    tm = metrics_mod.compute_metrics(family, *predict(model, splits["test"], bs, device))
+    mode = cfg.get("metrics", "default")
+    vm = _metrics(family, *predict(model, splits["valid"], bs, device), mode)
+    tm = _metrics(family, *predict(model, splits["test"], bs, device), mode)
     ck["valid_metrics"], ck["test_metrics"] = vm, tm
     result = {
         "seed": seed,

@@ -14,7 +14,7 @@ import torch
 from .. import metrics as metrics_mod
 from ..data import SPLITS, MultimodalDataset, load_data
 from .artifacts import load_json, save_json
-from .config import RUNTIME_KEYS, SELECT_DEFAULTS, build_parser, check_config, explicit_options, resolve_config
+from .config import RUNTIME_KEYS, SELECT_DEFAULTS, SELECT_DEFAULTS_MMSA, build_parser, check_config, explicit_options, resolve_config
 from .distributed import DistributedContext
 from .errors import UsageError, fail, require_module
 from .loop import Runtime, train_seed
@@ -72,10 +72,13 @@ def load_splits(cfg: Dict[str, Any]) -> Dict[str, MultimodalDataset]:
         raise UsageError(str(e)) from None
 
 
-def resolve_select(select: Optional[str], family: str, num_classes: int) -> str:
+def resolve_select(select: Optional[str], family: str, num_classes: int, mode: str = "default") -> str:
     """The model-selection metric: ``select``, or the family's default; checked against its names."""
-    names = metrics_mod.metric_names(family, num_classes) + ["Loss"]
-    select = select or SELECT_DEFAULTS[family]
+    try:
+        names = metrics_mod.metric_names(family, num_classes, mode) + ["Loss"]
+    except ValueError as e:
+        raise UsageError(f"--metrics {mode}: {e}") from None
+    select = select or (SELECT_DEFAULTS_MMSA if mode == "mmsa" else SELECT_DEFAULTS)[family]
     if select not in names:
         raise UsageError(f"--select {select}: expected one of {', '.join(names)}")
     return select
@@ -142,7 +145,7 @@ def run_training(args: argparse.Namespace, ctx: DistributedContext, argv: Sequen
 
     splits = load_splits(cfg)
     info = splits["train"].info
-    cfg["select"] = resolve_select(cfg["select"], info.metrics, info.num_classes)
+    cfg["select"] = resolve_select(cfg["select"], info.metrics, info.num_classes, cfg.get("metrics", "default"))
 
     rt = Runtime(ctx, quiet=args.quiet, progress=progress, resume=args.resume,
                  checkpoint_every=cfg["checkpoint_every"])
