@@ -117,6 +117,26 @@ def machine() -> dict:
             "kernels": coupled_mamba.cpu_isa(), "python": platform.python_version()}
 
 
+def padded_case(size: dict, repeats: int, min_time: float) -> list:
+    """A padded batch: half the samples (at least one) valid for L/4 steps, the rest for L. Times
+    the op given those lengths against the op without them (every step scanned), same inputs."""
+    from coupled_mamba import coupled_selective_scan as fn
+
+    Bt, L = size["Bt"], size["L"]
+    lengths = torch.full((Bt,), L, dtype=torch.int64)
+    lengths[: max(1, Bt // 2)] = max(1, L // 4)
+    x = make_inputs(**size, requires_grad=True)
+    rows = []
+    for mode in ("fwd", "fwd+bwd"):
+        with torch.set_grad_enabled(mode == "fwd+bwd"):
+            full = timeit(lambda: run_once(fn, x, mode), repeats, min_time)
+            short = timeit(lambda: run_once(fn, dict(x, lengths=lengths), mode), repeats, min_time)
+        valid = float(lengths.sum()) / (Bt * L)
+        rows.append(dict(mode=mode, no_lengths_ms=full * 1e3, lengths_ms=short * 1e3, ratio=short / full,
+                         valid_fraction=valid))
+    return rows
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--device" in argv and argv[argv.index("--device") + 1 :][:1] == ["cuda"]:
@@ -130,6 +150,7 @@ def main(argv=None) -> None:
     p.add_argument("--min-time", type=float, default=1.0, help="time each variant at least this long (s)")
     p.add_argument("--ref-repeats", type=int, default=2, help="repeats for the (slow) reference")
     p.add_argument("--out", default="bench_scan.json")
+    p.add_argument("--padded-only", action="store_true", help="only the padded-batch case (lengths vs none)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: the GPU benchmark (scan_cuda_bench)")
     p.add_argument("--worker-impl", help=argparse.SUPPRESS)
     p.add_argument("--worker-mode", help=argparse.SUPPRESS)
@@ -148,7 +169,7 @@ def main(argv=None) -> None:
               f"{'ref MB':>9} {'floor ms':>9} {'x floor':>8}")
     print(header)
     rows = []
-    for name, size in table.items():
+    for name, size in ({} if args.padded_only else table).items():
         cells = size["Bt"] * size["M"] * size["D"] * size["L"] * size["N"]
         floor = exp_floor(cells, args.repeats)
         for mode in ("fwd", "fwd+bwd"):
@@ -162,9 +183,17 @@ def main(argv=None) -> None:
             print(f"{name:<12} {mode:<8} {row['fused_ms']:>10.2f} {row['ref_ms']:>10.1f} {row['speedup']:>8.1f}x "
                   f"{row['fused_peak_mb']:>9.1f} {row['ref_peak_mb']:>9.1f} {row['exp_floor_ms']:>9.2f} "
                   f"{row['fused_over_floor']:>8.2f}", flush=True)
+    print(f"\n# padded batch: half the samples valid for L/4 steps; the op with lengths vs without (every step)")
+    print(f"{'size':<12} {'mode':<8} {'no lengths ms':>14} {'lengths ms':>11} {'ratio':>6} {'valid steps':>12}")
+    padded = []
+    for name, size in table.items():
+        for row in padded_case(size, args.repeats, args.min_time):
+            padded.append(dict(size=name, **size, **row))
+            print(f"{name:<12} {row['mode']:<8} {row['no_lengths_ms']:>14.2f} {row['lengths_ms']:>11.2f} "
+                  f"{row['ratio']:>6.2f} {row['valid_fraction']:>12.3f}", flush=True)
     with open(args.out, "w") as f:
         json.dump({"machine": info, "command": "python -m coupled_mamba.bench scan " + " ".join(argv or sys.argv[1:]),
-                   "rows": rows}, f, indent=2)
+                   "rows": rows, "padded": padded}, f, indent=2)
     print(f"wrote {args.out}")
 
 
