@@ -33,9 +33,9 @@ int64_t backward_scratch(const Sizes& s, CouplingKind kind) {
          + 2 * G * N * block_pitch         // A as [g][n][d] and its gradient sums
          + 7 * G * kChunk * block_pitch    // dt, dt u, slope, y, dy, sum_n lambda B, sum_n mu g A: [g][k][d]
          + carried * N * block_pitch       // the reverse carry of every channel of the block
-         + kChunk * carried * N * w        // one channel vector: the state before every step of the chunk,
+         + (kChunk + 1) * carried * N * w  // one channel vector: the state before every step of the chunk,
          + kChunk * G * N * w              //   exp(dt A) of every step,
-         + 6 * G * N * w                   //   state, next state, coupled state, mu, next carry, d last_state
+         + 3 * G * N * w                   //   coupled state, mu (or rho), d last_state
          + G * G * w                       // dW sums per lane
          + 5 * kChunk;                     // one channel's columns
 }
@@ -158,26 +158,41 @@ CS_HD void input_grad_columns(const BackwardArgs<T>& a, const BackwardPartials<T
 // One reverse step of one modality for one channel vector (docs/coupled-scan.md, Backward):
 // lambda = dy C + carry, mu = a lambda (into mu, or added to it when accumulate), g = gscale * prev
 // state, and this step's terms of dC, dB (summed over the channels), dA, sum_n lambda B, sum_n mu g A.
+// The channel sums of dC and dB are taken `width` states at a time (lane_sums).
 template <typename T>
 CS_HD void reverse_channel_step(const T* A, int64_t a_stride, T* dA, const T* g, T gscale, const T* B, const T* C,
                                 T* dB, T* dC, const T* decay, const T* carry, T* mu, bool accumulate,
                                 typename Simd<T>::V dtv, typename Simd<T>::V dtuv, typename Simd<T>::V dyv,
                                 int64_t N, T* lambda_B, T* mu_g_A) {
   typedef typename Simd<T>::V V;
-  const int64_t w = Simd<T>::width;
+  constexpr int64_t w = Simd<T>::width;
   V sum_lambda_B = V{}, sum_mu_g_A = V{};
-  for (int64_t n = 0; n < N; ++n) {
+  // State n's terms; returns its dC and dB terms before the sum over the channels.
+  auto state_terms = [&](int64_t n, V& dC_term, V& dB_term) {
     const V decay_v = load_block<V>(decay + n * w);
-    const V lambda = dyv * C[n] + load_block<V>(carry + n * w);
-    const V mu_v = decay_v * lambda;
+    const V lambda_v = dyv * C[n] + load_block<V>(carry + n * w);
+    const V mu_v = decay_v * lambda_v;
     const V g_v = gscale * load_block<V>(g + n * w);
     store_block(mu + n * w, accumulate ? load_block<V>(mu + n * w) + mu_v : mu_v);
-    dC[n] += block_sum<T>(dyv * (decay_v * g_v + dtuv * B[n]));
-    dB[n] += block_sum<T>(lambda * dtuv);
-    sum_lambda_B += lambda * B[n];
+    dC_term = dyv * (decay_v * g_v + dtuv * B[n]);
+    dB_term = lambda_v * dtuv;
+    sum_lambda_B += lambda_v * B[n];
     const V mu_g = mu_v * g_v;
     sum_mu_g_A += mu_g * load_block<V>(A + n * a_stride);
     store_block(dA + n * a_stride, load_block<V>(dA + n * a_stride) + mu_g * dtv);
+  };
+  int64_t n0 = 0;
+  for (; n0 + w <= N; n0 += w) {
+    V dC_terms[w], dB_terms[w];
+    for (int64_t j = 0; j < w; ++j) state_terms(n0 + j, dC_terms[j], dB_terms[j]);
+    store_block(dC + n0, load_block<V>(dC + n0) + lane_sums<T>(dC_terms));
+    store_block(dB + n0, load_block<V>(dB + n0) + lane_sums<T>(dB_terms));
+  }
+  for (int64_t n = n0; n < N; ++n) {
+    V dC_term, dB_term;
+    state_terms(n, dC_term, dB_term);
+    dC[n] += block_sum<T>(dC_term);
+    dB[n] += block_sum<T>(dB_term);
   }
   store_block(lambda_B, sum_lambda_B);
   store_block(mu_g_A, sum_mu_g_A);
@@ -251,11 +266,9 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
   T* dA_block = A_block + G * N * block_pitch;  // [g][n][d]
   const StepRows<T> rows = step_rows(dA_block + G * N * block_pitch, chunk_row_elems);
   T* block_carry = rows.end;                    // [v][n][lane]: alpha * rho_{t+1} of every channel vector
-  T* prev_states = block_carry + N * block_pitch;  // [k][n][lane]: s_{t-1} before each step of the chunk
-  T* decays = prev_states + kChunk * N * w;     // [k][g][n][lane]: exp(dt A)
-  T* state = decays + kChunk * G * N * w;       // [n][lane]: s while recomputing the chunk
-  T* next_state = state + G * N * w;            // [n][lane]
-  T* mu_sum = next_state + G * N * w;           // [n][lane]: rho = sum_g mu^g of one step
+  T* prev_states = block_carry + N * block_pitch;  // [k][n][lane]: s_{t-1} of each step (and the last s)
+  T* decays = prev_states + (kChunk + 1) * N * w;  // [k][g][n][lane]: exp(dt A)
+  T* mu_sum = decays + kChunk * G * N * w;      // [n][lane]: rho = sum_g mu^g of one step
   T* dlast_lanes = mu_sum + G * N * w;          // [g][n][lane]: d last_state
   T* columns = dlast_lanes + G * N * w;         // one channel's [k] columns
 
@@ -272,19 +285,17 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
       for (int64_t j = 0; j < w; ++j) {
         const int64_t d = task.d0 + v * w + j;
         row_to_lane(d < task.d1 ? a.checkpoints + checkpoint_offset(s, f.coupling, task.b, d, c, task.m0) : nullptr,
-                    j, N, state);
+                    j, N, prev_states);
       }
       for (int64_t k = 0; k < kc; ++k) {
-        for (int64_t i = 0; i < N * w; ++i) prev_states[k * N * w + i] = state[i];
         for (int64_t g = 0; g < G; ++g) {
           const int64_t row = (g * kChunk + k) * block_pitch + v * w, bc = (g * kChunk + k) * Np;
           const V y = channel_step(A_block + g * N * block_pitch + v * w, block_pitch, prev_states + k * N * w, alpha,
                                    B_chunk + bc, C_chunk + bc, load_block<V>(rows.dt + row),
-                                   load_block<V>(rows.dtu + row), N, next_state, g > 0, static_cast<T*>(nullptr),
-                                   decays + (k * G + g) * N * w);
+                                   load_block<V>(rows.dtu + row), N, prev_states + (k + 1) * N * w, g > 0,
+                                   static_cast<T*>(nullptr), decays + (k * G + g) * N * w);
           store_block(rows.y + row, y);
         }
-        for (int64_t i = 0; i < N * w; ++i) state[i] = next_state[i];
       }
       gate_columns(a, task, block_pitch, v, t0, kc, rows.y, rows.dy, columns);
 
@@ -348,25 +359,17 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
   T* dA_block = A_block + M * N * block_pitch;   // [m][n][d]
   const StepRows<T> rows = step_rows(dA_block + M * N * block_pitch, chunk_row_elems);
   T* block_carry = rows.end;                     // [v][m][n][lane]: the carry of every channel vector
-  T* prev_states = block_carry + M * N * block_pitch;  // [k][m][n][lane]: h_{t-1} before each step
-  T* decays = prev_states + kChunk * vector_states;    // [k][m][n][lane]: exp(dt A)
-  T* state = decays + kChunk * vector_states;    // [m][n][lane]: h while recomputing the chunk
-  T* coupled = state + vector_states;            // [m][n][lane]: g = W h_{t-1}
+  T* prev_states = block_carry + M * N * block_pitch;  // [k][m][n][lane]: h_{t-1} of each step (and the last h)
+  T* decays = prev_states + (kChunk + 1) * vector_states;  // [k][m][n][lane]: exp(dt A)
+  T* coupled = decays + kChunk * vector_states;  // [m][n][lane]: g = W h_{t-1}
   T* mu = coupled + vector_states;               // [m][n][lane]
-  T* next_carry = mu + vector_states;            // [m][n][lane]: W^T mu
-  T* dW_lanes = next_carry + 3 * vector_states;  // [m][i][lane]
+  T* dW_lanes = mu + vector_states;              // [m][i][lane]
   T* columns = dW_lanes + M * M * w;             // one channel's [k] columns
   for (int64_t i = 0; i < M * M * w; ++i) dW_lanes[i] = T(0);
 
-  auto couple = [&](const T* h, T* out, bool transpose) {  // out^m = sum_i W[m, i] h^i (or W[i, m])
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) {
-        V acc = V{};
-        for (int64_t i = 0; i < M; ++i)
-          acc += f.W[transpose ? i * M + m : m * M + i] * load_block<V>(h + (i * N + n) * w);
-        store_block(out + (m * N + n) * w, acc);
-      }
-  };
+  T W_transposed[kMaxModalities * kMaxModalities];
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t i = 0; i < M; ++i) W_transposed[i * M + m] = f.W[m * M + i];
 
   load_block_A(f, task, block_pitch, A_block);
   for (int64_t i = 0; i < M * N * block_pitch; ++i) dA_block[i] = T(0);
@@ -381,16 +384,16 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
         for (int64_t m = 0; m < M; ++m)
           row_to_lane(d < task.d1 ? a.checkpoints + checkpoint_offset(s, f.coupling, task.b, d, c, 0) + m * N
                                   : nullptr,
-                      j, N, state + m * N * w);
+                      j, N, prev_states + m * N * w);
       }
       for (int64_t k = 0; k < kc; ++k) {
-        for (int64_t i = 0; i < vector_states; ++i) prev_states[k * vector_states + i] = state[i];
-        couple(prev_states + k * vector_states, coupled, false);
+        couple_states(f.W, M, N, prev_states + k * vector_states, coupled);
         for (int64_t m = 0; m < M; ++m) {
           const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;
           const V y = channel_step(A_block + m * N * block_pitch + v * w, block_pitch, coupled + m * N * w, T(1),
                                    B_chunk + bc, C_chunk + bc, load_block<V>(rows.dt + row),
-                                   load_block<V>(rows.dtu + row), N, state + m * N * w, false,
+                                   load_block<V>(rows.dtu + row), N,
+                                   prev_states + (k + 1) * vector_states + m * N * w, false,
                                    static_cast<T*>(nullptr), decays + (k * M + m) * N * w);
           store_block(rows.y + row, y);
         }
@@ -407,7 +410,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
         }
       for (int64_t k = kc - 1; k >= 0; --k) {
         const T* prev = prev_states + k * vector_states;
-        couple(prev, coupled, false);
+        couple_states(f.W, M, N, prev, coupled);
         for (int64_t m = 0; m < M; ++m) {
           const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;
           const int64_t a_at = m * N * block_pitch + v * w;
@@ -424,8 +427,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
               acc += load_block<V>(mu + (m * N + n) * w) * load_block<V>(prev + (i * N + n) * w);
             store_block(dW_lanes + (m * M + i) * w, acc);
           }
-        couple(mu, next_carry, true);  // carry^i = sum_m W[m, i] mu^m
-        for (int64_t i = 0; i < vector_states; ++i) carry[i] = next_carry[i];
+        couple_states(W_transposed, M, N, mu, carry);  // carry^i = sum_m W[m, i] mu^m
       }
       input_grad_columns(a, p, task, block_pitch, v, t0, kc, rows, columns);
       if (c == 0 && a.dinitial_state)

@@ -195,12 +195,7 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
     for (int64_t k = 0; k < kc; ++k) {
       for (int64_t v = 0; v < vectors; ++v) {
         T* states_v = states + v * M * N * w;
-        for (int64_t m = 0; m < M; ++m)
-          for (int64_t n = 0; n < N; ++n) {
-            V acc = V{};
-            for (int64_t i = 0; i < M; ++i) acc += a.W[m * M + i] * load_block<V>(states_v + (i * N + n) * w);
-            store_block(coupled + (m * N + n) * w, acc);
-          }
+        couple_states(a.W, M, N, states_v, coupled);
         for (int64_t m = 0; m < M; ++m) {
           const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;
           const V y = channel_step(A_block + m * N * block_pitch + v * w, block_pitch, coupled + m * N * w, T(1),
