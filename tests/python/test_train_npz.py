@@ -209,3 +209,16 @@ def test_learned_coupling_is_reported(tmp_path, npz_file):
     w = np.array(_json(out / "seed-0" / "results.json")["coupling_weights"])
     assert w.shape == (2, 2, 2) and np.allclose(w.sum(-1), 1.0, atol=2e-4)
     assert _json(out / "results.json")["per_seed"]["0"]["coupling_weights"] == w.tolist()
+
+
+def test_sum_coupling_overflow_stops_the_run_with_advice(tmp_path, npz_file, capsys):
+    """No monkeypatching: coupled-sum over 160 steps of 2 modalities overflows float32 from the start."""
+    with pytest.warns(RuntimeWarning, match="float32 can overflow after about 128 steps"):
+        code = train.main(["--data", str(npz_file), "--model", "coupled-sum", *FAST, "--seq-len", "160",
+                           "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not finite (nan) at epoch 1, batch 1 of 2" in err and "grows like 2^L over the L = 160 steps" in err
+    # the bounded couplings train on the same data and length
+    assert train.main(["--data", str(npz_file), "--model", "coupled-mean", *FAST, "--seq-len", "160",
+                       "--out", str(tmp_path / "mean")]) == 0
