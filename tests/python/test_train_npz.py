@@ -209,6 +209,11 @@ def test_learned_coupling_is_reported(tmp_path, npz_file):
     w = np.array(_json(out / "seed-0" / "results.json")["coupling_weights"])
     assert w.shape == (2, 2, 2) and np.allclose(w.sum(-1), 1.0, atol=2e-4)
     assert _json(out / "results.json")["per_seed"]["0"]["coupling_weights"] == w.tolist()
+    r = train.fit(load_npz(npz_file), "coupled-learned", epochs=1, batch_size=16, device="cpu",
+                  **{**TINY_OPTIONS, "n_layers": 2})
+    assert r.coupling_weights == w.tolist()
+    assert train.fit(load_npz(npz_file), "concat", epochs=1, batch_size=16, device="cpu",
+                     **TINY_OPTIONS).coupling_weights is None
 
 
 def test_sum_coupling_overflow_stops_the_run_with_advice(tmp_path, npz_file, capsys):
