@@ -227,3 +227,22 @@ def test_sum_coupling_overflow_stops_the_run_with_advice(tmp_path, npz_file, cap
     # the bounded couplings train on the same data and length
     assert train.main(["--data", str(npz_file), "--model", "coupled-mean", *FAST, "--seq-len", "160",
                        "--out", str(tmp_path / "mean")]) == 0
+
+
+def test_folds_with_several_seeds(tmp_path, npz_file, capsys):
+    out = tmp_path / "cv"
+    assert train.main(["--data", str(npz_file), "--folds", "2", "--seeds", "3", "4", *FAST, "--out", str(out)]) == 0
+    res = _json(out / "results.json")
+    assert res["folds"] == 2 and res["seeds"] == [3, 4]
+    for k in ("0", "1"):
+        fold = res["per_fold"][k]
+        assert sorted(fold["per_seed"]) == ["3", "4"]
+        accs = [fold["per_seed"][s]["test"]["Acc"] for s in ("3", "4")]
+        assert fold["test"]["Acc"] == pytest.approx(np.mean(accs), abs=1e-4)
+        for s in (3, 4):
+            assert (out / f"fold-{k}" / f"seed-{s}" / "best.pt").is_file()
+    assert "(2 folds)" in train.summarize_runs([str(out)])
+    res["folds"] = 1
+    (out / "results.json").write_text(json.dumps(res))
+    with pytest.raises(train.UsageError, match="'folds'"):
+        train.summarize_runs([str(out)])

@@ -169,6 +169,8 @@ def _run_summary(run_dir: str, split: str) -> Dict[str, Any]:
             raise UsageError(f"{path}: not {what}: {k!r} is missing or not a name")
     if not isinstance(r.get("seeds"), list) or not r["seeds"]:
         raise UsageError(f"{path}: not {what}: 'seeds' is missing or empty")
+    if "folds" in r and (not isinstance(r["folds"], int) or isinstance(r["folds"], bool) or r["folds"] < 2):
+        raise UsageError(f"{path}: not {what}: 'folds' is not a number of folds (an integer >= 2)")
     mean, std = r[split].get("mean"), r[split].get("std")
     if not isinstance(mean, dict) or not mean or not all(_number(v) for v in mean.values()):
         raise UsageError(f"{path}: not {what}: {split}.mean is missing or holds a value that is not a number")
