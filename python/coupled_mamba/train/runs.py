@@ -227,7 +227,7 @@ def run_training(args: argparse.Namespace, ctx: DistributedContext, argv: Sequen
         per_fold.append(per_seed)
         if folds and ctx.is_main:
             test_mean, _ = _mean_std(per_seed, "test")
-            rt.log(f"fold {f}/{folds}: test " + "  ".join(f"{k} {v:.4f}" for k, v in test_mean.items()), always=True)
+            rt.log(f"fold {f} ({f + 1} of {folds}): test " + "  ".join(f"{k} {v:.4f}" for k, v in test_mean.items()), always=True)
 
     if ctx.is_main:
         summary = summarize_folds(cfg, per_fold) if folds else summarize_seeds(cfg, per_seed)
