@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # Submodules reached as attributes without an import: the deprecated aliases (reference,
     # scan) and the tiers above the op, loaded only when asked for; likewise the training API.
-    if name in ("fit", "FitResult"):
+    if name in ("fit", "FitResult", "cross_validate"):
         from . import train
 
         return getattr(train, name)

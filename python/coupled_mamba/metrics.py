@@ -7,6 +7,7 @@ of plain Python floats rounded to 4 decimals.
 * :func:`sims_metrics`: CH-SIMS / CH-SIMS v2 regression (labels in [-1, 1]).
 * :func:`classification_metrics`: any classification task (accuracy and weighted F1).
 * :func:`sentiment3_metrics`: 3-class sentiment (0 negative, 1 neutral, 2 positive).
+* :func:`regression_metrics`: any other regression task (MAE, RMSE, Pearson correlation).
 
 :func:`compute_metrics` picks a family and a mode: ``"default"`` (the functions above) or
 ``"mmsa"``, which reproduces the numbers of MMSA 2.2.1's ``MetricsTop``, quirks included
@@ -35,6 +36,7 @@ __all__ = [
     "sims_metrics",
     "classification_metrics",
     "sentiment3_metrics",
+    "regression_metrics",
     "mmsa_mosi_metrics",
     "mmsa_sims_metrics",
     "mmsa_sentiment3_metrics",
@@ -243,11 +245,25 @@ def sentiment3_metrics(preds, labels) -> Dict[str, float]:
     }
 
 
+def regression_metrics(preds, labels) -> Dict[str, float]:
+    """Plain regression metrics for targets on any scale: ``MAE``, ``RMSE`` and ``Corr`` (Pearson,
+    0 when predictions or labels are constant), computed in float64."""
+    p, y = _flat(preds), _flat(labels)
+    _check_pair(p, y)
+    d = p.astype(np.float64) - y.astype(np.float64)
+    return {
+        "MAE": _r4(np.mean(np.abs(d))),
+        "RMSE": _r4(np.sqrt(np.mean(d * d))),
+        "Corr": _r4(pearson(p, y)),
+    }
+
+
 METRIC_FAMILIES: Dict[str, Callable[..., Dict[str, float]]] = {
     "mosi": mosi_metrics,
     "sims": sims_metrics,
     "classification": classification_metrics,
     "sentiment3": sentiment3_metrics,
+    "regression": regression_metrics,
 }
 
 
@@ -369,6 +385,7 @@ _NAMES = {
     ("default", "sims"): ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr"),
     ("default", "classification"): ("Acc", "F1_score"),
     ("default", "sentiment3"): ("Mult_acc_3", "F1_score_3", "Non0_acc_2", "Non0_F1_score"),
+    ("default", "regression"): ("MAE", "RMSE", "Corr"),
     ("mmsa", "mosi"): ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score",
                        "Mult_acc_5", "Mult_acc_7", "MAE", "Corr"),
     ("mmsa", "sims"): ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr"),
@@ -390,7 +407,7 @@ def _metrics_fn(family: str, mode: str) -> Callable[..., Dict[str, float]]:
 
 
 def compute_metrics(family: str, preds, labels, mode: str = "default") -> Dict[str, float]:
-    """The metrics of ``family`` ("mosi", "sims", "classification" or "sentiment3") in ``mode``
+    """The metrics of ``family`` ("mosi", "sims", "classification", "sentiment3" or "regression") in ``mode``
     ("default", or "mmsa" for MMSA's numbers; "mmsa" has no "classification" family)."""
     return _metrics_fn(family, mode)(preds, labels)
 
@@ -411,4 +428,4 @@ def metric_names(family: str, num_classes: int, mode: str = "default") -> List[s
 
 def lower_is_better(name: str) -> bool:
     """Whether a smaller value of metric ``name`` is better (errors and losses)."""
-    return name in ("MAE", "Loss", "loss") or name.lower().endswith("loss") or name == "MSE"
+    return name in ("MAE", "Loss", "loss", "MSE", "RMSE") or name.lower().endswith("loss")

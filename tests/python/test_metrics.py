@@ -193,6 +193,21 @@ def test_compute_metrics_dispatch():
     assert not M.lower_is_better("Non0_acc_2")
 
 
+def test_regression_hand_computed_and_constant_inputs():
+    p, y = np.array([1.0, 2.0, 4.0, 3.0]), np.array([1.5, 2.0, 3.0, 5.0])
+    m = M.compute_metrics("regression", p, y)
+    assert list(m) == ["MAE", "RMSE", "Corr"] == M.metric_names("regression", 1)
+    assert m["MAE"] == round((0.5 + 0 + 1 + 2) / 4, 4)
+    assert m["RMSE"] == round(float(np.sqrt((0.25 + 0 + 1 + 4) / 4)), 4)
+    assert m["Corr"] == round(float(np.corrcoef(p, y)[0, 1]), 4)
+    # targets on any scale (no clipping), tensors accepted, a constant input scores Corr 0
+    big = M.regression_metrics(torch.tensor([100.0, 300.0]), torch.tensor([0.0, 0.0]))
+    assert big == {"MAE": 200.0, "RMSE": round(float(np.sqrt((100 ** 2 + 300 ** 2) / 2)), 4), "Corr": 0.0}
+    assert M.lower_is_better("RMSE") and not M.lower_is_better("Corr")
+    with pytest.raises(ValueError, match="no family"):
+        M.compute_metrics("regression", p, y, mode="mmsa")
+
+
 # ----------------------------------------------------------------------------- mmsa mode
 
 
@@ -264,11 +279,11 @@ def test_metric_names_match_computed_keys():
     for mode in M.METRIC_MODES:
         for fam in M.METRIC_FAMILIES:
             k = {"classification": 4, "sentiment3": 3}.get(fam, 1)
-            if mode == "mmsa" and fam == "classification":
+            if mode == "mmsa" and fam in ("classification", "regression"):
                 with pytest.raises(ValueError, match="no family"):
                     M.metric_names(fam, k, mode)
                 continue
-            if fam in ("mosi", "sims"):
+            if fam in ("mosi", "sims", "regression"):
                 p, y = reg_p, reg_y
             else:
                 p, y = np.eye(k)[[0, 1, 2]], np.array([0, 1, 2])

@@ -318,7 +318,8 @@ def test_metric_names_are_the_keys_compute_metrics_returns():
     rng = np.random.default_rng(0)
     cases = {"mosi": (rng.normal(size=9), rng.normal(size=9)), "sims": (rng.uniform(-1, 1, 9), rng.uniform(-1, 1, 9)),
              "classification": (rng.normal(size=(9, 4)), rng.integers(0, 4, 9)),
-             "sentiment3": (rng.normal(size=(9, 3)), rng.integers(0, 3, 9))}
+             "sentiment3": (rng.normal(size=(9, 3)), rng.integers(0, 3, 9)),
+             "regression": (rng.normal(size=9), rng.normal(size=9))}
     assert set(cases) == set(metrics.METRIC_FAMILIES)
     for family, (p, y) in cases.items():
         classes = p.shape[1] if p.ndim == 2 else 1

@@ -3,6 +3,7 @@
 * ``synthetic`` (default): the embedded task, generated from a seed (:mod:`.synthetic`).
 * ``mosi``, ``mosei``, ``sims``, ``simsv2``: MMSA feature pickles the user points to (:mod:`.mmsa`).
 * ``basicmotions``: a small real dataset bundled with sktime, optional extra (:mod:`.basicmotions`).
+* ``npz``: the user's own data in the ``.npz`` format of :mod:`.npz` (docs/data-npz.md).
 
 :func:`load_data` loads any of them by name; the ``source`` dict a dataset's
 :class:`TaskInfo` records can be passed back to it to load the same data again.
@@ -25,11 +26,15 @@ __all__ = [
     "cross_validation_splits", "train_valid_test_split",
 ]
 
-DATASETS = ("synthetic", "mosi", "mosei", "sims", "simsv2", "basicmotions")
+DATASETS = ("synthetic", "mosi", "mosei", "sims", "simsv2", "basicmotions", "npz")
 
 
-def modality_names(name: str):
-    """The modality names of dataset ``name``."""
+def modality_names(name: str, path: Optional[str] = None):
+    """The modality names of dataset ``name`` (for ``npz``, read from the file ``path``)."""
+    if name == "npz":
+        if not path:
+            raise ValueError("dataset 'npz' needs the path of an .npz file (--data FILE.npz)")
+        return list(read_npz(path).modalities)
     if name == "synthetic":
         return list(SYNTHETIC_MODALITIES)
     if name in MMSA_DATASETS:
@@ -48,12 +53,21 @@ def load_data(
 ) -> Dict[str, MultimodalDataset]:
     """Load dataset ``name`` as a split dict.
 
-    ``path``: the MMSA pickle (required for mosi / mosei / sims / simsv2, unused otherwise).
+    ``path``: the MMSA pickle (required for mosi / mosei / sims / simsv2) or the ``.npz`` file
+    (required for npz); unused otherwise.
     ``task``: "regression" (default for synthetic and MMSA) or "classification" (3 classes for
     MMSA and synthetic; BasicMotions is classification only). ``modalities``: a subset of the
     dataset's modality names, in the order given. ``options``: the source's own arguments
-    (synthetic: seed, n_train, n_valid, n_test, ...; basicmotions: seed, valid_per_class).
+    (synthetic: seed, n_train, n_valid, n_test, ...; basicmotions: seed, valid_per_class; npz:
+    those of :func:`load_npz`: folds, fold, seed, fractions, standardize).
     """
+    if name == "npz":
+        if not path:
+            raise ValueError("dataset 'npz' needs the path of an .npz file (--data FILE.npz)")
+        if modalities is not None and len(set(modalities)) != len(modalities):
+            raise ValueError(f"modalities: {list(modalities)} repeats a name")
+        options.pop("name", None)
+        return load_npz(path, modalities=list(modalities) if modalities else None, task=task, **options)
     modality_names(name)  # validates the name
     if modalities:
         known = modality_names(name)

@@ -2,6 +2,8 @@
 and the ready model for multimodal sequence tasks built on it."""
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Union
 
@@ -79,6 +81,16 @@ class MultimodalStreamCache:
     count: torch.Tensor  # (batch, M, 1) valid steps seen per modality
 
 
+# log(largest finite float32) = log(3.4e38): a state growing by a factor M per step overflows after
+# about this / ln M steps (docs/coupled-scan.md, Numerics, "Growth under sum").
+_FLOAT32_LOG_MAX = 88.72
+
+
+def sum_coupling_horizon(n_modalities: int) -> float:
+    """Steps after which a "sum"-coupled float32 state growing like M^t can overflow (inf for M = 1)."""
+    return math.inf if n_modalities < 2 else _FLOAT32_LOG_MAX / math.log(n_modalities)
+
+
 class CoupledMambaForMultimodal(MultimodalModel):
     """Coupled Mamba for multimodal sequence regression or classification.
 
@@ -101,6 +113,12 @@ class CoupledMambaForMultimodal(MultimodalModel):
                  num_classes: int = 1):
         super().__init__(input_dims, d_model, len(input_dims), "concat", seq_len, align, dropout, task, num_classes)
         self.kind = f"coupled-{coupling}"
+        horizon = sum_coupling_horizon(len(input_dims))
+        if coupling == "sum" and seq_len > horizon:
+            warnings.warn(f"coupled-sum with {len(input_dims)} modalities and seq_len {seq_len}: the summed state "
+                          f"grows like {len(input_dims)}^L and float32 can overflow after about {horizon:.0f} steps "
+                          "(docs/coupled-scan.md, Numerics); use a shorter seq_len or coupling 'mean' or 'learned'",
+                          RuntimeWarning, stacklevel=2)
         dt_rank = resolve_dt_rank(dt_rank, d_state)
         self.backbone = CoupledMamba(d_model, len(input_dims), n_layers, d_state, d_conv, expand, dt_rank, coupling)
         self._record_config(input_dims=input_dims, task=task, num_classes=num_classes, d_model=d_model,

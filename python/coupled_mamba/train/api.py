@@ -25,7 +25,9 @@ class FitResult:
 
     ``model``: the model with the selected weights (in eval mode); ``history``: one row per epoch
     (train_loss, valid_loss, valid_<metric>, seconds); ``metrics``: {"valid": ..., "test": ...} of the
-    selected weights; ``best_epoch``: the selected epoch (1-based); ``config``: the run configuration.
+    selected weights; ``best_epoch``: the selected epoch (1-based); ``config``: the run configuration;
+    ``coupling_weights``: for coupled-learned, per layer the learned (M, M) W = softmax(logits) of the
+    selected weights as nested lists (None for other models).
     """
 
     model: torch.nn.Module
@@ -33,6 +35,7 @@ class FitResult:
     metrics: Dict[str, Dict[str, float]]
     best_epoch: int
     config: Dict[str, Any]
+    coupling_weights: Optional[List[List[List[float]]]] = None
 
 
 def fit(
@@ -100,4 +103,4 @@ def fit(
     run.model.eval()
     res = run.result or {}
     return FitResult(run.model, run.history, {"valid": res.get("valid"), "test": res.get("test")},
-                     res.get("best_epoch", 0), cfg)
+                     res.get("best_epoch", 0), cfg, res.get("coupling_weights"))

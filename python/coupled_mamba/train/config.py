@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..data import DATASETS, modality_names
+from ..data import DATASETS, modality_names, read_npz
 from ..ops.library import max_state
 from ..modules import MODEL_KINDS
 from .errors import CommandParser, UsageError
@@ -35,9 +35,12 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "sims": dict(epochs=150, batch_size=128, model={}),
     "simsv2": dict(epochs=150, batch_size=256, model={}),
     "basicmotions": dict(epochs=60, batch_size=8, model=dict(d_model=32, n_layers=2, d_state=16, seq_len=50)),
+    # the user's own .npz file: a small model that trains on a CPU; any option can override it
+    "npz": dict(epochs=30, batch_size=32, model=dict(d_model=64, n_layers=2, d_state=16, seq_len=64)),
 }
 # Model-selection metric per metric family (valid split).
-SELECT_DEFAULTS = {"mosi": "MAE", "sims": "MAE", "classification": "Acc", "sentiment3": "Mult_acc_3"}
+SELECT_DEFAULTS = {"mosi": "MAE", "sims": "MAE", "classification": "Acc", "sentiment3": "Mult_acc_3",
+                   "regression": "MAE"}
 SELECT_DEFAULTS_MMSA = {**SELECT_DEFAULTS, "sentiment3": "Acc_3"}  # MMSA names the 3-class accuracy so
 MODEL_OPTIONS = ("d_model", "n_layers", "d_state", "d_conv", "expand", "dt_rank", "seq_len", "align",
                  "dropout", "n_heads")
@@ -90,6 +93,7 @@ class Bound:
 
 
 POSITIVE = Bound(True, 1)
+FOLDS = Bound(True, 2)
 NON_NEGATIVE = Bound(True, 0)
 SEED = Bound(True, 0, _MAX_SEED)
 POSITIVE_REAL = Bound(False, 0, low_open=True)
@@ -109,7 +113,7 @@ ALIGN_CHOICES = ("resample", "pad")
 
 # Defaults of the options that have one; applied with set_defaults so that explicit_options can
 # parse the same command line without them.
-_DEFAULTS = dict(dataset="synthetic", data_seed=0, model="coupled-mean", lr=PAPER_DEFAULTS["lr"],
+_DEFAULTS = dict(data_seed=0, model="coupled-mean", lr=PAPER_DEFAULTS["lr"],
                  weight_decay=PAPER_DEFAULTS["weight_decay"], grad_clip=0.0, patience=0, eval_batch_size=256,
                  seed=0, device="auto", resume=False, overwrite=False, checkpoint_every=0, quiet=False)
 
@@ -126,17 +130,24 @@ def build_parser(prog: str = "coupled-mamba train", with_defaults: bool = True) 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS,
                    help="synthetic (embedded, default), an MMSA feature pickle (mosi, mosei, sims, simsv2; "
-                        "give --data), or basicmotions (needs sktime)")
+                        "give --data), basicmotions (needs sktime), or npz, your own data in an .npz file "
+                        "(docs/data-npz.md; chosen automatically when --data ends in .npz)")
     g.add_argument("--data", metavar="PATH",
-                   help="the MMSA feature pickle, e.g. unaligned_50.pkl. A pickle can run code when it is "
-                        "opened: it is read with a loader that accepts only arrays, lists, dicts, strings "
-                        "and numbers, but open only files from a source you trust (docs/data.md)")
+                   help="your .npz file (read without unpickling), or the MMSA feature pickle, e.g. "
+                        "unaligned_50.pkl. A pickle can run code when it is opened: it is read with a loader "
+                        "that accepts only arrays, lists, dicts, strings and numbers, but open only files from "
+                        "a source you trust (docs/data.md)")
     g.add_argument("--task", choices=("regression", "classification"),
-                   help="regression (default) or 3-class classification (negative/neutral/positive)")
+                   help="regression (default) or 3-class classification (negative/neutral/positive); npz: "
+                        "from the labels' dtype unless given")
     g.add_argument("--modalities", nargs="+", metavar="NAME",
                    help="use only these modalities (synthetic: a b c; MMSA: text audio vision; "
-                        "basicmotions: accelerometer gyroscope)")
-    g.add_argument("--data-seed", type=SEED, metavar="SEED", help="seed of the synthetic data / BasicMotions split")
+                        "basicmotions: accelerometer gyroscope; npz: the file's)")
+    g.add_argument("--data-seed", type=SEED, metavar="SEED",
+                   help="seed of the synthetic data / the BasicMotions and npz splits and folds")
+    g.add_argument("--folds", type=FOLDS, metavar="K",
+                   help="npz: K-fold cross-validation (grouped by the file's groups, else stratified by "
+                        "class); each fold trained like a seed, results as mean ± std over folds")
     g.add_argument("--n-train", type=POSITIVE, metavar="N", help="synthetic: training samples (default 2000)")
     g.add_argument("--n-valid", type=POSITIVE, metavar="N", help="synthetic: validation samples (default 500)")
     g.add_argument("--n-test", type=POSITIVE, metavar="N", help="synthetic: test samples (default 1000)")
@@ -202,13 +213,26 @@ def explicit_options(argv: Sequence[str]) -> List[str]:
 
 def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
     """Fill the dataset-dependent defaults; returns a JSON-able dict (the run's config.json)."""
-    ds = args.dataset
+    ds = args.dataset or ("npz" if args.data and args.data.lower().endswith(".npz") else "synthetic")
     d = DATASET_DEFAULTS[ds]
-    task = args.task or ("classification" if ds == "basicmotions" else "regression")
+    if ds == "npz":
+        if not args.data:
+            raise UsageError("--dataset npz needs --data FILE.npz")
+        try:
+            contents = read_npz(args.data, task=args.task)
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            raise UsageError(str(e)) from None
+        task, known = contents.task, list(contents.modalities)
+    else:
+        task = args.task or ("classification" if ds == "basicmotions" else "regression")
+        known = modality_names(ds)
     if ds == "basicmotions" and task != "classification":
         raise UsageError("basicmotions is a classification task")
-    mods = list(args.modalities) if args.modalities else modality_names(ds)
-    known = modality_names(ds)
+    if getattr(args, "folds", None) is not None and ds != "npz":
+        raise UsageError(f"--folds applies to .npz data (--data FILE.npz), not to --dataset {ds}")
+    mods = list(args.modalities) if args.modalities else list(known)
+    if len(set(mods)) != len(mods):
+        raise UsageError(f"--modalities: {' '.join(mods)} repeats a name")
     for m in mods:
         if m not in known:
             raise UsageError(f"--modalities: {m!r} is not a modality of {ds} ({' '.join(known)})")
@@ -220,7 +244,7 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
         for k in ("n_train", "n_valid", "n_test"):
             if getattr(args, k) is not None:
                 data_options[k] = getattr(args, k)
-    elif ds == "basicmotions":
+    elif ds in ("basicmotions", "npz"):
         data_options["seed"] = args.data_seed
     elif any(getattr(args, k) is not None for k in ("n_train", "n_valid", "n_test")):
         raise UsageError("--n-train/--n-valid/--n-test apply to the synthetic dataset only")
@@ -258,6 +282,8 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
         seeds=seeds,
         checkpoint_every=args.checkpoint_every,
     )
+    if getattr(args, "folds", None) is not None:
+        cfg["folds"] = args.folds
     check_config(cfg, "the command line")
     return cfg
 
@@ -313,6 +339,8 @@ def check_config(cfg: Any, where: str) -> None:
         raise UsageError(f"{where}: data: expected a path or null, got {cfg['data']!r}")
     if cfg.get("metrics", "default") not in ("default", "mmsa"):
         raise UsageError(f"{where}: metrics: expected default or mmsa, got {cfg['metrics']!r}")
+    if cfg.get("folds") is not None and (FOLDS.problem(cfg["folds"]) or cfg["dataset"] != "npz"):
+        raise UsageError(f"{where}: folds: expected {FOLDS.describe()} for npz data, got {cfg['folds']!r}")
     if cfg["select"] is not None and not isinstance(cfg["select"], str):
         raise UsageError(f"{where}: select: expected a metric name or null, got {cfg['select']!r}")
     check_model_options(cfg["model_options"], f"{where}: model_options")

@@ -112,7 +112,7 @@ def build_evaluate_parser(prog: str = "coupled-mamba evaluate") -> argparse.Argu
     p = CommandParser(
         prog=prog, description="Evaluate a checkpoint (best.pt) written by coupled-mamba train on its data.")
     p.add_argument("checkpoint", help="a best.pt file")
-    p.add_argument("--data", metavar="PATH", help="the data file, if it moved (MMSA datasets)")
+    p.add_argument("--data", metavar="PATH", help="the data file, if it moved (MMSA pickle or .npz file)")
     p.add_argument("--split", choices=SPLITS, default="test")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=POSITIVE, help="default: the one used in training")
@@ -169,6 +169,8 @@ def _run_summary(run_dir: str, split: str) -> Dict[str, Any]:
             raise UsageError(f"{path}: not {what}: {k!r} is missing or not a name")
     if not isinstance(r.get("seeds"), list) or not r["seeds"]:
         raise UsageError(f"{path}: not {what}: 'seeds' is missing or empty")
+    if "folds" in r and (not isinstance(r["folds"], int) or isinstance(r["folds"], bool) or r["folds"] < 2):
+        raise UsageError(f"{path}: not {what}: 'folds' is not a number of folds (an integer >= 2)")
     mean, std = r[split].get("mean"), r[split].get("std")
     if not isinstance(mean, dict) or not mean or not all(_number(v) for v in mean.values()):
         raise UsageError(f"{path}: not {what}: {split}.mean is missing or holds a value that is not a number")
@@ -178,27 +180,30 @@ def _run_summary(run_dir: str, split: str) -> Dict[str, Any]:
 
 
 def summarize_runs(run_dirs: Sequence[str], split: str = "test") -> str:
-    """A markdown table of the mean ± std metrics of finished runs (their results.json)."""
+    """A markdown table of the mean ± std metrics of finished runs (their results.json): over seeds, or
+    over folds for a cross-validation run."""
     if not run_dirs:
         raise UsageError("give at least one run folder")
     rows = [_run_summary(d, split) for d in run_dirs]
     keys: List[str] = []
     for r in rows:
         keys += [k for k in r[split]["mean"] if k not in keys]
-    multi = any(len(r["seeds"]) > 1 for r in rows)
+    multi = any(len(r["seeds"]) > 1 or r.get("folds") for r in rows)
     head = ["model", "dataset", "seeds"] + keys
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(keys)) + "|"]
     for r in rows:
         m, sd = r[split]["mean"], r[split]["std"]
         cells = [("–" if k not in m else f"{m[k]:.4f} ± {sd[k]:.4f}" if multi else f"{m[k]:.4f}") for k in keys]
-        lines.append("| " + " | ".join([r["model"], r["dataset"], " ".join(map(str, r["seeds"]))] + cells) + " |")
+        seeds = " ".join(map(str, r["seeds"])) + (f" ({r['folds']} folds)" if r.get("folds") else "")
+        lines.append("| " + " | ".join([r["model"], r["dataset"], seeds] + cells) + " |")
     return "\n".join(lines)
 
 
 def summarize_main(argv: Optional[Sequence[str]] = None) -> int:
     """``coupled-mamba summarize RUN_DIR...``: prints a markdown table of the runs' metrics."""
     p = CommandParser(prog="coupled-mamba summarize",
-                                description="Markdown table (mean ± std over seeds) of finished runs.")
+                                description="Markdown table (mean ± std over seeds, or over the folds of a "
+                                            "cross-validation run) of finished runs.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--split", choices=("test", "valid"), default="test")
     args = p.parse_args(argv)

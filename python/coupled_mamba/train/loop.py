@@ -22,6 +22,8 @@ from ..modules import build_model
 from .artifacts import make_checkpoint
 from .distributed import DistributedContext
 from .errors import UsageError, require_module
+from .divergence import divergence_message
+from .optim import build_optimizer, learned_coupling
 
 __all__ = ["Runtime", "SeedRun", "train_seed", "predict", "predict_sharded", "loss_per_sample", "mix_seed"]
 
@@ -172,7 +174,7 @@ class _SeedTraining:
         except (TypeError, ValueError) as e:
             raise UsageError(f"model {cfg['model']}: {e}") from None
         self.model.to(self.ctx.device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        self.opt = build_optimizer(self.model, cfg["lr"], cfg["weight_decay"])
         self.state = _new_state()
         self.train_model = self.model
         self.n_batches = _batches_per_epoch(len(splits["train"]), cfg["batch_size"], self.ctx)
@@ -228,6 +230,7 @@ class _SeedTraining:
             xs, ls, y = _to(self.splits["train"].batch(part), ctx.device)
             per = loss_per_sample(cfg["loss"], self.train_model(xs, ls), y)
             loss = per.sum() * (ctx.world / len(idx))
+            self.check_finite(loss, epoch, b)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg["grad_clip"] > 0:
@@ -250,6 +253,16 @@ class _SeedTraining:
                 state["loss_sum"], state["loss_count"] = mine
         if inner is not None:
             inner.close()
+
+    def check_finite(self, loss: torch.Tensor, epoch: int, batch: int) -> None:
+        """Stop the run at the first non-finite training loss (of any process): an update from it
+        would turn the weights into NaN, and the run would go on reporting metrics of a dead model."""
+        bad = 0.0 if bool(torch.isfinite(loss.detach())) else 1.0
+        if self.ctx.enabled:
+            bad = self.ctx.sum([bad])[0]
+        if bad:
+            raise UsageError(divergence_message(self.cfg["model"], self.model, epoch + 1, batch + 1, self.n_batches,
+                                                float(loss.detach()) if not self.ctx.enabled else None))
 
     def end_epoch(self, t_start: float) -> Tuple[float, float, bool]:
         """Validate, keep the weights if they are the best so far, save the resume state and history.
@@ -361,6 +374,9 @@ def _final_evaluation(cfg, seed, splits, rt: Runtime, store, model, state, title
         "parameters": parameter_count(model),
         "checkpoint": store.checkpoint_name,
     }
+    coupling = learned_coupling(model)
+    if coupling is not None:
+        result["coupling_weights"] = coupling  # per layer, the learned W of the selected weights
     store.save_result(result, ck)
     try:
         store.plot(state["history"], select, state["best_epoch"], title or f"{cfg['model']} on {cfg['dataset']}, "

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .. import metrics as metrics_mod
-from ..data import SPLITS, MultimodalDataset, load_data
+from ..data import SPLITS, MultimodalDataset, load_data, load_npz_folds
 from .artifacts import load_json, save_json
 from .config import RUNTIME_KEYS, SELECT_DEFAULTS, SELECT_DEFAULTS_MMSA, build_parser, check_config, explicit_options, resolve_config
 from .distributed import DistributedContext
@@ -20,7 +20,8 @@ from .errors import UsageError, fail, require_module
 from .loop import Runtime, train_seed
 from .stores import SeedFolder
 
-__all__ = ["main", "run_training", "load_splits", "resolve_select", "summarize_seeds"]
+__all__ = ["main", "run_training", "load_splits", "load_fold_splits", "resolve_select", "summarize_seeds",
+           "summarize_folds"]
 
 
 def _default_out(cfg: Dict[str, Any], resume: bool) -> str:
@@ -72,6 +73,15 @@ def load_splits(cfg: Dict[str, Any]) -> Dict[str, MultimodalDataset]:
         raise UsageError(str(e)) from None
 
 
+def load_fold_splits(cfg: Dict[str, Any]) -> List[Dict[str, MultimodalDataset]]:
+    """The split dict of every fold of a cross-validation run (``cfg["folds"]`` folds of its .npz file)."""
+    try:
+        return load_npz_folds(cfg["data"], cfg["folds"], modalities=cfg["modalities"], task=cfg["task"],
+                              seed=cfg["data_options"].get("seed", 0))
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+
+
 def resolve_select(select: Optional[str], family: str, num_classes: int, mode: str = "default") -> str:
     """The model-selection metric: ``select``, or the family's default; checked against its names."""
     try:
@@ -104,8 +114,38 @@ def summarize_seeds(cfg: Dict[str, Any], per_seed: List[Dict[str, Any]]) -> Dict
         "test": {"mean": test_mean, "std": test_std},
         "valid": {"mean": valid_mean, "std": valid_std},
         "std": "sample standard deviation over seeds (n - 1); 0 for one seed",
-        "per_seed": {str(r["seed"]): {"best_epoch": r["best_epoch"], "valid": r["valid"], "test": r["test"]}
-                     for r in per_seed},
+        "per_seed": {str(r["seed"]): _seed_entry(r) for r in per_seed},
+        "config": cfg,
+    }
+
+
+def _seed_entry(r: Dict[str, Any]) -> Dict[str, Any]:
+    entry = {"best_epoch": r["best_epoch"], "valid": r["valid"], "test": r["test"]}
+    if "coupling_weights" in r:
+        entry["coupling_weights"] = r["coupling_weights"]
+    return entry
+
+
+def summarize_folds(cfg: Dict[str, Any], per_fold: List[List[Dict[str, Any]]]) -> Dict[str, Any]:
+    """A cross-validation run's results.json: each fold's metrics (averaged over its seeds), and their
+    mean and sample std over the folds."""
+    folds = []
+    for results in per_fold:
+        test_mean, _ = _mean_std(results, "test")
+        valid_mean, _ = _mean_std(results, "valid")
+        folds.append({"valid": valid_mean, "test": test_mean,
+                      "per_seed": {str(r["seed"]): _seed_entry(r) for r in results}})
+    test_mean, test_std = _mean_std(folds, "test")
+    valid_mean, valid_std = _mean_std(folds, "valid")
+    return {
+        "dataset": cfg["dataset"],
+        "model": cfg["model"],
+        "seeds": cfg["seeds"],
+        "folds": len(per_fold),
+        "test": {"mean": test_mean, "std": test_std},
+        "valid": {"mean": valid_mean, "std": valid_std},
+        "std": "sample standard deviation over the folds (n - 1); each fold's metrics are the mean over its seeds",
+        "per_fold": {str(k): f for k, f in enumerate(folds)},
         "config": cfg,
     }
 
@@ -113,11 +153,17 @@ def summarize_seeds(cfg: Dict[str, Any], per_seed: List[Dict[str, Any]]) -> Dict
 def _summary_lines(cfg: Dict[str, Any], per_seed: List[Dict[str, Any]], summary: Dict[str, Any], out: str) -> str:
     mean, std = summary["test"]["mean"], summary["test"]["std"]
     width = max(len(k) for k in mean)
-    lines = [f"test metrics of {cfg['model']} on {cfg['dataset']}"
-             + (f", mean ± std over seeds {' '.join(map(str, cfg['seeds']))}:" if len(per_seed) > 1 else
-                f" (seed {cfg['seeds'][0]}, best epoch {per_seed[0]['best_epoch']}):")]
+    folds = summary.get("folds")
+    seeds = ' '.join(map(str, cfg['seeds']))
+    if folds:
+        head = f", mean ± std over {folds} folds ({'seeds' if len(cfg['seeds']) > 1 else 'seed'} {seeds}):"
+    elif len(per_seed) > 1:
+        head = f", mean ± std over seeds {seeds}:"
+    else:
+        head = f" (seed {cfg['seeds'][0]}, best epoch {per_seed[0]['best_epoch']}):"
+    lines = [f"test metrics of {cfg['model']} on {cfg['dataset']}" + head]
     for k in mean:
-        spread = f" ± {std[k]:.4f}" if len(per_seed) > 1 else ""
+        spread = f" ± {std[k]:.4f}" if len(per_seed) > 1 or folds else ""
         lines.append(f"  {k:<{width}}  {mean[k]:.4f}{spread}")
     lines.append(f"results in {os.path.join(out, 'results.json')}")
     return "\n".join(lines)
@@ -143,7 +189,9 @@ def run_training(args: argparse.Namespace, ctx: DistributedContext, argv: Sequen
     if err:
         raise UsageError(err)
 
-    splits = load_splits(cfg)
+    folds = cfg.get("folds")
+    fold_splits = load_fold_splits(cfg) if folds else [load_splits(cfg)]
+    splits = fold_splits[0]
     info = splits["train"].info
     cfg["select"] = resolve_select(cfg["select"], info.metrics, info.num_classes, cfg.get("metrics", "default"))
 
@@ -155,24 +203,34 @@ def run_training(args: argparse.Namespace, ctx: DistributedContext, argv: Sequen
         mods = ", ".join(f"{m} ({d} features x {L} steps)" for m, d, L in
                          zip(info.modalities, splits["train"].input_dims, splits["train"].seq_lens))
         sizes = " / ".join(str(len(splits[s])) for s in SPLITS)
-        rt.log(f"data     {cfg['dataset']}: {info.task}, modalities {mods}; train/valid/test {sizes}", always=True)
+        rt.log(f"data     {cfg['dataset']}: {info.task}, modalities {mods}; train/valid/test {sizes}"
+               + (f" (fold 0 of {folds}-fold cross-validation)" if folds else ""), always=True)
         rt.log(f"training {cfg['epochs']} epochs, batch {cfg['batch_size']}, Adam lr {cfg['lr']:g} weight decay "
                f"{cfg['weight_decay']:g}, loss {cfg['loss']}, select valid {cfg['select']}; seeds "
                f"{' '.join(map(str, cfg['seeds']))}; device {ctx.device}"
                + (f", {ctx.world} processes ({ctx.backend})" if ctx.enabled else ""), always=True)
         rt.log(f"output   {out}", always=True)
 
-    per_seed = []
-    for i, seed in enumerate(cfg["seeds"]):
-        seed_dir = os.path.join(out, f"seed-{seed}")
-        if ctx.is_main:
-            os.makedirs(seed_dir, exist_ok=True)
-        ctx.barrier()
-        run = train_seed(cfg, seed, splits, rt, SeedFolder(seed_dir, ctx.is_main), announce=(i == 0))
-        per_seed.append(run.result)
+    per_fold = []
+    for f, fold in enumerate(fold_splits):
+        base = os.path.join(out, f"fold-{f}") if folds else out
+        per_seed = []
+        for i, seed in enumerate(cfg["seeds"]):
+            seed_dir = os.path.join(base, f"seed-{seed}")
+            if ctx.is_main:
+                os.makedirs(seed_dir, exist_ok=True)
+            ctx.barrier()
+            title = f"{cfg['model']} on {cfg['dataset']}, fold {f}, seed {seed}" if folds else ""
+            run = train_seed(cfg, seed, fold, rt, SeedFolder(seed_dir, ctx.is_main), announce=(i == 0 and f == 0),
+                             title=title)
+            per_seed.append(run.result)
+        per_fold.append(per_seed)
+        if folds and ctx.is_main:
+            test_mean, _ = _mean_std(per_seed, "test")
+            rt.log(f"fold {f} ({f + 1} of {folds}): test " + "  ".join(f"{k} {v:.4f}" for k, v in test_mean.items()), always=True)
 
     if ctx.is_main:
-        summary = summarize_seeds(cfg, per_seed)
+        summary = summarize_folds(cfg, per_fold) if folds else summarize_seeds(cfg, per_seed)
         save_json(summary, os.path.join(out, "results.json"))
         rt.log(_summary_lines(cfg, per_seed, summary, out), always=True)
     return 0
