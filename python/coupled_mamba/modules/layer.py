@@ -242,7 +242,7 @@ class CoupledMambaLayer(nn.Module):
             # Apply bias and softplus here so masked steps inside a sample get dt = 0 exactly (the
             # modality's state is carried into the coupling unchanged, without input or decay).
             dt = F.softplus(delta.float() + self.dt_proj_bias[..., None])
-            delta = (dt * mask[:, :, None, :].to(dt.dtype)).to(u.dtype)
+            delta = torch.where(mask[:, :, None, :], dt, 0.0).to(u.dtype)
             delta_bias, softplus = None, False
             # The scan stops each sample after its last valid step of any modality: the padded
             # tail costs nothing and cannot change (or overflow) anything before it.
