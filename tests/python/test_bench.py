@@ -37,3 +37,18 @@ def test_gpu_scan_benchmark_runs_or_says_why(tmp_path):
         assert all(r["mean_ms"] > 0 and r["none_ms"] > 0 and r["floor_ms"] > 0 for r in rows)
     else:
         assert res.returncode != 0 and "no GPU visible" in res.stderr
+
+
+def test_train_benchmark_runs(tmp_path):
+    out = tmp_path / "train.json"
+    subprocess.run([sys.executable, "-m", "coupled_mamba.bench", "train", "--quick", "--repeats", "1", "--warmup", "0",
+                    "--threads", "1", "--models", "coupled-mean", "transformer", "mambapy", "--out", str(out)],
+                   check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python -m coupled_mamba.bench train") and report["machine"]["cpu"]
+    ok = [r for r in report["rows"] if r["status"] == "ok"]
+    assert {(r["case"], r["model"]) for r in ok} >= {(c, m) for c in ("aligned", "unaligned")
+                                                     for m in ("coupled-mean", "transformer")}
+    assert all(r["train_ms"] > 0 and r["infer_ms"] > 0 for r in ok)
+    assert all(0 < r["scan_share"] <= 1 for r in ok if r["model"] == "coupled-mean")
+    assert all(r["status"] == "ok" or "mambapy" in r["status"] for r in report["rows"])

@@ -11,10 +11,11 @@ Every block has its own parameters. They are stored stacked along a leading moda
 grouped conv instead of M small ones; ``param[m]`` is block m's parameter, and slicing the state
 dict of an M-modality layer gives M single-modality layers (the tests rely on this).
 
-Internally the layer works channels-first, (batch, M, channels, L), which is the layout the
-scan wants (time contiguous); the residual stream outside is (batch, M, L, d_model). The
-per-modality projections are einsums, which run as one bmm over the modality axis (a
-broadcasting matmul would copy the weights once per sample).
+Internally the layer works in the (M, channels, batch, L) layout: each per-modality projection
+is one bmm over the modality axis whose output is the next one's input without a copy (a
+broadcasting matmul would copy the weights once per sample), and the scan reads (batch, M,
+channels, L) views of it (time contiguous, other axes strided). The residual stream outside is
+(batch, M, L, d_model); entering and leaving the layout costs one copy each way.
 """
 from __future__ import annotations
 
@@ -174,15 +175,6 @@ class CoupledMambaLayer(nn.Module):
             return xn * self.norm_weight[:, None] + self.norm_bias[:, None]
         return xn * self.norm_weight + self.norm_bias  # (batch, M, d)
 
-    def _in_proj(self, xn: torch.Tensor, half: int) -> torch.Tensor:
-        """Half 0 (u) or 1 (z) of in_proj: (batch, M, L, d_model) -> (batch, M, E, L)."""
-        E = self.d_inner
-        w = self.in_proj_weight[:, half * E : (half + 1) * E]
-        out = torch.einsum("med,bmld->bmel", w, xn)
-        if self.in_proj_bias is not None:
-            out = out + self.in_proj_bias[:, half * E : (half + 1) * E, None].to(out.dtype)
-        return out
-
     def allocate_cache(self, batch_size: int, device=None) -> LayerCache:
         device = device if device is not None else self.A_log.device
         M, E = self.n_modalities, self.d_inner
@@ -208,29 +200,40 @@ class CoupledMambaLayer(nn.Module):
             raise ValueError(f"expected {self.n_modalities} modalities, got input of shape {tuple(x.shape)}")
         E, N, R, k = self.d_inner, self.d_state, self.dt_rank, self.d_conv
 
-        # in_proj in two halves, z computed just before the scan, and intermediates dropped as soon
-        # as they are used: at inference this cuts the layer's peak memory by about a third.
-        xn = self._norm(x)
-        u = self._in_proj(xn, 0)  # (B, M, E, L)
+        # Everything between the residual stream and the scan is kept in the (M, channels, batch, L)
+        # layout that a bmm over the modality axis produces and consumes, so the projections chain
+        # without copies; the scan reads the (batch, M, channels, L) views of it through strides.
+        xn = self._norm(x).permute(1, 3, 0, 2).reshape(M, self.d_model, Bt * L)  # the one input copy
+        xz = torch.bmm(self.in_proj_weight, xn).view(M, 2 * E, Bt, L)  # u and z at once
+        del xn
+        if self.in_proj_bias is not None:
+            xz = xz + self.in_proj_bias[:, :, None, None].to(xz.dtype)
+        u, z = xz[:, :E], xz[:, E:]
 
-        # Depthwise causal conv over all M*E channels at once; the cache supplies the left context.
+        # Depthwise causal conv: the (M, E, batch) rows are independent channels, so the padded
+        # input (a contiguous copy) runs as one conv over M*E*Bt channels with each weight
+        # repeated per sample, and the result is already in the layout x_proj reads.
         if cache is not None:
-            u_in = torch.cat([cache.conv_state.to(u.dtype), u], dim=-1)
+            conv_state = cache.conv_state.to(u.dtype).permute(1, 2, 0, 3)  # (M, E, Bt, k - 1)
+            u_in = torch.cat([conv_state, u], dim=-1)
             if k > 1:
-                cache.conv_state = u_in[..., u_in.shape[-1] - (k - 1):].detach().float()
+                cache.conv_state = u_in[..., u_in.shape[-1] - (k - 1):].permute(2, 0, 1, 3).detach().float()
         else:
             u_in = F.pad(u, (k - 1, 0))
-        conv_w = self.conv_weight.reshape(M * E, 1, k)
-        conv_b = self.conv_bias.reshape(M * E) if self.conv_bias is not None else None
-        u = F.conv1d(u_in.reshape(Bt, M * E, -1), conv_w, conv_b, groups=M * E)
+        conv_w = self.conv_weight.reshape(M * E, 1, k).repeat_interleave(Bt, dim=0)
+        conv_b = self.conv_bias.reshape(M * E).repeat_interleave(Bt) if self.conv_bias is not None else None
+        u = F.conv1d(u_in.reshape(1, M * E * Bt, -1), conv_w, conv_b, groups=M * E * Bt)
         del u_in
-        u = F.silu(u).view(Bt, M, E, L)
+        u = F.silu(u).view(M, E, Bt * L)
 
-        x_dbl = torch.einsum("mre,bmel->bmrl", self.x_proj_weight, u)  # (B, M, R + 2N, L)
-        dt_r, B, C = x_dbl.split([R, N, N], dim=2)
-        delta = torch.einsum("mer,bmrl->bmel", self.dt_proj_weight, dt_r)  # (B, M, E, L)
-        z = self._in_proj(xn, 1)
-        del xn
+        x_dbl = torch.bmm(self.x_proj_weight, u)  # (M, R + 2N, Bt * L)
+        delta = torch.bmm(self.dt_proj_weight, x_dbl[:, :R])  # (M, E, Bt * L)
+
+        def scan_view(t: torch.Tensor) -> torch.Tensor:  # (M, C, Bt * L) -> (Bt, M, C, L), a view
+            return t.view(M, t.shape[1], Bt, L).permute(2, 0, 1, 3)
+
+        u, delta, z = scan_view(u), scan_view(delta), z.permute(2, 0, 1, 3)
+        B, C = scan_view(x_dbl[:, R:R + N]), scan_view(x_dbl[:, R + N:])
 
         lengths = None
         if mask is None:
@@ -239,7 +242,7 @@ class CoupledMambaLayer(nn.Module):
             # Apply bias and softplus here so masked steps inside a sample get dt = 0 exactly (the
             # modality's state is carried into the coupling unchanged, without input or decay).
             dt = F.softplus(delta.float() + self.dt_proj_bias[..., None])
-            delta = (dt * mask[:, :, None, :].to(dt.dtype)).to(u.dtype)
+            delta = torch.where(mask[:, :, None, :], dt, 0.0).to(u.dtype)
             delta_bias, softplus = None, False
             # The scan stops each sample after its last valid step of any modality: the padded
             # tail costs nothing and cannot change (or overflow) anything before it.
@@ -267,7 +270,8 @@ class CoupledMambaLayer(nn.Module):
             cache.ssm_state = last_state.detach().float()
         else:
             y = result
-        out = torch.einsum("mde,bmel->bmld", self.out_proj_weight, y)
+        y = y.permute(1, 2, 0, 3).reshape(M, E, Bt * L)
+        out = torch.bmm(self.out_proj_weight, y).view(M, self.d_model, Bt, L).permute(2, 0, 3, 1)
         if self.out_proj_bias is not None:
             out = out + self.out_proj_bias[:, None].to(out.dtype)
         return out + x
