@@ -35,6 +35,7 @@ class _Call:
     def __init__(self, u: Tensor, A: Tensor, kind: int, alpha: float, delta_softplus: bool):
         ext = library.extension()
         self.keep = []
+        self.device = u.device
         self.cdt = validation.compute_dtype(u)
         self.sdt = _seq_dtype(u)
         c = self.c = ext.ScanCall()
@@ -68,8 +69,8 @@ class _Call:
         self.keep.append(t)
         setattr(self.c, name, t.data_ptr())
 
-    def output(self, name: str, shape, dtype: Optional[torch.dtype] = None, device=None) -> Tensor:
-        t = _new(shape, dtype or self.cdt, device)
+    def output(self, name: str, shape, dtype: Optional[torch.dtype] = None) -> Tensor:
+        t = _new(shape, dtype or self.cdt, self.device)
         setattr(self.c, name, t.data_ptr())
         return t
 
@@ -81,8 +82,8 @@ class _Call:
         if lengths is not None:
             self.param("lengths", lengths, torch.int64)
 
-    def run(self, direction: str, device: torch.device) -> None:
-        ext = library.extension()
+    def run(self, direction: str) -> None:
+        ext, device = library.extension(), self.device
         if device.type != "cuda":
             getattr(ext, f"{direction}_cpu")(self.c)
             return
@@ -112,13 +113,13 @@ def scan_fwd(
     call.inputs(u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths)
     Bt, M, Dch, L = u.shape
     N = A.shape[-1]
-    out = call.output("out", (Bt, M, Dch, L), device=u.device)
-    last = call.output("last_state", (Bt, M, Dch, N), device=u.device)
+    out = call.output("out", (Bt, M, Dch, L))
+    last = call.output("last_state", (Bt, M, Dch, N))
     if save_checkpoints:
-        ck = call.output("checkpoints", library.checkpoint_shape(u.device, coupling, Bt, M, Dch, N, L), device=u.device)
+        ck = call.output("checkpoints", library.checkpoint_shape(u.device, coupling, Bt, M, Dch, N, L))
     else:
         ck = u.new_empty((0,), dtype=call.cdt)
-    call.run("forward", u.device)
+    call.run("forward")
     return out.to(u.dtype), last, ck
 
 
@@ -157,8 +158,8 @@ def scan_bwd(
     if checkpoints is not None and checkpoints.numel() > 0:  # without them the library recomputes them
         call.param("checkpoints", checkpoints)
     like = dict(zip(GRAD_NAMES, (u, delta, A, B, C, D, z, delta_bias, W, initial_state)))
-    grads = {k: None if t is None else call.output(k, t.shape, device=u.device) for k, t in like.items()}
-    call.run("backward", u.device)
+    grads = {k: None if t is None else call.output(k, t.shape) for k, t in like.items()}
+    call.run("backward")
 
     def shaped_like(g: Optional[Tensor], t: Optional[Tensor]) -> Tensor:
         # Each gradient takes its input's dtype and strides (what the fake promises, torch.empty_like).

@@ -74,13 +74,10 @@ def coupled_selective_scan_ref(
         a = torch.exp(dt[..., t, None] * A_c)  # (Bt, M, D, N)
         g = h if W is None else torch.einsum("mi,bidn->bmdn", W, h)  # coupled previous state
         h_next = a * g + (dt[..., t] * u_c[..., t])[..., None] * B_c[:, :, None, :, t]
-        y_t = (h_next * C_c[:, :, None, :, t]).sum(-1)
-        if lengths is not None:  # past its length a sample keeps its state and outputs nothing
-            valid = (t < lengths).view(Bt, 1, 1)
-            h_next = torch.where(valid[..., None], h_next, h)
-            y_t = torch.where(valid, y_t, torch.zeros_like(y_t))
+        ys.append((h_next * C_c[:, :, None, :, t]).sum(-1))
+        if lengths is not None:  # past its length a sample keeps its state (its outputs are zeroed below)
+            h_next = torch.where((t < lengths).view(Bt, 1, 1, 1), h_next, h)
         h = h_next
-        ys.append(y_t)
     y = torch.stack(ys, dim=-1) if L > 0 else u_c.new_zeros(Bt, M, Dch, 0)
     if D is not None:
         y = y + D.to(cdt)[None, :, :, None] * u_c
