@@ -1,4 +1,5 @@
-// Backward pass of one thread block (block_plan.h). Chunks run last to first. For each chunk:
+// Backward pass of one thread block (block_plan.h). Chunks run last to first, from the last one
+// that holds a step of the sample's length (padded steps only get their zeros). For each chunk:
 // restart from its checkpoint and recompute the states (kept per thread, one chunk long) and y
 // (for dy and dz); then walk the chunk backwards one (step, modality) at a time with the reverse
 // recurrence of docs/coupled-scan.md. Sums over n (du, d dt) cross the warps, sums over the
@@ -175,7 +176,7 @@ struct BackwardBlock : BlockView<Tin> {
         after = a.alpha * th.carry[0][j];
       }
       float lam = dyv * this->seq(a.C, m, n, t) + after;
-      if (g.dlast_state && t == p.L - 1) lam += g.dlast_state[this->state_index(m, d, n)];
+      if (g.dlast_state && t == this->len - 1) lam += g.dlast_state[this->state_index(m, d, n)];
       const float Av = this->A(m, d, n);
       const float av = scan_exp(dtv * Av);
       const float mu = av * lam;
@@ -269,6 +270,27 @@ struct BackwardBlock : BlockView<Tin> {
     }
   }
 
+  // Phase (full pass): du, d delta and dz are 0 at the segment's padded steps (dB and dC there
+  // come out 0 from TransposedSum); for a sample of length 0, d initial_state = d last_state (or
+  // 0), written by the first segment.
+  CS_HD void pad(int tid) const {
+    if (summary()) return;
+    this->zero_padded(tid, g.du);
+    this->zero_padded(tid, g.ddelta);
+    if (a.z.data) this->zero_padded(tid, g.dz);
+    const int64_t d = this->channel(tid);
+    if (this->len > 0 || this->seg > 0 || !g.dinitial_state || d >= p.D) return;
+    const int grp = View::group(tid);
+    for (int j = 0; j < kStates; ++j) {
+      const int n = grp * kStates + j;
+      if (n >= p.N) break;
+      for (int m = 0; m < p.M; ++m) {
+        const int64_t i = this->state_index(m, d, n);
+        g.dinitial_state[i] = g.dlast_state ? g.dlast_state[i] : 0.0f;
+      }
+    }
+  }
+
   // Phase: per-thread and per-block partials to the workspace; in a summary, the carry at the
   // segment's first step and the segment's factor.
   CS_HD void finish(int tid, const Thread& th) const {
@@ -312,7 +334,8 @@ CS_HD void run_backward_block(const Block& blk, Exec& ex) {
   // The first segment's summary is never used (nothing comes before it).
   if (blk.summary() && blk.seg == 0) return;
   ex.each([&](int tid, Thread& th) { blk.init(tid, th); });
-  for (int64_t c = blk.c_end - 1; c >= blk.c_begin; --c) {
+  // Chunks past the sample's length are not walked (no exps spent on padding).
+  for (int64_t c = blk.scan_end() - 1; c >= blk.c_begin; --c) {
     ex.each([&](int tid, Thread& th) { blk.restart(tid, th, c); });
     const int len = blk.chunk_length(c);
     for (int s0 = 0; s0 < len; s0 += blk.p.sub) {
@@ -332,7 +355,10 @@ CS_HD void run_backward_block(const Block& blk, Exec& ex) {
         }
       }
   }
-  ex.each([&](int tid, Thread& th) { blk.finish(tid, th); });
+  ex.each([&](int tid, Thread& th) {
+    blk.pad(tid);
+    blk.finish(tid, th);
+  });
 }
 
 }  // namespace gpu

@@ -187,19 +187,32 @@ inline Workspace workspace_map(const BlockPlan& p, bool general) {
   return w;
 }
 
+// Steps scanned for sample b: lengths[b] (device memory on the GPU) clamped to [0, L], or L
+// without lengths. The Python layer rejects lengths outside [0, L] with a clear error; the CUDA
+// entry points cannot check device values on the host without a copy, so the kernels clamp, and
+// a bad value from a direct C++ caller never reads or writes out of bounds.
+CS_HD int64_t scanned_length(const int64_t* lengths, int64_t b, int64_t L) {
+  if (!lengths) return L;
+  const int64_t n = lengths[b];
+  return n < 0 ? 0 : (n > L ? L : n);
+}
+
 // dB / dC from their per-channel-block terms: out[b][m][n][t] = sum over k of in[b][k][m][t][n],
-// k ascending. `index` runs over (b, m, t, n) with n fastest, so neighbouring threads read
-// neighbouring terms.
+// k ascending; 0 at steps past sample b's length (the blocks write no terms there). `index` runs
+// over (b, m, t, n) with n fastest, so neighbouring threads read neighbouring terms.
 struct TransposedSum {
   const float* in = nullptr;
   float* out = nullptr;
   int64_t Bt = 0, K = 0, M = 0, N = 0, L = 0;
+  const int64_t* lengths = nullptr;
   CS_HD int64_t count() const { return Bt * M * L * N; }
   CS_HD void operator()(int64_t index) const {
     const int64_t n = index % N, t = (index / N) % L, bm = index / (N * L), b = bm / M, m = bm % M;
-    const float* p = in + ((b * K * M + m) * L + t) * N + n;
     float acc = 0.0f;
-    for (int64_t k = 0; k < K; ++k) acc += p[k * M * L * N];
+    if (t < scanned_length(lengths, b, L)) {
+      const float* p = in + ((b * K * M + m) * L + t) * N + n;
+      for (int64_t k = 0; k < K; ++k) acc += p[k * M * L * N];
+    }
     out[(bm * N + n) * L + t] = acc;
   }
 };

@@ -27,6 +27,7 @@ struct BlockView {
   int64_t x = 0;    // channel block index (d0 / 32)
   int64_t seg = 0;  // time segment
   int64_t c_begin = 0, c_end = 0;  // its chunks
+  int64_t len = 0;  // steps scanned (scanned_length); steps from `len` on are padding, never read
   float* sm = nullptr;
 
   // block = (b * row_blocks + x) * segments + seg
@@ -34,7 +35,8 @@ struct BlockView {
       : a(args), p(plan), b(block / (plan.row_blocks * plan.segments)),
         d0(((block / plan.segments) % plan.row_blocks) * kRows), x((block / plan.segments) % plan.row_blocks),
         seg(block % plan.segments), c_begin(seg * plan.seg_chunks),
-        c_end(c_begin + plan.seg_chunks < plan.chunks ? c_begin + plan.seg_chunks : plan.chunks), sm(smem) {}
+        c_end(c_begin + plan.seg_chunks < plan.chunks ? c_begin + plan.seg_chunks : plan.chunks),
+        len(scanned_length(args.lengths, block / (plan.row_blocks * plan.segments), plan.L)), sm(smem) {}
 
   // Where (b, this segment, d, carried value w) lives in a SegmentArrays array.
   CS_HD int64_t segment_index(int64_t s, int64_t d, int w) const {
@@ -72,12 +74,37 @@ struct BlockView {
   }
 
   CS_HD int64_t chunk_start(int64_t c) const { return c * p.chunk; }
+  // Scanned steps of chunk c (>= 1 for the chunks below scan_end()).
   CS_HD int chunk_length(int64_t c) const {
-    const int64_t left = p.L - c * p.chunk;
+    const int64_t left = len - c * p.chunk;
     return static_cast<int>(left < p.chunk ? left : p.chunk);
   }
+  // The segment's chunks that hold scanned steps are [c_begin, scan_end()); the rest hold padding.
+  CS_HD int64_t scan_end() const {
+    const int64_t scanned = (len + p.chunk - 1) / p.chunk;
+    return scanned < c_end ? scanned : c_end;
+  }
+  // The segment's padded steps: [pad_begin(), seg_end()).
+  CS_HD int64_t seg_end() const { return c_end * p.chunk < p.L ? c_end * p.chunk : p.L; }
+  CS_HD int64_t pad_begin() const {
+    const int64_t t0 = c_begin * p.chunk;
+    return len > t0 ? (len < seg_end() ? len : seg_end()) : t0;
+  }
 
-  // Phase: dt and u of chunk c into shared memory (zeros past the end and for absent channels).
+  // Phase helper: value 0 into element t of every (m, channel) row of this block of a (Bt, M, D, L)
+  // output, for t in [pad_begin(), seg_end()); time varies fastest across threads.
+  CS_HD void zero_padded(int tid, float* dst) const {
+    const int64_t t0 = pad_begin(), steps = seg_end() - t0;
+    if (!dst || steps <= 0) return;
+    for (int64_t i = tid; i < steps * p.M * kRows; i += p.threads) {
+      const int64_t ss = i % steps, ln = (i / steps) % kRows, m = i / (steps * kRows);
+      const int64_t d = d0 + ln;
+      if (d < p.D) dst[seq_index(static_cast<int>(m), d, t0 + ss)] = 0.0f;
+    }
+  }
+
+  // Phase: dt and u of chunk c into shared memory (zeros past the sample's length and for absent
+  // channels).
   CS_HD void load_chunk(int tid, int64_t c) const {
     const int64_t t0 = chunk_start(c);
     const int len = chunk_length(c);

@@ -1,5 +1,6 @@
 // Forward pass of one thread block (block_plan.h): per 16-step chunk, save the checkpoint, load
-// dt and u, then walk time in rounds of `sub` steps. Each thread advances its 8 states (x M on
+// dt and u, then walk time in rounds of `sub` steps, up to the sample's length (its padded steps
+// only get their zeros and checkpoints in a last phase). Each thread advances its 8 states (x M on
 // the vector path) and leaves per-warp partial sums of y in shared memory; a reduction phase adds
 // the G partials, the skip term and the gate and writes `out`.
 #pragma once
@@ -87,7 +88,7 @@ struct ForwardBlock : BlockView<Tin> {
     const bool valid = d < p.D;
     for (int s = s0; s < s1; ++s) {
       const int64_t t = this->chunk_start(c) + s;
-      const bool last = a.last_state && t == p.L - 1 && !summary();
+      const bool last = a.last_state && t == this->len - 1 && !summary();
       float y[kMaxModalities];
       for (int m = 0; m < kMaxModalities; ++m) y[m] = 0.0f;
       for (int j = 0; j < kStates && valid; ++j) {
@@ -122,6 +123,30 @@ struct ForwardBlock : BlockView<Tin> {
     }
   }
 
+  // Phase (after the walk, full pass only): what the padded steps of the segment need. `out` is
+  // 0 there; checkpoints of chunks that start at or past the sample's length hold its final state
+  // (the state this segment ends or, past the length, starts with); a sample of length 0 ends in
+  // its initial state, which the first segment copies (per modality: the rank-one path carries
+  // only the sum).
+  CS_HD void pad(int tid, const Thread& th) const {
+    if (summary()) return;
+    this->zero_padded(tid, a.out);
+    const int64_t scanned = this->scan_end();
+    for (int64_t c = scanned > this->c_begin ? scanned : this->c_begin; c < this->c_end; ++c)
+      save_checkpoint(tid, th, c);
+    const int64_t d = this->channel(tid);
+    if (this->len > 0 || this->seg > 0 || !a.last_state || d >= p.D) return;
+    const int g = View::group(tid);
+    for (int j = 0; j < kStates; ++j) {
+      const int n = g * kStates + j;
+      if (n >= p.N) break;
+      for (int m = 0; m < p.M; ++m) {
+        const int64_t i = this->state_index(m, d, n);
+        a.last_state[i] = a.initial_state ? a.initial_state[i] : 0.0f;
+      }
+    }
+  }
+
   // Phase: out for steps [s0, s1) of chunk c. Time varies fastest across threads, so that
   // neighbouring threads write neighbouring elements of out (and read neighbouring z).
   CS_HD void reduce(int tid, int64_t c, int s0, int s1) const {
@@ -148,7 +173,8 @@ CS_HD void run_forward_block(const Block& blk, Exec& ex) {
   // The last segment's summary is never used (nothing comes after it).
   if (blk.summary() && blk.seg == blk.p.segments - 1) return;
   ex.each([&](int tid, Thread& th) { blk.init(tid, th); });
-  for (int64_t c = blk.c_begin; c < blk.c_end; ++c) {
+  // Chunks past the sample's length are not walked (no exps spent on padding).
+  for (int64_t c = blk.c_begin; c < blk.scan_end(); ++c) {
     ex.each([&](int tid, Thread& th) {
       blk.save_checkpoint(tid, th, c);
       blk.load_chunk(tid, c);
@@ -160,7 +186,11 @@ CS_HD void run_forward_block(const Block& blk, Exec& ex) {
       if (!blk.summary()) ex.each([&](int tid, Thread&) { blk.reduce(tid, c, s0, s1); });
     }
   }
-  if (blk.summary()) ex.each([&](int tid, Thread& th) { blk.finish(tid, th); });
+  if (blk.summary()) {
+    ex.each([&](int tid, Thread& th) { blk.finish(tid, th); });
+  } else if (blk.pad_begin() < blk.seg_end() || blk.len == 0) {  // padded steps, or a length of 0
+    ex.each([&](int tid, Thread& th) { blk.pad(tid, th); });
+  }
 }
 
 }  // namespace gpu

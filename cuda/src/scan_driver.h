@@ -65,7 +65,6 @@ template <typename Launcher>
 Status forward_driver(const ForwardArgs<float>& a, int64_t segments_hint, float* work, Launcher& launch) {
   Status st = check_forward_args(a);
   if (st != Status::kOk) return st;
-  if (a.lengths) return Status::kInvalidArgument;  // per-sample lengths: CPU kernels only so far
   const Sizes& s = a.size;
   const int64_t states = s.batch * s.modalities * s.channels * s.state;
   if (states == 0) return Status::kOk;
@@ -92,7 +91,6 @@ Status backward_driver(const BackwardArgs<float>& grads, int64_t segments_hint, 
   const ForwardArgs<float>& a = g.fwd;
   Status st = check_forward_args(a);
   if (st != Status::kOk) return st;
-  if (a.lengths) return Status::kInvalidArgument;  // per-sample lengths: CPU kernels only so far
   const Sizes& s = a.size;
   const int64_t M = s.modalities, D = s.channels, N = s.state, L = s.length;
   const bool general = a.coupling == CouplingKind::kGeneral;
@@ -134,7 +132,8 @@ Status backward_driver(const BackwardArgs<float>& grads, int64_t segments_hint, 
   // segments (and dW over the threads of each block, then over the blocks).
   const int64_t bs = s.batch * plan.segments;
   for (int q = 0; q < 2; ++q) {
-    const TransposedSum job{work + map.bc + q * map.bc_half, q == 0 ? g.dB : g.dC, s.batch, plan.row_blocks, M, N, L};
+    const TransposedSum job{work + map.bc + q * map.bc_half, q == 0 ? g.dB : g.dC, s.batch, plan.row_blocks, M, N, L,
+                            a.lengths};
     if ((st = launch.each_index(job)) != Status::kOk) return st;
   }
   if ((st = launch.sum_leading(work + map.a, g.dA, bs, M * D * N, M * D * N)) != Status::kOk) return st;

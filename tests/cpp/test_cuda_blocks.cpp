@@ -64,6 +64,8 @@ struct SnapshotExec {
 
 bool g_snapshot = false;   // run blocks with SnapshotExec instead of HostExec
 bool g_recompute = false;  // call the backward without checkpoints (it recomputes them)
+std::vector<int64_t> g_lengths;  // per-sample lengths of the next compare_case (empty: none)
+std::vector<int64_t> g_kernel_lengths;  // if not empty: the lengths the kernels get instead
 
 struct HostLauncher {
   int64_t budget = 96 * 1024;
@@ -130,6 +132,79 @@ struct HostLauncher {
   }
 };
 
+// ---- per-sample lengths: the reference is each sample run alone on its cut inputs ----
+
+// Apply fn(index) to every element at steps >= lengths[b] of a (Bt, M, R, L) array.
+template <typename Fn>
+void for_padded_steps(const naive::Problem& p, int64_t R, const Fn& fn) {
+  for (int64_t b = 0; b < p.Bt; ++b)
+    for (int64_t mr = 0; mr < p.M * R; ++mr)
+      for (int64_t t = naive::length_of(p, b); t < p.L; ++t) fn((b * p.M * R + mr) * p.L + t);
+}
+
+// Steps [0, Lb) of sample b of a (Bt, M, R, L) array.
+Vec cut_steps(const naive::Problem& p, const Vec& v, int64_t R, int64_t b, int64_t Lb) {
+  Vec o;
+  if (v.empty()) return o;
+  for (int64_t mr = 0; mr < p.M * R; ++mr)
+    for (int64_t t = 0; t < Lb; ++t) o.push_back(v[(b * p.M * R + mr) * p.L + t]);
+  return o;
+}
+
+// The spec of lengths: sample b alone over its first lengths[b] steps (naive::run of a batch of
+// one with L = lengths[b]); its results placed back into batch arrays with zeros at the padded
+// steps; the parameter gradients summed over the samples.
+naive::Grads per_sample_reference(const naive::Problem& p, const Vec& dout, const Vec& dlast) {
+  const int64_t M = p.M, D = p.D, N = p.N, L = p.L, S = M * D * N;
+  naive::Grads r;
+  r.out.assign(p.Bt * M * D * L, 0.0), r.du = r.ddelta = r.dz = r.out;
+  r.dB.assign(p.Bt * M * N * L, 0.0), r.dC = r.dB;
+  r.last.assign(p.Bt * S, 0.0), r.dinit = r.last;
+  r.dA.assign(S, 0.0), r.dD.assign(M * D, 0.0), r.dbias = r.dD, r.dW.assign(M * M, 0.0);
+  for (int64_t b = 0; b < p.Bt; ++b) {
+    const int64_t Lb = naive::length_of(p, b);
+    auto states = [&](const Vec& v) { return v.empty() ? Vec() : Vec(v.begin() + b * S, v.begin() + (b + 1) * S); };
+    const Vec init = states(p.init), gl = states(dlast);
+    auto put = [&](Vec& dst, const Vec& src, int64_t R) {
+      for (int64_t mr = 0; mr < M * R; ++mr)
+        for (int64_t t = 0; t < Lb; ++t) dst[(b * M * R + mr) * L + t] = src[mr * Lb + t];
+    };
+    auto put_states = [&](Vec& dst, const Vec& src) {
+      for (int64_t i = 0; i < S && !src.empty(); ++i) dst[b * S + i] = src[i];
+    };
+    if (Lb == 0) {  // no step: the last state is the initial state, d initial_state is d last_state
+      put_states(r.last, init);
+      put_states(r.dinit, gl);
+      continue;
+    }
+    naive::Problem q = p;
+    q.Bt = 1, q.L = Lb, q.lengths.clear();
+    q.u = cut_steps(p, p.u, D, b, Lb), q.delta = cut_steps(p, p.delta, D, b, Lb);
+    q.B = cut_steps(p, p.B, N, b, Lb), q.C = cut_steps(p, p.C, N, b, Lb), q.z = cut_steps(p, p.z, D, b, Lb);
+    q.init = init;
+    const naive::Grads one = naive::run(q, cut_steps(p, dout, D, b, Lb), gl);
+    put(r.out, one.out, D), put(r.du, one.du, D), put(r.ddelta, one.ddelta, D), put(r.dz, one.dz, D);
+    put(r.dB, one.dB, N), put(r.dC, one.dC, N);
+    put_states(r.last, one.last), put_states(r.dinit, one.dinit);
+    for (size_t i = 0; i < r.dA.size(); ++i) r.dA[i] += one.dA[i];
+    for (size_t i = 0; i < r.dD.size(); ++i) r.dD[i] += one.dD[i], r.dbias[i] += one.dbias[i];
+    for (size_t i = 0; i < r.dW.size(); ++i) r.dW[i] += one.dW[i];
+  }
+  return r;
+}
+
+// Random lengths in [0, L] for Bt samples, with 0, 1 and L among them when Bt >= 3 (as many of
+// them as fit otherwise).
+std::vector<int64_t> random_lengths(int64_t Bt, int64_t L, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int64_t> any(0, L);
+  std::vector<int64_t> len(Bt);
+  for (auto& x : len) x = any(rng);
+  const int64_t special[] = {0, L < 1 ? 0 : 1, L};
+  for (int64_t i = 0; i < 3 && i < Bt; ++i) len[(i * 5 + seed) % Bt] = special[i];
+  return len;
+}
+
 CouplingKind kind_of(const std::string& c) {
   if (c == "none") return CouplingKind::kNone;
   if (c == "general") return CouplingKind::kGeneral;
@@ -144,7 +219,18 @@ void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0, int64_t se
   naive::Problem p = make_problem(c, rng);
   Vec dout, dlast;
   random_upstream(p, c.with_optional, rng, dout, dlast);
-  const naive::Grads ref = naive::run(p, dout, dlast);
+  const bool with_lengths = !g_lengths.empty();
+  if (with_lengths) {
+    p.lengths = g_lengths;
+    // Inputs at padded steps are NaN: reading any of them would show in the results.
+    const double nan = std::nan("");
+    for_padded_steps(p, c.D, [&](int64_t i) {
+      p.u[i] = p.delta[i] = dout[i] = nan;
+      if (!p.z.empty()) p.z[i] = nan;
+    });
+    for_padded_steps(p, c.N, [&](int64_t i) { p.B[i] = p.C[i] = nan; });
+  }
+  const naive::Grads ref = with_lengths ? per_sample_reference(p, dout, dlast) : naive::run(p, dout, dlast);
   const int64_t Bt = p.Bt, M = p.M, D = p.D, N = p.N, L = p.L, Lp = L + row_pad;
   const CouplingKind kind = kind_of(c.coupling);
   auto padded = [&](const Vec& v, int64_t R) { return padded_rows<float>(v, Bt * M * R, L, Lp); };
@@ -157,6 +243,7 @@ void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0, int64_t se
   const InputPointers<float> x{u.data(), delta.data(), A.data(), B.data(), C.data(), data_or_null(Ds),
                                data_or_null(z), data_or_null(bias), W.data(), data_or_null(init)};
   ForwardArgs<float> f = forward_args_for(p, x, Lp, kind, c.coupling == "mean" ? 1.0 / M : 1.0);
+  f.lengths = !g_kernel_lengths.empty() ? g_kernel_lengths.data() : with_lengths ? p.lengths.data() : nullptr;
   std::vector<float> out = poisoned(Bt * M * D * L), last = poisoned(Bt * M * D * N),
                      ck = poisoned(Bt * D * num_cuda_chunks(L, kind) * checkpoint_width(kind, M, N));
   f.out = out.data();
@@ -186,12 +273,16 @@ void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0, int64_t se
   const Status bst = backward_driver(g, segments, work.data(), launch);
 
   const BlockPlan plan = plan_for(f.size, kind, true, budget);
-  char name[240];
+  std::string lengths_text;
+  for (int64_t n : p.lengths) lengths_text += (lengths_text.empty() ? " lengths=" : ",") + std::to_string(n);
+  for (size_t i = 0; i < g_kernel_lengths.size(); ++i)
+    lengths_text += (i == 0 ? " given as " : ",") + std::to_string(g_kernel_lengths[i]);
+  char name[400];
   std::snprintf(name, sizeof(name),
-                "cuda-emulated Bt=%lld M=%lld D=%lld N=%lld L=%lld %s%s pad=%lld sub=%d tiles=%d segments=%lld%s",
+                "cuda-emulated Bt=%lld M=%lld D=%lld N=%lld L=%lld %s%s pad=%lld sub=%d tiles=%d segments=%lld%s%s",
                 (long long)Bt, (long long)M, (long long)D, (long long)N, (long long)L, c.coupling.c_str(),
                 c.with_optional ? " +opt" : "", (long long)row_pad, plan.sub, plan.tiles,
-                (long long)launch.last_segments, g_recompute ? " recomputed checkpoints" : "");
+                (long long)launch.last_segments, g_recompute ? " recomputed checkpoints" : "", lengths_text.c_str());
   check(fst == Status::kOk && bst == Status::kOk, std::string(name) + " status");
   if (segments > 1 && kind != CouplingKind::kGeneral)  // the split was taken
     check(launch.last_segments > 1, std::string(name) + " ran in time segments");
@@ -217,6 +308,20 @@ void compare_case(const Case& c, int64_t budget, int64_t row_pad = 0, int64_t se
     cmp("ddelta_bias", dbias, ref.dbias, 1e-3);
   }
   if (kind == CouplingKind::kGeneral) cmp("dW", dW, ref.dW, 1e-3);
+  if (!with_lengths) return;
+  // Exact zeros at the padded steps; every checkpoint slot written (the backward reads only the
+  // scanned chunks', the rest hold the final state).
+  bool zeros = true;
+  for_padded_steps(p, D, [&](int64_t i) {
+    zeros = zeros && out[i] == 0.0f && du[i] == 0.0f && dd[i] == 0.0f && (!c.with_optional || dz[i] == 0.0f);
+  });
+  for_padded_steps(p, N, [&](int64_t i) { zeros = zeros && dB[i] == 0.0f && dC[i] == 0.0f; });
+  check(zeros, std::string(name) + " out, du, ddelta, dz, dB, dC exactly 0 past each length");
+  if (!g_recompute) {
+    bool written = true;
+    for (float v : ck) written = written && !std::isnan(v);
+    check(written, std::string(name) + " every checkpoint slot written");
+  }
 }
 
 // The plan: shared memory shrinks the reduction rounds, then tiles the backward's dB / dC sums,
@@ -326,6 +431,69 @@ void empty_cases() {
     }
 }
 
+// Per-sample lengths through the drivers, against each sample run alone on its cut inputs:
+// random lengths with 0, 1 and L among them, every coupling, odd L, one segment and several,
+// lengths at chunk and segment boundaries, short rounds and tiles, recomputed checkpoints.
+void lengths_cases(int64_t big) {
+  uint64_t seed = 1;
+  for (const char* coupling : {"mean", "sum", "none", "general"})
+    for (int64_t segments : {1, 3}) {
+      const int64_t L = std::string(coupling) == "sum" ? 41 : 75;
+      const Case c{5, 3, 5, 6, L, coupling, true};
+      g_lengths = random_lengths(c.Bt, c.L, seed++);
+      compare_case(c, big, 0, segments);
+    }
+  g_lengths = random_lengths(4, 37, seed++);
+  compare_case({4, 2, 33, 9, 37, "mean", false}, big);  // no optional inputs, two channel blocks
+  g_lengths = random_lengths(3, 1, seed++);
+  compare_case({3, 2, 3, 5, 1, "general", true}, big);  // L = 1
+  g_lengths = random_lengths(3, 9, seed++);
+  compare_case({3, 8, 2, 3, 9, "general", true}, big);  // M = 8
+  // At chunk boundaries (16 steps rank one, 8 on the vector path) and with row padding.
+  g_lengths = {16, 17, 15, 32, 0, 1, 49};
+  compare_case({7, 2, 3, 5, 49, "mean", true}, big, /*row_pad=*/3);
+  g_lengths = {8, 9, 7, 0, 1, 23, 16};
+  compare_case({7, 2, 3, 5, 23, "none", true}, big);
+  compare_case({7, 2, 3, 5, 23, "general", true}, big);
+  // At segment boundaries: 110 steps in 3 segments of 48 (rank one) / 40 (vector) steps.
+  g_lengths = {48, 47, 49, 96, 97, 0, 110, 1};
+  compare_case({8, 2, 3, 5, 110, "mean", true}, big, 0, 3);
+  g_lengths = {40, 39, 41, 80, 81, 0, 110, 1};
+  compare_case({8, 2, 3, 5, 110, "none", true}, big, 0, 3);
+  g_lengths = random_lengths(3, 300, seed++);  // automatic split on a 1-SM "GPU"
+  compare_case({3, 2, 8, 4, 300, "mean", true}, big, 0, /*segments=*/0, /*sms=*/1);
+  // Short rounds and tiled dB / dC sums (budgets as in main), large N.
+  const Case round_case{3, 3, 17, 19, 37, "mean", true}, vector_case{3, 3, 5, 12, 21, "general", true};
+  g_lengths = {0, 37, 22};
+  compare_layout(round_case, 1, 3);
+  compare_layout(round_case, 4);
+  g_lengths = {21, 5, 0};
+  compare_layout(vector_case, 1, 2);
+  g_lengths = {0, 1, 9};
+  compare_case({3, 8, 2, 256, 9, "mean", true}, 101376);
+  // A backward without checkpoints recomputes them with the same lengths.
+  g_recompute = true;
+  g_lengths = random_lengths(5, 63, seed++);
+  compare_case({5, 3, 17, 19, 63, "mean", true}, big);
+  compare_case({5, 3, 5, 12, 63, "general", true}, big);
+  g_lengths = random_lengths(4, 200, seed++);
+  compare_case({4, 2, 6, 5, 200, "none", true}, big, 0, 3);
+  g_recompute = false;
+  g_lengths.clear();
+}
+
+// Out-of-range lengths from a direct C++ caller: the kernels clamp them to [0, L] (the Python
+// layer rejects them first), so the results are those of the clamped lengths and nothing is read
+// or written out of bounds.
+void clamped_lengths_case(int64_t big) {
+  g_lengths = {0, 21, 4};
+  g_kernel_lengths = {-3, 26, 4};
+  compare_case({3, 2, 3, 5, 21, "mean", true}, big, 0, 2);
+  compare_case({3, 2, 3, 5, 21, "general", true}, big);
+  g_kernel_lengths.clear();
+  g_lengths.clear();
+}
+
 }  // namespace
 
 int main() {
@@ -373,6 +541,8 @@ int main() {
   // Automatic choice: on a 1-SM "GPU" a small grid at long L splits (and must stay exact).
   compare_case({1, 2, 8, 4, 300, "mean", true}, big, 0, /*segments=*/0, /*sms=*/1);
   compare_case({1, 2, 8, 4, 300, "none", true}, big, 0, /*segments=*/0, /*sms=*/1);
+  lengths_cases(big);
+  clamped_lengths_case(big);
   plan_cases();
   // Races: small cases again with every phase's threads seeing phase-start shared memory.
   g_snapshot = true;
@@ -384,6 +554,13 @@ int main() {
   compare_layout(vector_case, 1, 2);
   compare_case({1, 2, 6, 5, 200, "mean", true}, big, 0, 3);
   compare_case({1, 2, 6, 5, 200, "none", true}, big, 0, 3);
+  g_lengths = {37, 0, 1, 16};  // with lengths: the padded-step phases too
+  compare_case({4, 3, 17, 19, 40, "mean", true}, big);
+  g_lengths = {110, 47, 0, 97};
+  compare_case({4, 2, 6, 5, 110, "none", true}, big, 0, 3);
+  g_lengths = {21, 0, 8};
+  compare_case({3, 3, 5, 12, 21, "general", true}, big);
+  g_lengths.clear();
   g_snapshot = false;
   check(g_shared_conflicts == 0, "no shared word written by two threads in one phase (" +
                                      std::to_string(g_shared_conflicts) + " found)");
