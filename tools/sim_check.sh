@@ -4,7 +4,8 @@
 # shared CUDA runtime, the smaller kernel set COUPLED_MAMBA_CUDA_SIM_KERNELS) and the test binary
 # tests/cpp/test_cuda_sim.cpp, then runs it under both of the kit's configurations at once:
 # sm86 (101,376 bytes of opt-in shared memory per block) and a100 (166,912).
-#   bash tools/sim_check.sh [--quick]
+#   bash tools/sim_check.sh [--quick] [--match TEXT]
+# (--match TEXT: only the scan cases whose name contains TEXT, e.g. "lengths=")
 # The kit: $GPUSIM_KIT, else ../shared/gpusim next to the repository; it must be set up
 # (bash "$GPUSIM_KIT/setup.sh", once per machine). Logs in build/sim/ (SIM_CHECK_DIR).
 # Closing line: "N passed, M failed" over both configurations; exit status 1 on any failure.
@@ -12,11 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 MODE=full
-case "${1:-}" in
-  --quick) MODE=quick ;;
-  "") ;;
-  *) echo "usage: bash tools/sim_check.sh [--quick]" >&2; exit 2 ;;
-esac
+MATCH=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) MODE=quick ;;
+    --match) [ $# -ge 2 ] || { echo "sim_check: --match needs a TEXT" >&2; exit 2; }; MATCH=$2; shift ;;
+    *) echo "usage: bash tools/sim_check.sh [--quick] [--match TEXT]" >&2; exit 2 ;;
+  esac
+  shift
+done
 KIT=${GPUSIM_KIT:-$ROOT/../shared/gpusim}
 [ -f "$KIT/env.sh" ] || { echo "sim_check: no simulator kit at $KIT (set GPUSIM_KIT)" >&2; exit 2; }
 KIT=$(cd "$KIT" && pwd)
@@ -42,6 +47,7 @@ echo "built in $((SECONDS - T0)) s"
 echo "== sim_check: $MODE cases under configurations sm86 and a100 (in parallel) =="
 ARGS=()
 [ "$MODE" = quick ] && ARGS=(--quick)
+[ -n "$MATCH" ] && ARGS+=(--match "$MATCH") && MODE="$MODE (--match $MATCH)"
 declare -A PID START
 for cfg in sm86 a100; do
   rm -rf "$OUT/run-$cfg"

@@ -144,6 +144,7 @@ struct SimCase {
   int64_t pad = 0;             // extra elements between sequence rows
   int64_t max_shared = 0;      // CudaCall::max_shared_bytes
   bool quick = false;          // in the --quick subset
+  std::vector<int64_t> lengths;  // per-sample lengths (device memory); empty: none
 };
 
 // The CPU library on the same (rounded) inputs: forward and backward in float32.
@@ -158,6 +159,7 @@ CpuResult run_cpu(const naive::Problem& p, CouplingKind kind, double alpha, cons
   const InputPointers<float> x{u.data(), delta.data(), A.data(), B.data(), C.data(), data_or_null(Ds),
                                data_or_null(z), data_or_null(bias), W.data(), data_or_null(init)};
   ForwardArgs<float> f = forward_args_for(p, x, L, kind, alpha);
+  f.lengths = p.lengths.empty() ? nullptr : p.lengths.data();
   CpuResult r;
   r.out.resize(Bt * M * D * L);
   r.last.resize(Bt * M * D * N);
@@ -189,35 +191,54 @@ bool sim_case(const SimCase& sc) {
   Vec dout, dlast;
   random_upstream(p, c.with_optional, rng, dout, dlast);
   const int64_t Bt = p.Bt, M = p.M, D = p.D, N = p.N, L = p.L, Lp = L + sc.pad;
+  // With lengths, inputs at padded steps are NaN (never read: reading one would show).
+  p.lengths = sc.lengths;
+  auto padded_steps = [&](int64_t R, auto fn) {
+    for (int64_t b = 0; b < Bt && !p.lengths.empty(); ++b)
+      for (int64_t mr = 0; mr < M * R; ++mr)
+        for (int64_t t = p.lengths[b]; t < L; ++t) fn((b * M * R + mr) * L + t);
+  };
+  const double nan = std::nan("");
+  padded_steps(D, [&](int64_t i) {
+    p.u[i] = p.delta[i] = dout[i] = nan;
+    if (!p.z.empty()) p.z[i] = nan;
+  });
+  padded_steps(N, [&](int64_t i) { p.B[i] = p.C[i] = nan; });
+  std::string lengths_text;
+  for (int64_t n : p.lengths) lengths_text += (lengths_text.empty() ? " lengths=" : ",") + std::to_string(n);
   const CouplingKind kind = kind_of(c.coupling);
   const double alpha = c.coupling == "mean" ? 1.0 / M : 1.0;
   const int64_t limit = sc.max_shared > 0 && sc.max_shared < g_device_smem ? sc.max_shared : g_device_smem;
   const gpu::BlockPlan plan = gpu::plan_for({Bt, M, D, N, L}, kind, true, limit);
-  char name[300];
+  char name[400];
   std::snprintf(name, sizeof(name),
-                "Bt=%lld M=%lld D=%lld N=%lld L=%lld %s %s%s segments=%lld%s%s | backward plan %lld B sub=%d tiles=%d",
+                "Bt=%lld M=%lld D=%lld N=%lld L=%lld %s %s%s segments=%lld%s%s%s | backward plan %lld B sub=%d tiles=%d",
                 (long long)Bt, (long long)M, (long long)D, (long long)N, (long long)L, c.coupling.c_str(),
                 dtype_name(sc.dtype), c.with_optional ? " +optional" : " -optional", (long long)sc.segments,
-                sc.recompute ? " recomputed-checkpoints" : "", sc.pad ? " padded-rows" : "",
+                sc.recompute ? " recomputed-checkpoints" : "", sc.pad ? " padded-rows" : "", lengths_text.c_str(),
                 (long long)gpu::smem_bytes(plan), plan.sub, plan.tiles);
   if (!g_match.empty() && std::string(name).find(g_match) == std::string::npos) return false;
   // Sequence tensors in the dtype (rounded in place, so the references see the same values).
   auto seq_bytes = [&](Vec& v, int64_t rows) {
     to_dtype(v, sc.dtype);
     Vec padded = to_double(padded_rows<float>(v, Bt * M * rows, L, Lp));
-    for (double& x : padded)
-      if (x != x) x = 0.0;  // the gaps are never read; fill them with a valid value
+    for (int64_t r = 0; r < Bt * M * rows; ++r)
+      for (int64_t t = L; t < Lp; ++t) padded[r * Lp + t] = 0.0;  // the gaps are never read; a valid value
     return to_dtype(padded, sc.dtype);
   };
   DeviceBytes u(seq_bytes(p.u, D)), delta(seq_bytes(p.delta, D)), B(seq_bytes(p.B, N)), C(seq_bytes(p.C, N)),
       go(seq_bytes(dout, D)), z(p.z.empty() ? std::vector<unsigned char>() : seq_bytes(p.z, D));
   DeviceBytes A(float_bytes(p.A)), Ds(float_bytes(p.Dskip)), bias(float_bytes(p.bias)), W(float_bytes(p.W)),
       init(float_bytes(p.init)), gl(float_bytes(dlast));
+  std::vector<unsigned char> lengths_bytes(p.lengths.size() * sizeof(int64_t));
+  if (!p.lengths.empty()) std::memcpy(lengths_bytes.data(), p.lengths.data(), lengths_bytes.size());
+  DeviceBytes lengths(lengths_bytes);
   const naive::Grads ref = naive::run(p, dout, dlast);
   const CpuResult cpu = run_cpu(p, kind, alpha, dout, dlast);
 
   const InputPointers<float> x{u.f(), delta.f(), A.f(), B.f(), C.f(), Ds.f(), z.f(), bias.f(), W.f(), init.f()};
   ForwardArgs<float> f = forward_args_for(p, x, Lp, kind, alpha);
+  f.lengths = static_cast<const int64_t*>(lengths.ptr);
   const size_t fsz = 4;
   DeviceBytes out(Bt * M * D * L * fsz), last(c.with_optional ? Bt * M * D * N * fsz : 0),
       ck(sc.recompute ? 0 : Bt * D * num_cuda_chunks(L, kind) * checkpoint_width(kind, M, N) * fsz);
@@ -274,6 +295,16 @@ bool sim_case(const SimCase& sc) {
   }
   if (kind == CouplingKind::kGeneral) cmp("dW", dW, ref.dW, cpu.dW, 1e-3);
   else check(all_equal(dW.host(), 0.0f), std::string(name) + " dW zero without a general W");
+  if (!p.lengths.empty()) {  // exact zeros at the padded steps
+    const std::vector<float> o = out.host(), hu = du.host(), hd = dd.host(), hz = dz.host(), hB = dB.host(),
+                             hC = dC.host();
+    bool zeros = true;
+    padded_steps(D, [&](int64_t i) {
+      zeros = zeros && o[i] == 0.0f && hu[i] == 0.0f && hd[i] == 0.0f && (!opt || hz[i] == 0.0f);
+    });
+    padded_steps(N, [&](int64_t i) { zeros = zeros && hB[i] == 0.0f && hC[i] == 0.0f; });
+    check(zeros, std::string(name) + " out, du, ddelta, dz, dB, dC exactly 0 past each length");
+  }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("%s %s (%.1f s)\n", g_failed == failed_before ? "ok  " : "FAIL", name, secs);
   return true;
@@ -442,6 +473,20 @@ std::vector<SimCase> all_cases() {
     SimCase* s = add({2, 3, 17, 19, 37, "mean", true}, true);
     const gpu::BlockPlan base = gpu::make_plan({2, 3, 17, 19, 37}, CouplingKind::kRankOne, true, 0, 1);
     s->max_shared = gpu::smem_bytes(gpu::layout(base, true, 1, 3));
+  }
+  // Per-sample lengths (0, 1, L and others; inputs at padded steps are NaN): both paths, time
+  // segments with lengths ending before, inside and at a segment's end, the 1024-thread blocks.
+  add({5, 3, 17, 19, 40, "mean", true}, true, T::kFloat32, 3)->lengths = {0, 1, 40, 23, 16};
+  add({4, 3, 5, 12, 21, "general", true}, true, T::kBFloat16)->lengths = {21, 0, 1, 9};
+  add({4, 3, 33, 19, 63, "mean", true}, false, T::kFloat32, 1)->lengths = {63, 0, 1, 47};
+  add({4, 5, 17, 19, 40, "general", true}, false)->lengths = {40, 0, 1, 25};
+  add({4, 2, 6, 5, 200, "none", true}, false, T::kFloat32, 3)->lengths = {200, 0, 1, 67};
+  add({3, 2, 6, 5, 40, "sum", false}, false, T::kFloat32, 2)->lengths = {40, 0, 13};
+  add({3, 8, 2, 256, 5, "mean", true}, false)->lengths = {0, 5, 3};
+  {
+    SimCase* s = add({4, 2, 6, 5, 130, "mean", true}, false, T::kFloat32, 3);
+    s->lengths = {130, 0, 1, 70};
+    s->recompute = true;
   }
   return v;
 }

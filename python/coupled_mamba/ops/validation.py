@@ -128,9 +128,6 @@ def check_forward(u, delta, A, B, C, D, z, delta_bias, kind: int, W, initial_sta
     _devices([("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
               ("delta_bias", delta_bias), ("initial_state", initial_state), ("coupling", W), ("lengths", lengths)],
              u, allow_meta)
-    if lengths is not None and u.device.type == "cuda":
-        _fail(NotImplementedError, "lengths", "per-sample lengths run on the CPU kernels only; the CUDA kernels "
-              "do not take them yet (pad with dt = 0 instead, or run the scan on the CPU)")
 
 
 def check_lengths_values(lengths: Optional[Tensor], L: int) -> None:
