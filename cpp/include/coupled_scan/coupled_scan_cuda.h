@@ -51,6 +51,11 @@ int64_t cuda_workspace(const Sizes& size, CouplingKind coupling, bool backward, 
 
 // Forward. The SeqTensor pointers of `a` point at data of type call.dtype (strides in elements
 // of that type). a.checkpoints, when not null, is (Bt, D, num_cuda_chunks(L, coupling), width).
+// a.lengths, when not null, is in device memory with the semantics of ForwardArgs::lengths
+// (checkpoint c holds the state before step min(c * cuda_chunk, lengths[b])). Its values are not
+// checked here (that would need a copy to the host): the kernels clamp each length to [0, L], so
+// an out-of-range value never reads or writes out of bounds; callers check the range (the Python
+// op raises a ValueError naming `lengths`).
 Status forward_cuda(const ForwardArgs<float>& a, const CudaCall& call, float* workspace);
 
 // Backward. a.checkpoints come from forward_cuda, or are null: then the backward recomputes
