@@ -44,10 +44,10 @@ cmake --build "$OUT/build" --parallel 2 --target test_cuda_sim >"$OUT/build.log"
 BIN=$OUT/build/tests/cpp/test_cuda_sim
 echo "built in $((SECONDS - T0)) s"
 
-echo "== sim_check: $MODE cases under configurations sm86 and a100 (in parallel) =="
 ARGS=()
 [ "$MODE" = quick ] && ARGS=(--quick)
 [ -n "$MATCH" ] && ARGS+=(--match "$MATCH") && MODE="$MODE (--match $MATCH)"
+echo "== sim_check: $MODE cases under configurations sm86 and a100 (in parallel) =="
 declare -A PID START
 for cfg in sm86 a100; do
   rm -rf "$OUT/run-$cfg"
