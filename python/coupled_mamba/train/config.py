@@ -166,9 +166,12 @@ def build_parser(prog: str = "coupled-mamba train", with_defaults: bool = True) 
     g.add_argument("--d-conv", type=b["d_conv"], metavar="N", help="causal conv width (default 4)")
     g.add_argument("--expand", type=b["expand"], metavar="N", help="inner width / d_model (default 2)")
     g.add_argument("--dt-rank", type=b["dt_rank"], metavar="N", help="default ceil(d_state / 8), the paper's d_state/8")
-    g.add_argument("--seq-len", type=b["seq_len"], metavar="N", help="common length after alignment (default 50; synthetic 32)")
+    g.add_argument("--seq-len", type=b["seq_len"], metavar="N",
+                   help="common length after alignment, the most steps a sample is scanned over (default 50; "
+                        "synthetic 32; npz 64)")
     g.add_argument("--align", choices=ALIGN_CHOICES, help="resample each sample's valid part to --seq-len "
-                   "bins (default) or pad to a common length with masks")
+                   "bins (default), or pad each batch to its longest recording with masks, keeping at most "
+                   "the first --seq-len steps")
     g.add_argument("--dropout", type=b["dropout"], metavar="P", help="in [0, 1), default 0.1")
     g.add_argument("--n-heads", type=b["n_heads"], metavar="N", help="attention baselines (default 4)")
 
