@@ -136,3 +136,21 @@ def test_every_model_predicts_a_sample_alike_alone_and_in_a_batch(kind):
         torch.testing.assert_close(full, batch, rtol=1e-5, atol=1e-5)
         for i in range(4):
             torch.testing.assert_close(model(*ds.batch([i])[:2])[0], batch[i], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("coupling", COUPLINGS)
+def test_long_padding_within_seq_len_changes_no_valid_output(coupling):
+    # 20 valid steps padded to 300 with seq_len 300: the padded tail is scanned by nobody (sum
+    # coupling would overflow over it) and changes no prediction.
+    xs = [torch.randn(2, 20, 5), torch.randn(2, 20, 3)]
+    lengths = [torch.tensor([20, 13]), torch.tensor([20, 17])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # coupled-sum past its horizon
+        model = build_model(f"coupled-{coupling}", DIMS, seq_len=300, **SMALL).eval()
+    padded = [torch.cat([x, 1e3 * torch.randn(2, 280, x.shape[-1])], dim=1) for x in xs]
+    with torch.no_grad():
+        y, y_padded = model(xs, lengths), model(padded, lengths)
+        x_al, mask = model.frontend(padded, lengths)
+    assert mask.shape[-1] == 300
+    assert torch.isfinite(y).all() and torch.isfinite(y_padded).all()
+    torch.testing.assert_close(y_padded, y, rtol=1e-5, atol=1e-5)
