@@ -150,7 +150,7 @@ def test_long_padding_within_seq_len_changes_no_valid_output(coupling):
     padded = [torch.cat([x, 1e3 * torch.randn(2, 280, x.shape[-1])], dim=1) for x in xs]
     with torch.no_grad():
         y, y_padded = model(xs, lengths), model(padded, lengths)
-        x_al, mask = model.frontend(padded, lengths)
+        _, mask = model.frontend(padded, lengths)
     assert mask.shape[-1] == 300
     assert torch.isfinite(y).all() and torch.isfinite(y_padded).all()
     torch.testing.assert_close(y_padded, y, rtol=1e-5, atol=1e-5)
