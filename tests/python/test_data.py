@@ -26,7 +26,9 @@ def test_dataset_batch_equals_collate_and_dataloader():
         assert torch.equal(a, b)
     loader = torch.utils.data.DataLoader(d, batch_size=8, collate_fn=collate)
     bx, bl, by = next(iter(loader))
-    assert [x.shape for x in bx] == [(8, 24, 16), (8, 64, 8), (8, 40, 12)]
+    # padded to the batch's own longest recording, within the dataset's padded length
+    assert [x.shape for x in bx] == [(8, int(n.max()), w) for n, w in zip(bl, (16, 8, 12))]
+    assert all(x.shape[1] <= L for x, L in zip(bx, (24, 64, 40)))
     assert [x.dtype for x in bl] == [torch.int64] * 3 and by.dtype == torch.float32
 
 

@@ -462,3 +462,29 @@ def test_in_memory_errors_name_the_origin(tmp_path):
         from_arrays(mods, labels, groups=[None] * N)
     with pytest.raises(DataFileError, match="key 'labels'"):
         from_arrays(mods, [[0, 1], [2]] + [0] * (N - 2))
+
+
+def test_basicmotions_converts_to_an_npz_file(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("sktime") is None:
+        pytest.skip("sktime (the basicmotions extra) is not installed")
+    from coupled_mamba.data import load_basicmotions
+    from coupled_mamba.data.basicmotions_npz import main
+
+    path = tmp_path / "bm.npz"
+    assert main([str(path)]) == 0
+    data = read_npz(path)
+    assert data.modalities == ["accelerometer", "gyroscope"] and len(data) == 80
+    assert data.class_names == ["badminton", "running", "standing", "walking"]
+    assert np.bincount(data.labels).tolist() == [20] * 4
+    assert all((np.diff(off) == 100).all() for off in data.offsets)
+    # the file's clips are the bundled ones, train then test, unstandardised
+    from coupled_mamba.data.basicmotions import _bundled_file, read_ts
+
+    X = np.concatenate([read_ts(_bundled_file(s))[0] for s in ("train", "test")]).transpose(0, 2, 1)
+    np.testing.assert_array_equal(data.steps[0].reshape(80, 100, 3), X[..., 0:3])
+    np.testing.assert_array_equal(data.steps[1].reshape(80, 100, 3), X[..., 3:6])
+    assert load_basicmotions()["train"].info.class_names == data.class_names
+    folds = load_npz_folds(path, 5)
+    assert sorted(np.concatenate([f["test"].labels.numpy() for f in folds]).tolist()) == sorted(data.labels.tolist())

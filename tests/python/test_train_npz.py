@@ -202,6 +202,32 @@ def test_coupling_logits_get_no_weight_decay():
     assert learned_coupling(model) == before
 
 
+def test_coupling_logits_learning_rate_scale(tmp_path, npz_file):
+    from coupled_mamba.train.optim import COUPLING_LR_SCALE, build_optimizer
+
+    model = build_model("coupled-learned", [3, 2], d_model=8, d_state=4, n_layers=1)
+    decayed, free = build_optimizer(model, 1e-3, 5e-4).param_groups
+    assert decayed["lr"] == 1e-3 and free["lr"] == pytest.approx(1e-3 * COUPLING_LR_SCALE)
+    assert build_optimizer(model, 1e-3, 5e-4, coupling_lr_scale=1.0).param_groups[1]["lr"] == 1e-3
+    # one step on a constant gradient moves a logit by about its group's lr (Adam)
+    opt = build_optimizer(model, 1e-3, 0.0, coupling_lr_scale=7.0)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    logits = model.backbone.layers[0].coupling_logits
+    before = logits.detach().clone()
+    opt.step()
+    torch.testing.assert_close(before - logits.detach(), torch.full_like(before, 7e-3), rtol=1e-3, atol=1e-6)
+    # the command records the option; a configuration without it means 1 (every weight alike)
+    out = tmp_path / "run"
+    assert train.main(["--data", str(npz_file), "--model", "coupled-learned", *FAST, "--coupling-lr-scale", "12",
+                       "--out", str(out)]) == 0
+    assert _json(out / "config.json")["coupling_lr_scale"] == 12.0
+    with pytest.raises(SystemExit):
+        train.main(["--data", str(npz_file), *FAST, "--coupling-lr-scale", "0", "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="coupling_lr_scale"):
+        train.fit(load_npz(npz_file), "coupled-learned", epochs=1, coupling_lr_scale=-1.0, **TINY_OPTIONS)
+
+
 def test_learned_coupling_is_reported(tmp_path, npz_file):
     out = tmp_path / "run"
     assert train.main(["--data", str(npz_file), "--model", "coupled-learned", *FAST, "--n-layers", "2",

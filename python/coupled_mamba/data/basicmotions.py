@@ -9,6 +9,11 @@ read directly, without importing sktime). Two modalities,
 Splits: the official test set is "test"; the official training set is split into "train" and
 "valid" (``valid_per_class`` clips of each class, chosen by ``seed``). Channels are standardised
 with the mean and standard deviation of the "train" split.
+
+The same clips as an ``.npz`` file in the format of :mod:`.npz` (all 80 clips pooled, raw values,
+no ``split`` key, so ``coupled-mamba train --data FILE.npz --folds K`` draws stratified folds)::
+
+    python -m coupled_mamba.data.basicmotions_npz basicmotions.npz
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import numpy as np
 
 from .dataset import MultimodalDataset, TaskInfo, check_splits
 
-__all__ = ["load_basicmotions", "BASICMOTIONS_MODALITIES"]
+__all__ = ["load_basicmotions", "save_basicmotions_npz", "BASICMOTIONS_MODALITIES"]
 
 BASICMOTIONS_MODALITIES = ("accelerometer", "gyroscope")
 
@@ -67,11 +72,30 @@ def read_ts(path: str):
     return arr, np.asarray(y)
 
 
-def load_basicmotions(seed: int = 0, valid_per_class: int = 2) -> Dict[str, MultimodalDataset]:
-    """The split dict of BasicMotions (see the module docstring)."""
+def _read_both():
+    """Both bundled files: X (N, channels, T) and lower-case labels, train then test."""
     Xtr, ytr = read_ts(_bundled_file("train"))
     Xte, yte = read_ts(_bundled_file("test"))
-    ytr, yte = np.char.lower(ytr), np.char.lower(yte)
+    return Xtr, np.char.lower(ytr), Xte, np.char.lower(yte)
+
+
+def save_basicmotions_npz(path: str) -> int:
+    """Write the 80 clips (train then test, unstandardised) as an ``.npz`` file; returns the count."""
+    from .npz import save_npz
+
+    Xtr, ytr, Xte, yte = _read_both()
+    X = np.concatenate([Xtr, Xte]).transpose(0, 2, 1)  # (N, T, channels)
+    y = np.concatenate([ytr, yte])
+    classes = sorted(set(y.tolist()))
+    labels = np.array([classes.index(c) for c in y], dtype=np.int64)
+    save_npz(path, {"accelerometer": list(X[:, :, 0:3]), "gyroscope": list(X[:, :, 3:6])}, labels,
+             class_names=classes)
+    return len(labels)
+
+
+def load_basicmotions(seed: int = 0, valid_per_class: int = 2) -> Dict[str, MultimodalDataset]:
+    """The split dict of BasicMotions (see the module docstring)."""
+    Xtr, ytr, Xte, yte = _read_both()
     classes = sorted(set(ytr.tolist()) | set(yte.tolist()))
     cid = {c: i for i, c in enumerate(classes)}
     ctr = np.array([cid[c] for c in ytr], dtype=np.int64)
@@ -107,3 +131,4 @@ def load_basicmotions(seed: int = 0, valid_per_class: int = 2) -> Dict[str, Mult
     }
     check_splits(out, "BasicMotions")
     return out
+

@@ -6,8 +6,10 @@ A data source returns a *split dict* ``{"train": ds, "valid": ds, "test": ds}`` 
 Sample ``i`` of a dataset is ``(xs, lengths, label)``: ``xs`` a list of M float32 tensors
 ``(L_m, d_m)`` (right-padded), ``lengths`` a list of M int64 scalars (valid steps, 1..L_m), and the
 label (float32 for regression, int64 class for classification). :func:`collate` stacks samples into
-the model's batch format ``(xs (B, L_m, d_m) per modality, lengths (B,) per modality, labels (B,))``;
-:meth:`MultimodalDataset.batch` does the same by fancy indexing, which is faster.
+the model's batch format ``(xs (B, T_m, d_m) per modality, lengths (B,) per modality, labels (B,))``;
+:meth:`MultimodalDataset.batch` does the same by fancy indexing, which is faster. Both pad a batch
+only to its own longest recording: ``T_m`` is the largest length of modality m among the batch's
+samples, not the dataset's ``L_m`` (a batch of short recordings costs what short recordings cost).
 """
 from __future__ import annotations
 
@@ -136,13 +138,12 @@ class MultimodalDataset(Dataset):
         )
 
     def batch(self, index) -> Batch:
-        """The collated batch of samples ``index`` (a sequence or tensor of ints)."""
+        """The collated batch of samples ``index`` (a sequence or tensor of ints), each modality
+        padded only to the longest length among these samples."""
         idx = torch.as_tensor(index, dtype=torch.int64)
-        return (
-            [f.index_select(0, idx) for f in self.features],
-            [ln.index_select(0, idx) for ln in self.lengths],
-            self.labels.index_select(0, idx),
-        )
+        lengths = [ln.index_select(0, idx) for ln in self.lengths]
+        xs = [f[:, :_longest(f, n)].index_select(0, idx) for f, n in zip(self.features, lengths)]
+        return xs, lengths, self.labels.index_select(0, idx)
 
     def select(self, modalities: Sequence[Union[int, str]], info: Optional[TaskInfo] = None):
         """A dataset with only the given modalities (names or indices), sharing storage."""
@@ -164,13 +165,19 @@ class MultimodalDataset(Dataset):
         )
 
 
+def _longest(x: torch.Tensor, lengths: torch.Tensor) -> int:
+    """The steps a batch of (B, L, d) ``x`` with valid ``lengths`` keeps: its longest length (>= 1)."""
+    return min(max(int(lengths.max()), 1), x.shape[1]) if lengths.numel() else x.shape[1]
+
+
 def collate(samples) -> Batch:
-    """Stack samples of a :class:`MultimodalDataset` (``DataLoader(..., collate_fn=collate)``)."""
+    """Stack samples of a :class:`MultimodalDataset` (``DataLoader(..., collate_fn=collate)``),
+    each modality padded only to the longest length among these samples."""
     if not samples:
         raise ValueError("collate: empty batch")
     M = len(samples[0][0])
-    xs = [torch.stack([s[0][m] for s in samples]) for m in range(M)]
     lengths = [torch.stack([torch.as_tensor(s[1][m], dtype=torch.int64) for s in samples]) for m in range(M)]
+    xs = [torch.stack([s[0][m][:_longest(s[0][m][None], lengths[m])] for s in samples]) for m in range(M)]
     labels = torch.stack([torch.as_tensor(s[2]) for s in samples])
     return xs, lengths, labels
 

@@ -7,8 +7,12 @@ time axis. Two ways (docs/model.md, "The model"):
   and every bin is the average of the input over it (steps cut by a bin edge count in proportion
   to the part inside). Every output step is valid, whatever the input length. A valid part
   shorter than L is stretched (piecewise constant). The authors' code did this with L = 50.
-- "pad": every modality is right-padded to the longest one and a (batch, M, L) mask marks the
-  valid steps. Nothing is averaged away; the model must respect the mask.
+- "pad": every modality is right-padded to the longest one, L = min(max_m T_m, seq_len), and a
+  (batch, M, L) mask marks the valid steps. Nothing is averaged away; the model must respect the
+  mask. A recording longer than seq_len keeps its first seq_len steps (the rest is never read), at
+  training and evaluation alike, so seq_len bounds the scanned length (and the cost) whatever the
+  data. The batch itself comes padded only to its own longest recording
+  (:meth:`coupled_mamba.data.MultimodalDataset.batch`), so L is often below seq_len.
 """
 from __future__ import annotations
 
@@ -68,10 +72,10 @@ def align_modalities(
     lengths: None or a list of M (batch,) int tensors (or None entries = all T_m valid).
     mode "resample": L = seq_len; every step of a non-empty modality is valid, all steps of an
     empty one (length 0) are masked.
-    mode "pad": L = max_m T_m (seq_len is not used); steps past a sample's length are zeroed and
-    masked.
-    The mask is None when no lengths are given and, for "pad", all T_m are equal (every step is
-    valid then). Whether a mask is needed never depends on tensor values, so the function traces
+    mode "pad": L = min(max_m T_m, seq_len); each modality keeps its first L steps (lengths are
+    clamped to L) and is right-padded to L; steps past a sample's length are zeroed and masked.
+    The mask is None when no lengths are given and, for "pad", every T_m is at least L (every step
+    is valid then). Whether a mask is needed never depends on tensor values, so the function traces
     under torch.compile without a graph break.
     Returns (list of M tensors (batch, L, d_m), mask (batch, M, L) bool or None).
     """
@@ -94,9 +98,10 @@ def align_modalities(
         )
         return out, present[..., None].expand(Bt, M, seq_len).clone()
 
-    L = max(x.shape[1] for x in xs)
+    L = min(max(x.shape[1] for x in xs), seq_len)
     out, masks, need_mask = [], [], False
     for x, given in zip(xs, lengths):
+        x = x[:, :L]  # a longer recording keeps its first seq_len steps
         T = x.shape[1]
         n = torch.full((Bt,), T, dtype=torch.long, device=device) if given is None else given.to(device).clamp(0, T)
         need_mask = need_mask or T < L or given is not None

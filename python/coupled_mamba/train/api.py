@@ -9,10 +9,11 @@ import torch
 
 from ..data import MultimodalDataset, check_splits
 from ..modules import MODEL_KINDS
-from .config import MODEL_OPTIONS, PAPER_DEFAULTS, SEED, TRAINING_BOUNDS, check_model_options
+from .config import MODEL_OPTIONS, OPTIONAL_TRAINING_BOUNDS, PAPER_DEFAULTS, SEED, TRAINING_BOUNDS, check_model_options
 from .distributed import DistributedContext
 from .errors import UsageError
 from .loop import Runtime, train_seed
+from .optim import COUPLING_LR_SCALE
 from .runs import resolve_select
 from .stores import InMemoryStore
 
@@ -46,6 +47,7 @@ def fit(
     batch_size: int = 64,
     lr: float = PAPER_DEFAULTS["lr"],
     weight_decay: float = PAPER_DEFAULTS["weight_decay"],
+    coupling_lr_scale: float = COUPLING_LR_SCALE,
     loss: Optional[str] = None,
     grad_clip: float = 0.0,
     patience: int = 0,
@@ -61,7 +63,9 @@ def fit(
     ``splits``: {"train", "valid", "test"} of :class:`coupled_mamba.data.MultimodalDataset` (e.g.
     from :func:`coupled_mamba.data.load_data`). Selection is on the validation split by ``select``
     (default: MAE for regression, accuracy for classification; ``"Loss"`` for the validation loss).
-    ``loss``: "l1" (default for regression), "mse" or "ce" (classification). ``model_options``:
+    ``loss``: "l1" (default for regression), "mse" or "ce" (classification). ``coupling_lr_scale``:
+    for coupled-learned, the coupling logits' learning rate over ``lr`` (they are never decayed;
+    :mod:`coupled_mamba.train.optim`). ``model_options``:
     d_model, n_layers, d_state, d_conv, expand, dt_rank, seq_len, align, dropout, n_heads (see
     :func:`coupled_mamba.modules.build_model`). ``verbose``: print one line per epoch.
     Raises ValueError for an option out of range.
@@ -82,12 +86,13 @@ def fit(
             dataset=info.name, data=info.source.get("path"), task=info.task, modalities=list(info.modalities),
             data_options={}, model=model, model_options=dict(model_options), epochs=epochs,
             batch_size=batch_size, eval_batch_size=eval_batch_size, optimizer="adam", lr=lr,
-            weight_decay=weight_decay, loss=loss, grad_clip=grad_clip, patience=patience,
+            weight_decay=weight_decay, coupling_lr_scale=coupling_lr_scale, loss=loss, grad_clip=grad_clip,
+            patience=patience,
             select=resolve_select(select, info.metrics, info.num_classes), seeds=[seed], checkpoint_every=0,
         )
         if SEED.problem(seed):
             raise UsageError(f"seed: {SEED.problem(seed)}")
-        for k, bound in TRAINING_BOUNDS.items():
+        for k, bound in {**TRAINING_BOUNDS, **OPTIONAL_TRAINING_BOUNDS}.items():
             msg = bound.problem(cfg[k])
             if msg:
                 raise UsageError(f"{k}: {msg}")

@@ -16,6 +16,7 @@ from ..data import DATASETS, modality_names, read_npz
 from ..ops.library import max_state
 from ..modules import MODEL_KINDS
 from .errors import CommandParser, UsageError
+from .optim import COUPLING_LR_SCALE
 
 __all__ = [
     "build_parser", "resolve_config", "check_config", "check_model_options", "explicit_options",
@@ -109,13 +110,16 @@ TRAINING_BOUNDS: Dict[str, Bound] = {
     "weight_decay": NON_NEGATIVE_REAL, "grad_clip": NON_NEGATIVE_REAL, "patience": NON_NEGATIVE,
     "checkpoint_every": NON_NEGATIVE,
 }
+# Optional keys of a run configuration, with the value a configuration without them means.
+OPTIONAL_TRAINING_BOUNDS: Dict[str, Bound] = {"coupling_lr_scale": POSITIVE_REAL}
 ALIGN_CHOICES = ("resample", "pad")
 
 # Defaults of the options that have one; applied with set_defaults so that explicit_options can
 # parse the same command line without them.
 _DEFAULTS = dict(data_seed=0, model="coupled-mean", lr=PAPER_DEFAULTS["lr"],
                  weight_decay=PAPER_DEFAULTS["weight_decay"], grad_clip=0.0, patience=0, eval_batch_size=256,
-                 seed=0, device="auto", resume=False, overwrite=False, checkpoint_every=0, quiet=False)
+                 seed=0, device="auto", resume=False, overwrite=False, checkpoint_every=0, quiet=False,
+                 coupling_lr_scale=COUPLING_LR_SCALE)
 
 
 def build_parser(prog: str = "coupled-mamba train", with_defaults: bool = True) -> argparse.ArgumentParser:
@@ -162,9 +166,12 @@ def build_parser(prog: str = "coupled-mamba train", with_defaults: bool = True) 
     g.add_argument("--d-conv", type=b["d_conv"], metavar="N", help="causal conv width (default 4)")
     g.add_argument("--expand", type=b["expand"], metavar="N", help="inner width / d_model (default 2)")
     g.add_argument("--dt-rank", type=b["dt_rank"], metavar="N", help="default ceil(d_state / 8), the paper's d_state/8")
-    g.add_argument("--seq-len", type=b["seq_len"], metavar="N", help="common length after alignment (default 50; synthetic 32)")
+    g.add_argument("--seq-len", type=b["seq_len"], metavar="N",
+                   help="common length after alignment, the most steps a sample is scanned over (default 50; "
+                        "synthetic 32; npz 64)")
     g.add_argument("--align", choices=ALIGN_CHOICES, help="resample each sample's valid part to --seq-len "
-                   "bins (default) or pad to a common length with masks")
+                   "bins (default), or pad each batch to its longest recording with masks, keeping at most "
+                   "the first --seq-len steps")
     g.add_argument("--dropout", type=b["dropout"], metavar="P", help="in [0, 1), default 0.1")
     g.add_argument("--n-heads", type=b["n_heads"], metavar="N", help="attention baselines (default 4)")
 
@@ -176,6 +183,9 @@ def build_parser(prog: str = "coupled-mamba train", with_defaults: bool = True) 
                    help="default: mosei 1024, sims 128, simsv2 256, mosi 128, synthetic 64, basicmotions 8")
     g.add_argument("--lr", type=t["lr"], metavar="LR", help="Adam learning rate (5e-4)")
     g.add_argument("--weight-decay", type=t["weight_decay"], metavar="WD", help="Adam weight decay (5e-4)")
+    g.add_argument("--coupling-lr-scale", type=POSITIVE_REAL, metavar="X",
+                   help=f"coupled-learned: the coupling logits' learning rate is X times --lr, without weight "
+                        f"decay (default {COUPLING_LR_SCALE:g}; 1 = the same as every other weight)")
     g.add_argument("--loss", choices=("l1", "mse", "ce"), help="default: l1 (regression), ce (classification)")
     g.add_argument("--grad-clip", type=t["grad_clip"], metavar="NORM", help="clip the gradient norm (0: off)")
     g.add_argument("--patience", type=t["patience"], metavar="N",
@@ -274,6 +284,7 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
         optimizer="adam",
         lr=args.lr,
         weight_decay=args.weight_decay,
+        coupling_lr_scale=args.coupling_lr_scale,
         loss=loss,
         grad_clip=args.grad_clip,
         patience=args.patience,
@@ -325,6 +336,10 @@ def check_config(cfg: Any, where: str) -> None:
             raise UsageError(f"{where}: {k}: expected one of {', '.join(allowed)}, got {cfg[k]!r}")
     for k, bound in TRAINING_BOUNDS.items():
         msg = bound.problem(cfg[k])
+        if msg:
+            raise UsageError(f"{where}: {k}: {msg}")
+    for k, bound in OPTIONAL_TRAINING_BOUNDS.items():
+        msg = bound.problem(cfg[k]) if k in cfg else None
         if msg:
             raise UsageError(f"{where}: {k}: {msg}")
     seeds = cfg["seeds"]

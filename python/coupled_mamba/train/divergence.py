@@ -16,8 +16,9 @@ def divergence_message(kind: str, model, epoch: int, batch: int, n_batches: int,
         cfg = getattr(getattr(model, "module", model), "config", {}) or {}
         M = len(cfg.get("input_dims", [])) or "M"
         L = cfg.get("seq_len", "L")
+        span = "up to " if cfg.get("align") == "pad" else ""  # pad scans at most seq_len steps
         msg += (f" coupled-sum adds the {M} modality states at every step, so the summed state grows like "
-                f"{M}^L over the L = {L} steps and overflows float32 (docs/coupled-scan.md, Numerics); use "
+                f"{M}^L over the {span}L = {L} steps and overflows float32 (docs/coupled-scan.md, Numerics); use "
                 "--model coupled-mean (bounded) or coupled-learned instead, or a shorter --seq-len.")
     else:
         msg += (" Check the data for extreme values (standardised features are safest), or try a lower --lr "

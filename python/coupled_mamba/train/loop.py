@@ -174,7 +174,7 @@ class _SeedTraining:
         except (TypeError, ValueError) as e:
             raise UsageError(f"model {cfg['model']}: {e}") from None
         self.model.to(self.ctx.device)
-        self.opt = build_optimizer(self.model, cfg["lr"], cfg["weight_decay"])
+        self.opt = build_optimizer(self.model, cfg["lr"], cfg["weight_decay"], cfg.get("coupling_lr_scale", 1.0))
         self.state = _new_state()
         self.train_model = self.model
         self.n_batches = _batches_per_epoch(len(splits["train"]), cfg["batch_size"], self.ctx)

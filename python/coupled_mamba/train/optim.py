@@ -1,8 +1,14 @@
 """The optimiser of a run, and what a learned coupling has learned.
 
-Weight decay pulls every weight towards 0. On the coupling logits of ``coupled-learned`` that is a
-pull towards softmax(0), the uniform ("mean") coupling the model starts from, so the logits get a
-parameter group of their own without weight decay; every other weight keeps the run's decay.
+The coupling logits of ``coupled-learned`` (an (M, M) matrix per layer, W = softmax(logits, -1))
+get a parameter group of their own:
+
+* no weight decay: decay pulls the logits towards 0, i.e. towards softmax(0), the uniform ("mean")
+  coupling the model starts from;
+* a learning rate ``coupling_lr_scale`` times the run's (default :data:`COUPLING_LR_SCALE`). Adam
+  moves every parameter by at most about lr per step whatever its gradient, and a few hundred steps
+  at lr 5e-4 move a logit by well under 1, which leaves W within a few hundredths of uniform; the
+  M^2 logits are few, so a larger step for them does not unsettle the other weights.
 """
 from __future__ import annotations
 
@@ -10,24 +16,29 @@ from typing import List, Optional
 
 import torch
 
-__all__ = ["build_optimizer", "learned_coupling", "NO_DECAY_SUFFIXES"]
+__all__ = ["build_optimizer", "learned_coupling", "NO_DECAY_SUFFIXES", "COUPLING_LR_SCALE"]
 
-# Parameters (by name suffix) that are never decayed.
+# Parameters (by name suffix) that are never decayed and use the coupling learning rate.
 NO_DECAY_SUFFIXES = ("coupling_logits",)
+# The coupling logits' learning rate over the run's (docs/results.md, "Learned coupling").
+COUPLING_LR_SCALE = 30.0
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Adam over ``model``'s parameters; the coupling logits (if any) without weight decay.
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                    coupling_lr_scale: float = COUPLING_LR_SCALE) -> torch.optim.Optimizer:
+    """Adam over ``model``'s parameters; the coupling logits (if any) without weight decay and at
+    ``coupling_lr_scale * lr``.
 
     A model without coupling logits gets a single parameter group, exactly ``Adam(model.parameters())``.
     """
-    decay, no_decay = [], []
+    decay, coupling = [], []
     for name, p in model.named_parameters():
-        (no_decay if name.endswith(NO_DECAY_SUFFIXES) else decay).append(p)
-    if not no_decay:
+        (coupling if name.endswith(NO_DECAY_SUFFIXES) else decay).append(p)
+    if not coupling:
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     return torch.optim.Adam([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, weight_decay=weight_decay)
+                             {"params": coupling, "weight_decay": 0.0, "lr": lr * coupling_lr_scale}],
+                            lr=lr, weight_decay=weight_decay)
 
 
 def learned_coupling(model: torch.nn.Module) -> Optional[List[List[List[float]]]]:

@@ -205,8 +205,10 @@ def run_training(args: argparse.Namespace, ctx: DistributedContext, argv: Sequen
         sizes = " / ".join(str(len(splits[s])) for s in SPLITS)
         rt.log(f"data     {cfg['dataset']}: {info.task}, modalities {mods}; train/valid/test {sizes}"
                + (f" (fold 0 of {folds}-fold cross-validation)" if folds else ""), always=True)
+        coupling_lr = (f" (coupling logits: lr x {cfg.get('coupling_lr_scale', 1.0):g}, no decay)"
+                       if cfg["model"] == "coupled-learned" else "")
         rt.log(f"training {cfg['epochs']} epochs, batch {cfg['batch_size']}, Adam lr {cfg['lr']:g} weight decay "
-               f"{cfg['weight_decay']:g}, loss {cfg['loss']}, select valid {cfg['select']}; seeds "
+               f"{cfg['weight_decay']:g}{coupling_lr}, loss {cfg['loss']}, select valid {cfg['select']}; seeds "
                f"{' '.join(map(str, cfg['seeds']))}; device {ctx.device}"
                + (f", {ctx.world} processes ({ctx.backend})" if ctx.enabled else ""), always=True)
         rt.log(f"output   {out}", always=True)
