@@ -98,7 +98,8 @@ CS_HD int64_t sample_length(const int64_t* lengths, int64_t b, int64_t length) {
   return lengths ? lengths[b] : length;
 }
 
-// Gradients of the backward pass, all contiguous. Optional ones may be null when not wanted.
+// Gradients of the backward pass, contiguous unless the optional *_rows layouts below are given.
+// Optional ones may be null when not wanted.
 template <typename T>
 struct BackwardArgs {
   ForwardArgs<T> fwd;            // the forward inputs; its outputs are ignored
