@@ -229,12 +229,19 @@ class CoupledMambaLayer(nn.Module):
         lengths = None
         if mask is None:
             delta_bias, softplus = self.dt_proj_bias, True
+        elif delta.device.type == "cpu":
+            # Masked steps inside a sample get dt = 0 exactly (the modality's state is carried into
+            # the coupling unchanged, without input or decay): their delta is -inf, and the CPU
+            # kernels' softplus(-inf + bias) is exactly 0 with slope sigmoid(-inf) = 0, so those
+            # steps get no gradient either. One masked_fill keeps delta in its layout.
+            delta = delta.masked_fill(~mask[:, :, None, :], float("-inf"))
+            delta_bias, softplus = self.dt_proj_bias, True
         else:
-            # Apply bias and softplus here so masked steps inside a sample get dt = 0 exactly (the
-            # modality's state is carried into the coupling unchanged, without input or decay).
+            # Elsewhere bias and softplus are applied here and masked steps get dt = 0 directly.
             dt = F.softplus(delta.float() + self.dt_proj_bias[..., None])
             delta = torch.where(mask[:, :, None, :], dt, 0.0).to(u.dtype)
             delta_bias, softplus = None, False
+        if mask is not None:
             # The scan stops each sample after its last valid step of any modality: the padded
             # tail costs nothing and cannot change (or overflow) anything before it.
             steps = torch.arange(1, L + 1, device=mask.device)
