@@ -5,9 +5,11 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
+#include "coupled_scan/causal_conv.h"
 #include "coupled_scan/coupled_scan.h"
 #ifdef CS_WITH_CUDA
 #include "coupled_scan/coupled_scan_cuda.h"
@@ -41,6 +43,9 @@ struct ScanCall {
   std::uintptr_t out = 0, last_state = 0, checkpoints = 0, dlast_state = 0;
   std::uintptr_t du = 0, ddelta = 0, dA = 0, dB = 0, dC = 0, dD = 0, dz = 0, ddelta_bias = 0, dW = 0,
                  dinitial_state = 0;
+  // Optional strided layouts of out, du, d delta, dB, dC, dz (data 0: the contiguous pointers
+  // above). CPU only.
+  Seq out_rows, du_rows, ddelta_rows, dB_rows, dC_rows, dz_rows;
   bool delta_softplus = false;
   CouplingKind coupling = CouplingKind::kRankOne;
   double alpha = 1.0;
@@ -60,6 +65,11 @@ T* ptr(std::uintptr_t p) {
 template <typename T>
 SeqTensor<const T> seq(const Seq& s) {
   return {ptr<const T>(s.data), s.stride_batch, s.stride_modality, s.stride_row};
+}
+
+template <typename T>
+SeqTensor<T> out_seq(const Seq& s) {
+  return {ptr<T>(s.data), s.stride_batch, s.stride_modality, s.stride_row};
 }
 
 Sizes sizes(const ScanCall& c) { return {c.batch, c.modalities, c.channels, c.state, c.length}; }
@@ -88,6 +98,7 @@ ForwardArgs<T> forward_args(const ScanCall& c) {
   a.last_state = ptr<T>(c.last_state);
   a.checkpoints = ptr<T>(c.checkpoints);
   a.num_threads = c.num_threads;
+  a.out_rows = out_seq<T>(c.out_rows);
   return a;
 }
 
@@ -111,6 +122,11 @@ BackwardArgs<T> backward_args(const ScanCall& c) {
   g.ddelta_bias = ptr<T>(c.ddelta_bias);
   g.dW = ptr<T>(c.dW);
   g.dinitial_state = ptr<T>(c.dinitial_state);
+  g.du_rows = out_seq<T>(c.du_rows);
+  g.ddelta_rows = out_seq<T>(c.ddelta_rows);
+  g.dB_rows = out_seq<T>(c.dB_rows);
+  g.dC_rows = out_seq<T>(c.dC_rows);
+  g.dz_rows = out_seq<T>(c.dz_rows);
   return g;
 }
 
@@ -140,6 +156,41 @@ void backward_cpu_py(const ScanCall& c) {
   else if (c.dtype == DType::kFloat64) st = without_gil(&backward_cpu<double>, backward_args<double>(c));
   else throw std::invalid_argument("coupled_scan: the CPU kernels compute in float32 or float64");
   raise_on(st, "backward (CPU)");
+}
+
+// One call of the fused causal conv + SiLU (CPU): contiguous (channels, rows, length) tensors.
+struct ConvCall {
+  int64_t channels = 0, rows = 0, length = 0, width = 0;
+  DType dtype = DType::kFloat32;
+  std::uintptr_t x = 0, weight = 0, bias = 0, y = 0, dy = 0, dx = 0, dweight = 0, dbias = 0;
+  int num_threads = 1;
+};
+
+template <typename T>
+CausalConvBackwardArgs<T> conv_args(const ConvCall& c) {
+  CausalConvBackwardArgs<T> g;
+  CausalConvArgs<T>& a = g.fwd;
+  a.channels = c.channels, a.rows = c.rows, a.length = c.length, a.width = c.width;
+  a.x = ptr<const T>(c.x), a.weight = ptr<const T>(c.weight), a.bias = ptr<const T>(c.bias), a.y = ptr<T>(c.y);
+  a.num_threads = c.num_threads;
+  g.dy = ptr<const T>(c.dy), g.dx = ptr<T>(c.dx), g.dweight = ptr<T>(c.dweight), g.dbias = ptr<T>(c.dbias);
+  return g;
+}
+
+void conv_forward_cpu_py(const ConvCall& c) {
+  Status st;
+  if (c.dtype == DType::kFloat32) st = without_gil(&causal_conv_silu_forward_cpu<float>, conv_args<float>(c).fwd);
+  else if (c.dtype == DType::kFloat64) st = without_gil(&causal_conv_silu_forward_cpu<double>, conv_args<double>(c).fwd);
+  else throw std::invalid_argument("coupled_scan: the CPU conv computes in float32 or float64");
+  raise_on(st, "causal conv forward (CPU)");
+}
+
+void conv_backward_cpu_py(const ConvCall& c) {
+  Status st;
+  if (c.dtype == DType::kFloat32) st = without_gil(&causal_conv_silu_backward_cpu<float>, conv_args<float>(c));
+  else if (c.dtype == DType::kFloat64) st = without_gil(&causal_conv_silu_backward_cpu<double>, conv_args<double>(c));
+  else throw std::invalid_argument("coupled_scan: the CPU conv computes in float32 or float64");
+  raise_on(st, "causal conv backward (CPU)");
 }
 
 // Checkpoints (saved states) along time for `length` steps on the CPU or the GPU.
@@ -175,12 +226,22 @@ void raise_on_cuda(Status st, const char* what) {
   throw std::runtime_error(msg);
 }
 
+// The CUDA kernels write contiguous results only.
+void reject_result_rows(const ScanCall& c) {
+  for (const Seq* rows : {&c.out_rows, &c.du_rows, &c.ddelta_rows, &c.dB_rows, &c.dC_rows, &c.dz_rows})
+    if (rows->data)
+      throw std::invalid_argument("coupled_scan: the CUDA kernels write contiguous results; leave the *_rows "
+                                  "layouts of ScanCall unset");
+}
+
 void forward_cuda_py(const ScanCall& c) {
+  reject_result_rows(c);
   raise_on_cuda(without_gil(&forward_cuda, forward_args<float>(c), cuda_call(c), ptr<float>(c.workspace)),
                 "forward (CUDA)");
 }
 
 void backward_cuda_py(const ScanCall& c) {
+  reject_result_rows(c);
   raise_on_cuda(without_gil(&backward_cuda, backward_args<float>(c), cuda_call(c), ptr<float>(c.workspace)),
                 "backward (CUDA)");
 }
@@ -227,9 +288,21 @@ PYBIND11_MODULE(_C, m) {
   CS_FIELD(out); CS_FIELD(last_state); CS_FIELD(checkpoints); CS_FIELD(dlast_state);
   CS_FIELD(du); CS_FIELD(ddelta); CS_FIELD(dA); CS_FIELD(dB); CS_FIELD(dC); CS_FIELD(dD); CS_FIELD(dz);
   CS_FIELD(ddelta_bias); CS_FIELD(dW); CS_FIELD(dinitial_state);
+  CS_FIELD(out_rows); CS_FIELD(du_rows); CS_FIELD(ddelta_rows); CS_FIELD(dB_rows); CS_FIELD(dC_rows); CS_FIELD(dz_rows);
   CS_FIELD(delta_softplus); CS_FIELD(coupling); CS_FIELD(alpha); CS_FIELD(num_threads);
   CS_FIELD(device); CS_FIELD(stream); CS_FIELD(time_segments); CS_FIELD(workspace);
 #undef CS_FIELD
+
+  py::class_<ConvCall> conv(m, "ConvCall");
+  conv.def(py::init<>());
+#define CS_CONV_FIELD(name) conv.def_readwrite(#name, &ConvCall::name)
+  CS_CONV_FIELD(channels); CS_CONV_FIELD(rows); CS_CONV_FIELD(length); CS_CONV_FIELD(width); CS_CONV_FIELD(dtype);
+  CS_CONV_FIELD(x); CS_CONV_FIELD(weight); CS_CONV_FIELD(bias); CS_CONV_FIELD(y); CS_CONV_FIELD(dy);
+  CS_CONV_FIELD(dx); CS_CONV_FIELD(dweight); CS_CONV_FIELD(dbias); CS_CONV_FIELD(num_threads);
+#undef CS_CONV_FIELD
+  m.def("conv_forward_cpu", &conv_forward_cpu_py);
+  m.def("conv_backward_cpu", &conv_backward_cpu_py);
+  m.attr("max_conv_width") = kMaxConvWidth;
 
   m.def("forward_cpu", &forward_cpu_py);
   m.def("backward_cpu", &backward_cpu_py);

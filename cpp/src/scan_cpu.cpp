@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "check_args.h"
+#include "coupled_scan/causal_conv.h"
 #include "coupled_scan/coupled_scan.h"
 #include "cpu/backward_partials.h"
 #include "cpu/chunk_inputs.h"
@@ -111,7 +112,9 @@ void fill(T* p, int64_t n, T v) {
 }
 
 template <typename T>
-Status run_forward(const ForwardArgs<T>& a) {
+Status run_forward(const ForwardArgs<T>& given) {
+  ForwardArgs<T> a = given;  // the kernels write `out` through out_rows only
+  a.out_rows = result_rows(given.out_rows, given.out, given.size, given.size.channels);
   const Sizes& s = a.size;
   const int64_t state_elems = s.batch * s.modalities * s.channels * s.state;
   if (s.length == 0) {  // h_{L-1} is the initial state
@@ -128,8 +131,26 @@ Status run_forward(const ForwardArgs<T>& a) {
   });
 }
 
+// Seq gradients of zero length: fill every (b, m, r) row of `rows` with zeros.
 template <typename T>
-Status run_backward(const BackwardArgs<T>& a) {
+void fill_rows(const SeqTensor<T>& rows, const Sizes& s, int64_t R) {
+  if (!rows.data) return;
+  for (int64_t b = 0; b < s.batch; ++b)
+    for (int64_t m = 0; m < s.modalities; ++m)
+      for (int64_t r = 0; r < R; ++r) fill(rows.row(b, m, r), s.length, T(0));
+}
+
+template <typename T>
+Status run_backward(const BackwardArgs<T>& given) {
+  // Every sequence gradient goes through its *_rows layout: the caller's strided one or the
+  // contiguous tensor.
+  BackwardArgs<T> a = given;
+  const Sizes& sz = given.fwd.size;
+  a.du_rows = result_rows(given.du_rows, given.du, sz, sz.channels);
+  a.ddelta_rows = result_rows(given.ddelta_rows, given.ddelta, sz, sz.channels);
+  a.dz_rows = result_rows(given.dz_rows, given.dz, sz, sz.channels);
+  a.dB_rows = result_rows(given.dB_rows, given.dB, sz, sz.state);
+  a.dC_rows = result_rows(given.dC_rows, given.dC, sz, sz.state);
   const ForwardArgs<T>& f = a.fwd;
   const Sizes& s = f.size;
   const int64_t M = s.modalities, D = s.channels, N = s.state, L = s.length;
@@ -137,8 +158,8 @@ Status run_backward(const BackwardArgs<T>& a) {
   const bool general = f.coupling == CouplingKind::kGeneral;
   fill(a.dW, M * M, T(0));
   if (L == 0 || s.batch == 0 || D == 0) {  // every non-empty gradient is zero, or d last_state
-    fill(a.dB, s.batch * M * N * L, T(0));
-    fill(a.dC, s.batch * M * N * L, T(0));
+    fill_rows(a.dB_rows, s, N);
+    fill_rows(a.dC_rows, s, N);
     fill(a.dA, M * D * N, T(0));
     fill(a.dD, M * D, T(0));
     fill(a.ddelta_bias, M * D, T(0));
@@ -148,8 +169,9 @@ Status run_backward(const BackwardArgs<T>& a) {
     }
     return Status::kOk;
   }
-  if (!a.dout.data || !a.du || !a.ddelta || !a.dA || !a.dB || !a.dC) return Status::kNullPointer;
-  if (f.z.data && !a.dz) return Status::kNullPointer;
+  if (!a.dout.data || !a.du_rows.data || !a.ddelta_rows.data || !a.dA || !a.dB_rows.data || !a.dC_rows.data)
+    return Status::kNullPointer;
+  if (f.z.data && !a.dz_rows.data) return Status::kNullPointer;
 
   const TaskKernels<T>& k = kernels_for<T>(select_kernels());
   return guarded([&] {
@@ -159,6 +181,7 @@ Status run_backward(const BackwardArgs<T>& a) {
       checkpoints.resize(s.batch * D * num_chunks(L) * checkpoint_width(f.coupling, M, N));
       ForwardArgs<T> fa = f;
       fa.out = nullptr;
+      fa.out_rows = SeqTensor<T>{};
       fa.last_state = nullptr;
       fa.checkpoints = checkpoints.data();
       const Status st = run_forward(fa);
@@ -182,8 +205,8 @@ Status run_backward(const BackwardArgs<T>& a) {
     run_tasks<T>(s.batch * M, f.num_threads, 0, [&](int64_t bm, T*) {
       const int64_t b = bm / M, m = bm % M, valid = sample_length(f.lengths, b, L);
       for (int64_t n = 0; n < N; ++n) {
-        T* ob = a.dB + (bm * N + n) * L;
-        T* oc = a.dC + (bm * N + n) * L;
+        T* ob = a.dB_rows.row(b, m, n);
+        T* oc = a.dC_rows.row(b, m, n);
         for (int64_t t = 0; t < L; ++t) ob[t] = oc[t] = T(0);
         for (int64_t blk = 0; blk < blocks; ++blk) {
           const int64_t base = (((b * blocks + blk) * M + m) * N + n) * L;
@@ -230,6 +253,56 @@ Status backward_cpu(const BackwardArgs<T>& args) {
   if (st != Status::kOk) return st;
   return cpu::run_backward(args);
 }
+
+namespace cpu {
+namespace {
+
+template <typename T>
+Status check_conv(const CausalConvArgs<T>& a) {
+  if (a.channels < 0 || a.rows < 0 || a.length < 0 || a.num_threads < 1) return Status::kInvalidSize;
+  if (a.width < 1 || a.width > kMaxConvWidth) return Status::kInvalidSize;
+  if (a.channels * a.rows * a.length > 0 && (!a.x || !a.weight)) return Status::kNullPointer;
+  return Status::kOk;
+}
+
+}  // namespace
+}  // namespace cpu
+
+template <typename T>
+Status causal_conv_silu_forward_cpu(const CausalConvArgs<T>& a) {
+  Status st = cpu::check_conv(a);
+  if (st != Status::kOk) return st;
+  if (a.channels * a.rows * a.length == 0) return Status::kOk;
+  if (!a.y) return Status::kNullPointer;
+  const cpu::TaskKernels<T>& k = cpu::kernels_for<T>(cpu::select_kernels());
+  return cpu::guarded([&] {
+    cpu::run_tasks<T>(a.channels, a.num_threads, 0, [&](int64_t c, T* scratch) { k.conv_forward(a, c, scratch); });
+  });
+}
+
+template <typename T>
+Status causal_conv_silu_backward_cpu(const CausalConvBackwardArgs<T>& g) {
+  const CausalConvArgs<T>& a = g.fwd;
+  Status st = cpu::check_conv(a);
+  if (st != Status::kOk) return st;
+  if (a.channels > 0 && !g.dweight) return Status::kNullPointer;
+  if (a.channels * a.rows * a.length == 0) {  // no step: the parameter gradients are zero
+    cpu::fill(g.dweight, a.channels * a.width, T(0));
+    cpu::fill(g.dbias, a.channels, T(0));
+    return Status::kOk;
+  }
+  if (!g.dy || !g.dx) return Status::kNullPointer;
+  const cpu::TaskKernels<T>& k = cpu::kernels_for<T>(cpu::select_kernels());
+  return cpu::guarded([&] {
+    cpu::run_tasks<T>(a.channels, a.num_threads, a.length,
+                      [&](int64_t c, T* scratch) { k.conv_backward(g, c, scratch); });
+  });
+}
+
+template Status causal_conv_silu_forward_cpu<float>(const CausalConvArgs<float>&);
+template Status causal_conv_silu_forward_cpu<double>(const CausalConvArgs<double>&);
+template Status causal_conv_silu_backward_cpu<float>(const CausalConvBackwardArgs<float>&);
+template Status causal_conv_silu_backward_cpu<double>(const CausalConvBackwardArgs<double>&);
 
 template Status forward_cpu<float>(const ForwardArgs<float>&);
 template Status forward_cpu<double>(const ForwardArgs<double>&);

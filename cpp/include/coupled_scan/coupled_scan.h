@@ -88,6 +88,9 @@ struct ForwardArgs {
   // only and sends d last_state into step lengths[b]-1. Padded inputs are never read.
   const int64_t* lengths = nullptr;
   int num_threads = 1;
+  // Optional strided layout of `out` (time axis contiguous), written instead of the contiguous
+  // pointer when its data is non-null, so the output can share its input's layout. CPU only.
+  SeqTensor<T> out_rows;
 };
 
 // Steps scanned for sample b: lengths[b], or L without lengths.
@@ -95,7 +98,8 @@ CS_HD int64_t sample_length(const int64_t* lengths, int64_t b, int64_t length) {
   return lengths ? lengths[b] : length;
 }
 
-// Gradients of the backward pass, all contiguous. Optional ones may be null when not wanted.
+// Gradients of the backward pass, contiguous unless the optional *_rows layouts below are given.
+// Optional ones may be null when not wanted.
 template <typename T>
 struct BackwardArgs {
   ForwardArgs<T> fwd;            // the forward inputs; its outputs are ignored
@@ -112,7 +116,20 @@ struct BackwardArgs {
   T* ddelta_bias = nullptr;      // (M, D) or null
   T* dW = nullptr;               // (M, M) or null (kGeneral only)
   T* dinitial_state = nullptr;   // (Bt, M, D, N) or null
+  // Optional strided layouts of the sequence gradients (time axis contiguous, other axes strided,
+  // like the inputs), so a caller can receive each gradient in its input's layout without a copy.
+  // When a layout's data is non-null it is written instead of the contiguous pointer above.
+  // CPU only: the CUDA entry points write the contiguous pointers.
+  SeqTensor<T> du_rows, ddelta_rows, dB_rows, dC_rows, dz_rows;
 };
+
+// The layout a CPU kernel writes a sequence result (out, du, ...) in: `rows` when given, else the
+// contiguous (Bt, M, R, L) tensor at `contiguous`.
+template <typename T>
+CS_HD SeqTensor<T> result_rows(const SeqTensor<T>& rows, T* contiguous, const Sizes& s, int64_t R) {
+  if (rows.data) return rows;
+  return {contiguous, s.modalities * R * s.length, R * s.length, s.length};
+}
 
 // CPU entry points, instantiated for float and double. Deterministic: the bits of every
 // result depend on the inputs only, not on the thread count or scheduling.

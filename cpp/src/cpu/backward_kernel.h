@@ -4,7 +4,8 @@
 // forward's checkpoint (keeping exp(dt A) and the previous states in task scratch), then the
 // reverse recurrence runs through the chunk.
 //
-// Gradients summed over axes the task does not own go to per-task slots (dB, dC: per channel
+// The sequence gradients (du, d delta, dz) are written through the *_rows layouts, which
+// run_backward always fills in. Gradients summed over axes the task does not own go to per-task slots (dB, dC: per channel
 // block; dA, dD, d delta_bias: per batch row; dW: per task) that the caller reduces in a fixed
 // order, so the result is deterministic.
 #pragma once
@@ -68,7 +69,7 @@ CS_HD void gate_backward(const BackwardArgs<T>& a, int64_t b, int64_t m, int64_t
   const T* z = a.fwd.z.row(b, m, d) + t0;
   const T* u = a.fwd.u.row(b, m, d) + t0;
   const T skip = a.fwd.D ? a.fwd.D[m * s.channels + d] : T(0);
-  T* dz = a.dz + bmd_offset(s, b, m, d, s.length) + t0;
+  T* dz = a.dz_rows.row(b, m, d) + t0;
 #pragma omp simd
   for (int64_t k = 0; k < kc; ++k) {
     const T sg = scan_sigmoid(z[k]);
@@ -85,11 +86,10 @@ CS_HD void input_grads(const BackwardArgs<T>& a, const BackwardPartials<T>& p, i
                        const T* lambda_B, const T* mu_g_A) {
   const ForwardArgs<T>& f = a.fwd;
   const Sizes& s = f.size;
-  const int64_t row = bmd_offset(s, b, m, d, s.length) + t0;
   const T* u = f.u.row(b, m, d) + t0;
   const T skip = f.D ? f.D[m * s.channels + d] : T(0);
-  T* du = a.du + row;
-  T* ddelta = a.ddelta + row;
+  T* du = a.du_rows.row(b, m, d) + t0;
+  T* ddelta = a.ddelta_rows.row(b, m, d) + t0;
   T sum_dD = T(0), sum_bias = T(0);
 #pragma omp simd reduction(+ : sum_dD, sum_bias)
   for (int64_t k = 0; k < kc; ++k) {
@@ -455,10 +455,13 @@ void backward_task(const BackwardArgs<T>& a, const BackwardPartials<T>& p, int64
   if (steps < L)  // steps past the sample's length are not scanned; their gradients are 0
     for (int64_t m = task.m0; m < task.m1; ++m)
       for (int64_t d = task.d0; d < task.d1; ++d) {
-        const int64_t row = bmd_offset(s, task.b, m, d, L);
-        for (int64_t t = steps; t < L; ++t) a.du[row + t] = a.ddelta[row + t] = T(0);
-        if (a.fwd.z.data)
-          for (int64_t t = steps; t < L; ++t) a.dz[row + t] = T(0);
+        T* du = a.du_rows.row(task.b, m, d);
+        T* ddelta = a.ddelta_rows.row(task.b, m, d);
+        for (int64_t t = steps; t < L; ++t) du[t] = ddelta[t] = T(0);
+        if (a.fwd.z.data) {
+          T* dz = a.dz_rows.row(task.b, m, d);
+          for (int64_t t = steps; t < L; ++t) dz[t] = T(0);
+        }
       }
   switch (a.fwd.coupling) {
     case CouplingKind::kRankOne: backward_rank_one(a, p, task, steps, a.fwd.alpha, scratch); break;

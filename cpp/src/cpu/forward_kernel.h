@@ -7,6 +7,7 @@
 // depend on d and are broadcast) and no horizontal sums are needed. Loop order per task: time
 // chunks (B, C of the chunk transposed once for the block; dt for all its channels), time steps,
 // channel vectors, modalities, then n. States live in task scratch; only checkpoints leave it.
+// `out` is written through a.out_rows, which run_forward always fills in.
 #pragma once
 
 #include "chunk_inputs.h"
@@ -42,7 +43,7 @@ CS_HD void store_outputs(const ForwardArgs<T>& a, int64_t b, int64_t m, int64_t 
   const Sizes& s = a.size;
   const T* u = a.u.row(b, m, d) + t0;
   const T skip = a.D ? a.D[m * s.channels + d] : T(0);
-  T* o = a.out + bmd_offset(s, b, m, d, s.length) + t0;
+  T* o = a.out_rows.row(b, m, d) + t0;
   if (a.z.data) {
     const T* z = a.z.row(b, m, d) + t0;
 #pragma omp simd
@@ -133,7 +134,7 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, 
             }
       }
     }
-    if (a.out) store_block_outputs(a, task, block_pitch, t0, kc, y_rows, column);
+    if (a.out_rows.data) store_block_outputs(a, task, block_pitch, t0, kc, y_rows, column);
   }
   // Chunks past the sample's length start from its final state.
   for (int64_t c = chunks; a.checkpoints && c < num_chunks(s.length); ++c) save_checkpoint(c);
@@ -207,7 +208,7 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
         for (int64_t i = 0; i < M * N * w; ++i) states_v[i] = next_state[i];
       }
     }
-    if (a.out) store_block_outputs(a, task, block_pitch, t0, kc, y_rows, column);
+    if (a.out_rows.data) store_block_outputs(a, task, block_pitch, t0, kc, y_rows, column);
   }
   // Chunks past the sample's length start from its final state.
   for (int64_t c = chunks; a.checkpoints && c < num_chunks(s.length); ++c) scatter_states(c, false);
@@ -218,10 +219,10 @@ template <typename T>
 void forward_task(const ForwardArgs<T>& a, int64_t index, T* scratch) {
   const Task task = decode_task(index, a.size, a.coupling);
   const int64_t L = a.size.length, steps = sample_length(a.lengths, task.b, L);
-  if (a.out && steps < L)  // steps past the sample's length are not scanned; their output is 0
+  if (a.out_rows.data && steps < L)  // steps past the sample's length are not scanned; their output is 0
     for (int64_t m = task.m0; m < task.m1; ++m)
       for (int64_t d = task.d0; d < task.d1; ++d) {
-        T* o = a.out + bmd_offset(a.size, task.b, m, d, L);
+        T* o = a.out_rows.row(task.b, m, d);
         for (int64_t t = steps; t < L; ++t) o[t] = T(0);
       }
   switch (a.coupling) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "backward_partials.h"
+#include "coupled_scan/causal_conv.h"
 #include "coupled_scan/coupled_scan.h"
 
 namespace coupled_scan {
@@ -16,6 +17,9 @@ struct TaskKernels {
   int64_t (*backward_scratch)(const Sizes&, CouplingKind);
   void (*forward)(const ForwardArgs<T>&, int64_t task, T* scratch);
   void (*backward)(const BackwardArgs<T>&, const BackwardPartials<T>&, int64_t task, T* scratch);
+  // The fused causal conv + SiLU, one channel per task (scratch: `length` elements).
+  void (*conv_forward)(const CausalConvArgs<T>&, int64_t channel, T* scratch);
+  void (*conv_backward)(const CausalConvBackwardArgs<T>&, int64_t channel, T* scratch);
 };
 
 struct KernelTable {

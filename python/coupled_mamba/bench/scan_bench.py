@@ -1,4 +1,5 @@
-"""Benchmark of the fused coupled selective scan against the PyTorch reference.
+"""Benchmark of the fused coupled selective scan against the PyTorch reference, and of its
+uncoupled case against mambapy's parallel scan (bench/mambapy_scan.py) when mambapy is importable.
 
 Prints a table and writes JSON. Every figure of one run is measured in that run: times of the
 fused op and of the reference, their ratio, and the "exp floor" (torch.exp over as many
@@ -137,6 +138,26 @@ def padded_case(size: dict, repeats: int, min_time: float) -> list:
     return rows
 
 
+def mambapy_section(table: dict, args) -> dict:
+    """The op with coupling "none" against mambapy's parallel scan (bench/mambapy_scan.py)."""
+    from . import mambapy_scan
+
+    print('\n# coupling "none" (M independent Mamba scans) vs mambapy\'s parallel scan (pure PyTorch), same inputs')
+    if args.no_mambapy or args.padded_only:
+        reason = "skipped (--no-mambapy or --padded-only)"
+    else:
+        reason = mambapy_scan.unavailable_reason()
+    if reason:
+        print(f"skipped: {reason}")
+        return {"status": reason, "rows": []}
+    print(f"{'size':<12} {'mode':<8} {'fused ms':>10} {'mambapy ms':>11} {'speed-up':>9} {'rel diff':>9}")
+    rows = mambapy_scan.compare(table, make_inputs, timeit, args.repeats, args.min_time, args.mambapy_repeats)
+    for r in rows:
+        print(f"{r['size']:<12} {r['mode']:<8} {r['fused_ms']:>10.2f} {r['mambapy_ms']:>11.1f} {r['speedup']:>8.1f}x "
+              f"{r['rel_diff']:>9.1e}", flush=True)
+    return {"status": "ok", "rows": rows}
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--device" in argv and argv[argv.index("--device") + 1 :][:1] == ["cuda"]:
@@ -151,6 +172,8 @@ def main(argv=None) -> None:
     p.add_argument("--ref-repeats", type=int, default=2, help="repeats for the (slow) reference")
     p.add_argument("--out", default="bench_scan.json")
     p.add_argument("--padded-only", action="store_true", help="only the padded-batch case (lengths vs none)")
+    p.add_argument("--mambapy-repeats", type=int, default=3, help="repeats for mambapy's parallel scan")
+    p.add_argument("--no-mambapy", action="store_true", help="skip the comparison with mambapy's parallel scan")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: the GPU benchmark (scan_cuda_bench)")
     p.add_argument("--worker-impl", help=argparse.SUPPRESS)
     p.add_argument("--worker-mode", help=argparse.SUPPRESS)
@@ -191,9 +214,10 @@ def main(argv=None) -> None:
             padded.append(dict(size=name, **size, **row))
             print(f"{name:<12} {row['mode']:<8} {row['no_lengths_ms']:>14.2f} {row['lengths_ms']:>11.2f} "
                   f"{row['ratio']:>6.2f} {row['valid_fraction']:>12.3f}", flush=True)
+    mambapy = mambapy_section(table, args)
     with open(args.out, "w") as f:
         json.dump({"machine": info, "command": "python -m coupled_mamba.bench scan " + " ".join(argv or sys.argv[1:]),
-                   "rows": rows, "padded": padded}, f, indent=2)
+                   "rows": rows, "padded": padded, "mambapy": mambapy}, f, indent=2)
     print(f"wrote {args.out}")
 
 

@@ -12,8 +12,10 @@ modalities of CMU-MOSEI's widths (768, 74, 35), dropout 0.1 in training. Two cas
 A training step is ``zero_grad``, forward, L1 loss, backward, Adam step (lr 1e-3); inference is
 one forward in eval mode under torch.inference_mode. Times are medians over ``--repeats`` runs
 after ``--warmup`` runs. The scan's share of a coupled model's step is the self time of everything inside
-the ``coupled_mamba::`` ops in torch.profiler over one step (the kernels and the Python inside the ops,
-without the aten:: copies they make), divided by that step's wall time.
+the scan's ops (``coupled_mamba::scan_fwd`` / ``scan_bwd``) in torch.profiler over one step (the kernels and
+the Python inside the ops, without the aten:: copies they make), divided by that step's wall time; the
+fused conv (``coupled_mamba::causal_conv_silu_*``) is not part of it. The conv's own share is reported
+next to it.
 
 When the pure-PyTorch Mamba of the ``mambapy`` package is importable (it is never a dependency),
 the same run also times it as an uncoupled fusion model: one mambapy Mamba stack (parallel scan)
@@ -102,16 +104,24 @@ def median_ms(fn, warmup: int, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _inside_scan_op(e) -> bool:
+SCAN_OPS = "coupled_mamba::scan_"
+CONV_OPS = "coupled_mamba::causal_conv_silu_"
+
+
+def _inside_op(e, prefix: str = SCAN_OPS) -> bool:
     while e is not None:
-        if e.name.startswith("coupled_mamba::"):
+        if e.name.startswith(prefix):
             return True
         e = e.cpu_parent
     return False
 
 
+def _inside_scan_op(e) -> bool:
+    return _inside_op(e, SCAN_OPS)
+
+
 def scan_share(step) -> Dict:
-    """The coupled_mamba:: ops' time over one step, against the step's wall time.
+    """The scan ops' time over one step (and the fused conv's), against the step's wall time.
 
     With autograd on, the forward kernel's time shows up as the self time of the autograd Function
     that torch.library wraps around the op (``GeneratedBackwardFor_coupled_mamba_scan_fwd_...``,
@@ -129,11 +139,12 @@ def scan_share(step) -> Dict:
     kernel_us = sum(e.self_cpu_time_total for e in events if not e.name.startswith("aten::"))
     op_us = sum(e.self_cpu_time_total for e in events)
     ops: Dict[str, float] = {}
-    for e in events:
-        if e.name.startswith("coupled_mamba::") and not _inside_scan_op(e.cpu_parent):
+    for e in prof.events():
+        if e.name.startswith("coupled_mamba::") and not _inside_op(e.cpu_parent, "coupled_mamba::"):
             ops[e.name] = ops.get(e.name, 0.0) + e.cpu_time_total / 1e3
+    conv_us = sum(e.self_cpu_time_total for e in prof.events() if _inside_op(e, CONV_OPS))
     return {"scan_share": kernel_us / wall_us, "scan_op_share": op_us / wall_us, "scan_ops_ms": ops,
-            "profiled_step_ms": wall_us / 1e3, "profile": prof}
+            "conv_share": conv_us / wall_us, "profiled_step_ms": wall_us / 1e3, "profile": prof}
 
 
 def measure(kind: str, case, args) -> Dict:
@@ -236,7 +247,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "setup": {"input_dims": INPUT_DIMS, "cases": [dict(zip(("case", "batch", "length", "align", "padded"), c))
                                                        for c in cases], **MODEL_ARGS,
                   "optimizer": "Adam(lr=1e-3)", "loss": "L1", "repeats": args.repeats, "warmup": args.warmup},
-        "scan_share_method": "self time of everything inside the coupled_mamba:: ops in torch.profiler over one "
+        "scan_share_method": "self time of everything inside the coupled_mamba::scan_* ops in torch.profiler over one "
                              "training step except aten:: ops (scan_op_share: including them) / that step's "
                              "wall time",
         "rows": rows,

@@ -8,14 +8,17 @@ Algorithm 1 of the paper, per modality m (docs/model.md, "One block"):
 
 Every block has its own parameters. They are stored stacked along a leading modality axis
 (weight (M, out, in) and so on) so that the M blocks run as a handful of batched matmuls and one
-grouped conv instead of M small ones; ``param[m]`` is block m's parameter, and slicing the state
+conv instead of M small ones; ``param[m]`` is block m's parameter, and slicing the state
 dict of an M-modality layer gives M single-modality layers (the tests rely on this).
 
 Internally the layer works in the (M, channels, batch, L) layout: each per-modality projection
 is one bmm over the modality axis whose output is the next one's input without a copy (a
 broadcasting matmul would copy the weights once per sample), and the scan reads (batch, M,
-channels, L) views of it (time contiguous, other axes strided). The residual stream outside is
-(batch, M, L, d_model); entering and leaving the layout costs one copy each way.
+channels, L) views of it (time contiguous, other axes strided). On the CPU the scan also writes
+its output and its gradients in those layouts, and the conv + SiLU is one fused kernel
+(ops/causal_conv.py), so nothing is copied between the projections and the scan in either
+direction. The residual stream outside is (batch, M, L, d_model); entering and leaving the
+layout costs one copy each way.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import coupled_scan_step, coupled_selective_scan
+from ..ops import causal_conv, coupled_scan_step, coupled_selective_scan
 from .streaming import causal_conv_step
 
 COUPLINGS = ("mean", "sum", "none", "learned")
@@ -204,27 +207,15 @@ class CoupledMambaLayer(nn.Module):
         # layout that a bmm over the modality axis produces and consumes, so the projections chain
         # without copies; the scan reads the (batch, M, channels, L) views of it through strides.
         xn = self._norm(x).permute(1, 3, 0, 2).reshape(M, self.d_model, Bt * L)  # the one input copy
-        xz = torch.bmm(self.in_proj_weight, xn).view(M, 2 * E, Bt, L)  # u and z at once
+        # u and z as two bmm over halves of the weight: each result is a whole tensor, so the
+        # backward gets no zero-filled (M, 2E, ...) slice gradient to assemble.
+        u = torch.bmm(self.in_proj_weight[:, :E], xn).view(M, E, Bt, L)
+        z = torch.bmm(self.in_proj_weight[:, E:], xn).view(M, E, Bt, L)
         del xn
         if self.in_proj_bias is not None:
-            xz = xz + self.in_proj_bias[:, :, None, None].to(xz.dtype)
-        u, z = xz[:, :E], xz[:, E:]
-
-        # Depthwise causal conv: the (M, E, batch) rows are independent channels, so the padded
-        # input (a contiguous copy) runs as one conv over M*E*Bt channels with each weight
-        # repeated per sample, and the result is already in the layout x_proj reads.
-        if cache is not None:
-            conv_state = cache.conv_state.to(u.dtype).permute(1, 2, 0, 3)  # (M, E, Bt, k - 1)
-            u_in = torch.cat([conv_state, u], dim=-1)
-            if k > 1:
-                cache.conv_state = u_in[..., u_in.shape[-1] - (k - 1):].permute(2, 0, 1, 3).detach().float()
-        else:
-            u_in = F.pad(u, (k - 1, 0))
-        conv_w = self.conv_weight.reshape(M * E, 1, k).repeat_interleave(Bt, dim=0)
-        conv_b = self.conv_bias.reshape(M * E).repeat_interleave(Bt) if self.conv_bias is not None else None
-        u = F.conv1d(u_in.reshape(1, M * E * Bt, -1), conv_w, conv_b, groups=M * E * Bt)
-        del u_in
-        u = F.silu(u).view(M, E, Bt * L)
+            u = u + self.in_proj_bias[:, :E, None, None].to(u.dtype)
+            z = z + self.in_proj_bias[:, E:, None, None].to(z.dtype)
+        u = self._conv_silu(u, cache).view(M, E, Bt * L)
 
         x_dbl = torch.bmm(self.x_proj_weight, u)  # (M, R + 2N, Bt * L)
         delta = torch.bmm(self.dt_proj_weight, x_dbl[:, :R])  # (M, E, Bt * L)
@@ -232,18 +223,25 @@ class CoupledMambaLayer(nn.Module):
         def scan_view(t: torch.Tensor) -> torch.Tensor:  # (M, C, Bt * L) -> (Bt, M, C, L), a view
             return t.view(M, t.shape[1], Bt, L).permute(2, 0, 1, 3)
 
-        u, delta, z = scan_view(u), scan_view(delta), z.permute(2, 0, 1, 3)
+        u, delta, z = scan_view(u), scan_view(delta), z.permute(2, 0, 1, 3)  # z: (M, E, Bt, L) -> (Bt, M, E, L)
         B, C = scan_view(x_dbl[:, R:R + N]), scan_view(x_dbl[:, R + N:])
 
         lengths = None
         if mask is None:
             delta_bias, softplus = self.dt_proj_bias, True
+        elif delta.device.type == "cpu":
+            # Masked steps inside a sample get dt = 0 exactly (the modality's state is carried into
+            # the coupling unchanged, without input or decay): their delta is -inf, and the CPU
+            # kernels' softplus(-inf + bias) is exactly 0 with slope sigmoid(-inf) = 0, so those
+            # steps get no gradient either. One masked_fill keeps delta in its layout.
+            delta = delta.masked_fill(~mask[:, :, None, :], float("-inf"))
+            delta_bias, softplus = self.dt_proj_bias, True
         else:
-            # Apply bias and softplus here so masked steps inside a sample get dt = 0 exactly (the
-            # modality's state is carried into the coupling unchanged, without input or decay).
+            # Elsewhere bias and softplus are applied here and masked steps get dt = 0 directly.
             dt = F.softplus(delta.float() + self.dt_proj_bias[..., None])
             delta = torch.where(mask[:, :, None, :], dt, 0.0).to(u.dtype)
             delta_bias, softplus = None, False
+        if mask is not None:
             # The scan stops each sample after its last valid step of any modality: the padded
             # tail costs nothing and cannot change (or overflow) anything before it.
             steps = torch.arange(1, L + 1, device=mask.device)
@@ -275,6 +273,29 @@ class CoupledMambaLayer(nn.Module):
         if self.out_proj_bias is not None:
             out = out + self.out_proj_bias[:, None].to(out.dtype)
         return out + x
+
+    def _conv_silu(self, u: torch.Tensor, cache: Optional[LayerCache]) -> torch.Tensor:
+        """SiLU of the depthwise causal conv of u (M, E, Bt, L); the result is (M, E, Bt, L)
+        contiguous, the layout x_proj reads."""
+        M, E, Bt, L = u.shape
+        k = self.d_conv
+        if cache is None and causal_conv.supports(u):  # the fused CPU kernel
+            bias = self.conv_bias.reshape(M * E) if self.conv_bias is not None else None
+            out = causal_conv.causal_conv_silu(u.reshape(M * E, Bt, L), self.conv_weight.reshape(M * E, k), bias)
+            return out.view(M, E, Bt, L)
+        # Otherwise the (M, E, batch) rows are independent channels, so the padded input (a
+        # contiguous copy) runs as one conv over M*E*Bt channels with each weight repeated per sample.
+        if cache is not None:
+            conv_state = cache.conv_state.to(u.dtype).permute(1, 2, 0, 3)  # (M, E, Bt, k - 1)
+            u_in = torch.cat([conv_state, u], dim=-1)
+            if k > 1:
+                cache.conv_state = u_in[..., u_in.shape[-1] - (k - 1):].permute(2, 0, 1, 3).detach().float()
+        else:
+            u_in = F.pad(u, (k - 1, 0))
+        conv_w = self.conv_weight.reshape(M * E, 1, k).repeat_interleave(Bt, dim=0)
+        conv_b = self.conv_bias.reshape(M * E).repeat_interleave(Bt) if self.conv_bias is not None else None
+        out = F.conv1d(u_in.reshape(1, M * E * Bt, -1), conv_w, conv_b, groups=M * E * Bt)
+        return F.silu(out).view(M, E, Bt, L)
 
     def step(self, x: torch.Tensor, cache: LayerCache, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Advance all modalities one time step: x (batch, M, d_model) -> (batch, M, d_model).

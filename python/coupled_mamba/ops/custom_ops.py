@@ -23,6 +23,22 @@ def _new(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
     return t.fill_(float("nan")) if settings.POISON_OUTPUTS else t
 
 
+def _writes_strided(u: Tensor) -> bool:
+    """Whether the library writes the (Bt, M, R, L) results of this call (out and the sequence
+    gradients) in their input's layout through strides: on the CPU, when the input is in the
+    compute dtype and torch.empty_like keeps its time axis contiguous."""
+    if u.device.type == "cuda" or u.dtype != validation.compute_dtype(u):
+        return False
+    return u.size(-1) <= 1 or torch.empty_like(u, device="meta").stride(-1) == 1
+
+
+def _out_like(u: Tensor) -> Tensor:
+    """An empty ``out`` as the op returns it: in u's layout when the library writes it so."""
+    if _writes_strided(u):
+        return torch.empty_like(u)
+    return u.new_empty(u.shape)
+
+
 def _seq_dtype(u: Tensor) -> torch.dtype:
     """dtype the library reads sequence tensors in: the CUDA kernels read float16 / bfloat16
     directly; the CPU kernels read the compute dtype."""
@@ -74,6 +90,19 @@ class _Call:
         setattr(self.c, name, t.data_ptr())
         return t
 
+    def seq_result(self, name: str, like: Tensor) -> Tuple[Tensor, bool]:
+        """A (Bt, M, R, L) result (out, or the gradient of the input ``like``) and whether it is
+        in like's layout (torch.empty_like's), written there by the library through strides
+        (_writes_strided); otherwise it is contiguous in the compute dtype."""
+        if not _writes_strided(like):
+            return self.output(name, like.shape), False
+        t = torch.empty_like(like)
+        if settings.POISON_OUTPUTS:
+            t.fill_(float("nan"))
+        setattr(self.c, name, t.data_ptr())
+        setattr(self.c, f"{name}_rows", library.extension().Seq(t.data_ptr(), *t.stride()[:3]))
+        return t, True
+
     def inputs(self, u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths) -> None:
         for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
             self.seq(name, t)
@@ -113,7 +142,7 @@ def scan_fwd(
     call.inputs(u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths)
     Bt, M, Dch, L = u.shape
     N = A.shape[-1]
-    out = call.output("out", (Bt, M, Dch, L))
+    out, _ = call.seq_result("out", u)
     last = call.output("last_state", (Bt, M, Dch, N))
     if save_checkpoints:
         ck = call.output("checkpoints", library.checkpoint_shape(u.device, coupling, Bt, M, Dch, N, L))
@@ -132,11 +161,13 @@ def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling
     Bt, M, Dch, L = u.shape
     N = A.shape[-1]
     shape = library.checkpoint_shape(u.device, coupling, Bt, M, Dch, N, L) if save_checkpoints else (0,)
-    return u.new_empty((Bt, M, Dch, L)), u.new_empty((Bt, M, Dch, N), dtype=cdt), u.new_empty(shape, dtype=cdt)
+    return _out_like(u), u.new_empty((Bt, M, Dch, N), dtype=cdt), u.new_empty(shape, dtype=cdt)
 
 
 # The backward's results, in this order; an absent optional input gets an empty tensor.
 GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "dW", "dinitial_state")
+# Those of the (Bt, M, R, L) sequence inputs, which the CPU library writes in their input's layout.
+_SEQ_GRADS = ("du", "ddelta", "dB", "dC", "dz")
 
 
 @torch.library.custom_op("coupled_mamba::scan_bwd", mutates_args=())
@@ -158,18 +189,28 @@ def scan_bwd(
     if checkpoints is not None and checkpoints.numel() > 0:  # without them the library recomputes them
         call.param("checkpoints", checkpoints)
     like = dict(zip(GRAD_NAMES, (u, delta, A, B, C, D, z, delta_bias, W, initial_state)))
-    grads = {k: None if t is None else call.output(k, t.shape) for k, t in like.items()}
+    grads, in_layout = {}, set()
+    for k, t in like.items():
+        if t is None:
+            grads[k] = None
+        elif k in _SEQ_GRADS:
+            grads[k], ready = call.seq_result(k, t)
+            if ready:
+                in_layout.add(k)
+        else:
+            grads[k] = call.output(k, t.shape)
     call.run("backward")
 
-    def shaped_like(g: Optional[Tensor], t: Optional[Tensor]) -> Tensor:
-        # Each gradient takes its input's dtype and strides (what the fake promises, torch.empty_like).
+    def shaped_like(k: str) -> Tensor:
+        # Each gradient takes its input's dtype and layout (what the fake promises, torch.empty_like).
+        g, t = grads[k], like[k]
         if g is None:
             return u.new_empty((0,))
-        if g.dtype == t.dtype and g.stride() == t.stride():
+        if k in in_layout or (g.dtype == t.dtype and g.stride() == t.stride()):
             return g
         return torch.empty_like(t).copy_(g)
 
-    return tuple(shaped_like(grads[k], like[k]) for k in GRAD_NAMES)
+    return tuple(shaped_like(k) for k in GRAD_NAMES)
 
 
 @scan_bwd.register_fake
@@ -205,6 +246,8 @@ def _setup_context(ctx, inputs, output):
      _save) = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths, output[2])
     ctx.flags = (delta_softplus, coupling, alpha)
+    # An unused output (last_state, checkpoints) gets None instead of a zero-filled gradient.
+    ctx.set_materialize_grads(False)
 
 
 def _op_backward(ctx, dout, dlast, _dck):
