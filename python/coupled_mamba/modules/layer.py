@@ -279,7 +279,7 @@ class CoupledMambaLayer(nn.Module):
         contiguous, the layout x_proj reads."""
         M, E, Bt, L = u.shape
         k = self.d_conv
-        if cache is None and causal_conv.supports(u):  # the fused CPU kernel
+        if cache is None and causal_conv.supports(u, k):  # the fused CPU kernel
             bias = self.conv_bias.reshape(M * E) if self.conv_bias is not None else None
             out = causal_conv.causal_conv_silu(u.reshape(M * E, Bt, L), self.conv_weight.reshape(M * E, k), bias)
             return out.view(M, E, Bt, L)

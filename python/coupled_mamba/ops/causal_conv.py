@@ -20,20 +20,26 @@ from . import library, settings
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
-def supports(x: Tensor) -> bool:
-    """Whether the fused op takes x: a CPU tensor in float32 or float64."""
-    return x.device.type == "cpu" and x.dtype in _DTYPES
+def max_width() -> int:
+    """The widest kernel the compiled library takes."""
+    return int(library.extension().max_conv_width)
+
+
+def supports(x: Tensor, width: int = 1) -> bool:
+    """Whether the fused op takes x with a kernel of ``width``: a CPU tensor in float32 or
+    float64 and 1 <= width <= max_width()."""
+    return x.device.type == "cpu" and x.dtype in _DTYPES and 1 <= width <= max_width()
 
 
 def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
     if x.dim() != 3:
         raise ValueError(f"causal_conv_silu: x must be (channels, rows, L), got shape {tuple(x.shape)}")
-    if not supports(x):
+    if not (x.device.type == "cpu" and x.dtype in _DTYPES):
         raise ValueError(f"causal_conv_silu: x must be a float32 or float64 CPU tensor, got {x.dtype} on {x.device}")
     C = x.shape[0]
-    max_width = int(library.extension().max_conv_width) if x.device.type != "meta" else 16
-    if weight.dim() != 2 or weight.shape[0] != C or not 1 <= weight.shape[1] <= max_width:
-        raise ValueError(f"causal_conv_silu: weight must be ({C}, k) with 1 <= k <= {max_width}, "
+    widest = max_width() if x.device.type != "meta" else 16
+    if weight.dim() != 2 or weight.shape[0] != C or not 1 <= weight.shape[1] <= widest:
+        raise ValueError(f"causal_conv_silu: weight must be ({C}, k) with 1 <= k <= {widest}, "
                          f"got shape {tuple(weight.shape)}")
     if bias is not None and tuple(bias.shape) != (C,):
         raise ValueError(f"causal_conv_silu: bias must be ({C},), got shape {tuple(bias.shape)}")
