@@ -142,7 +142,7 @@ class MultimodalDataset(Dataset):
         padded only to the longest length among these samples."""
         idx = torch.as_tensor(index, dtype=torch.int64)
         lengths = [ln.index_select(0, idx) for ln in self.lengths]
-        xs = [f[:, :_longest(f, n)].index_select(0, idx) for f, n in zip(self.features, lengths)]
+        xs = [f[:, :_longest(n, f.shape[1])].index_select(0, idx) for f, n in zip(self.features, lengths)]
         return xs, lengths, self.labels.index_select(0, idx)
 
     def select(self, modalities: Sequence[Union[int, str]], info: Optional[TaskInfo] = None):
@@ -165,9 +165,10 @@ class MultimodalDataset(Dataset):
         )
 
 
-def _longest(x: torch.Tensor, lengths: torch.Tensor) -> int:
-    """The steps a batch of (B, L, d) ``x`` with valid ``lengths`` keeps: its longest length (>= 1)."""
-    return min(max(int(lengths.max()), 1), x.shape[1]) if lengths.numel() else x.shape[1]
+def _longest(lengths: torch.Tensor, steps: int) -> int:
+    """The steps a batch of recordings of ``steps`` steps with valid ``lengths`` keeps: its longest
+    length (at least 1, at most ``steps``)."""
+    return min(max(int(lengths.max()), 1), steps) if lengths.numel() else steps
 
 
 def collate(samples) -> Batch:
@@ -177,7 +178,8 @@ def collate(samples) -> Batch:
         raise ValueError("collate: empty batch")
     M = len(samples[0][0])
     lengths = [torch.stack([torch.as_tensor(s[1][m], dtype=torch.int64) for s in samples]) for m in range(M)]
-    xs = [torch.stack([s[0][m][:_longest(s[0][m][None], lengths[m])] for s in samples]) for m in range(M)]
+    keep = [_longest(lengths[m], max(s[0][m].shape[0] for s in samples)) for m in range(M)]  # once per modality
+    xs = [torch.stack([s[0][m][:keep[m]] for s in samples]) for m in range(M)]
     labels = torch.stack([torch.as_tensor(s[2]) for s in samples])
     return xs, lengths, labels
 

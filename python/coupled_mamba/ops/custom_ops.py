@@ -18,9 +18,18 @@ _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "f
            torch.bfloat16: "bfloat16"}
 
 
-def _new(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
-    t = torch.empty(shape, dtype=dtype, device=device)
+def _poisoned(t: Tensor) -> Tensor:
+    """A fresh output, NaN-filled when the tests ask for it (an unwritten value then shows)."""
     return t.fill_(float("nan")) if settings.POISON_OUTPUTS else t
+
+
+def _new(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return _poisoned(torch.empty(shape, dtype=dtype, device=device))
+
+
+def _layout_of(t: Tensor):
+    """The strides torch.empty_like(t) gives (the layout every result promises), without allocating."""
+    return torch.empty_like(t, device="meta").stride()
 
 
 def _writes_strided(u: Tensor) -> bool:
@@ -29,7 +38,7 @@ def _writes_strided(u: Tensor) -> bool:
     compute dtype and torch.empty_like keeps its time axis contiguous."""
     if u.device.type == "cuda" or u.dtype != validation.compute_dtype(u):
         return False
-    return u.size(-1) <= 1 or torch.empty_like(u, device="meta").stride(-1) == 1
+    return u.size(-1) <= 1 or _layout_of(u)[-1] == 1
 
 
 def _out_like(u: Tensor) -> Tensor:
@@ -90,18 +99,16 @@ class _Call:
         setattr(self.c, name, t.data_ptr())
         return t
 
-    def seq_result(self, name: str, like: Tensor) -> Tuple[Tensor, bool]:
-        """A (Bt, M, R, L) result (out, or the gradient of the input ``like``) and whether it is
-        in like's layout (torch.empty_like's), written there by the library through strides
-        (_writes_strided); otherwise it is contiguous in the compute dtype."""
+    def seq_result(self, name: str, like: Tensor) -> Tensor:
+        """A (Bt, M, R, L) result (out, or the gradient of the input ``like``): in like's layout
+        (torch.empty_like's), written there by the library through strides, when _writes_strided;
+        otherwise contiguous in the compute dtype."""
         if not _writes_strided(like):
-            return self.output(name, like.shape), False
-        t = torch.empty_like(like)
-        if settings.POISON_OUTPUTS:
-            t.fill_(float("nan"))
+            return self.output(name, like.shape)
+        t = _poisoned(torch.empty_like(like))
         setattr(self.c, name, t.data_ptr())
         setattr(self.c, f"{name}_rows", library.extension().Seq(t.data_ptr(), *t.stride()[:3]))
-        return t, True
+        return t
 
     def inputs(self, u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths) -> None:
         for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
@@ -142,7 +149,7 @@ def scan_fwd(
     call.inputs(u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths)
     Bt, M, Dch, L = u.shape
     N = A.shape[-1]
-    out, _ = call.seq_result("out", u)
+    out = call.seq_result("out", u)
     last = call.output("last_state", (Bt, M, Dch, N))
     if save_checkpoints:
         ck = call.output("checkpoints", library.checkpoint_shape(u.device, coupling, Bt, M, Dch, N, L))
@@ -189,16 +196,8 @@ def scan_bwd(
     if checkpoints is not None and checkpoints.numel() > 0:  # without them the library recomputes them
         call.param("checkpoints", checkpoints)
     like = dict(zip(GRAD_NAMES, (u, delta, A, B, C, D, z, delta_bias, W, initial_state)))
-    grads, in_layout = {}, set()
-    for k, t in like.items():
-        if t is None:
-            grads[k] = None
-        elif k in _SEQ_GRADS:
-            grads[k], ready = call.seq_result(k, t)
-            if ready:
-                in_layout.add(k)
-        else:
-            grads[k] = call.output(k, t.shape)
+    grads = {k: None if t is None else call.seq_result(k, t) if k in _SEQ_GRADS else call.output(k, t.shape)
+             for k, t in like.items()}
     call.run("backward")
 
     def shaped_like(k: str) -> Tensor:
@@ -206,7 +205,7 @@ def scan_bwd(
         g, t = grads[k], like[k]
         if g is None:
             return u.new_empty((0,))
-        if k in in_layout or (g.dtype == t.dtype and g.stride() == t.stride()):
+        if g.dtype == t.dtype and g.stride() == _layout_of(t):
             return g
         return torch.empty_like(t).copy_(g)
 
