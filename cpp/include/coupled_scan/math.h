@@ -54,31 +54,40 @@ CS_HD To bit_cast(const From& from) {
 // exp for float32 with plain arithmetic and bit operations, written once for F = float (U =
 // uint32) and for compiler vector types of floats (U = the matching vector of uint32), so the
 // CPU kernels' explicit SIMD blocks and every scalar use compute the same values. Range
-// reduction x = k ln2 + r with |r| <= ln2/2 and a degree-6 polynomial for exp(r): relative error
-// about 1e-7. NaN propagates, overflow gives +inf, results below about 2e-38 flush to 0.
+// reduction x = k ln2 + r with |r| <= ln2/2 and a degree-6 polynomial for exp(r) (relative error
+// about 1e-7), evaluated in Estrin's order to keep the dependency chain short: the scan's inner
+// loops are bound by the latency of this chain, not by its operation count.
+// x is clamped to [-87.5, 89] and nothing else is special-cased: at the low end the scale's
+// exponent field is 0, so results below about 2e-38 are exactly 0; above log(FLT_MAX) the final
+// product overflows to +inf by itself; NaN passes through the clamps (comparisons are false).
+constexpr float kFastExpLow = -87.5f, kFastExpHigh = 89.0f;
+
+// fast_exp_impl for x already clamped to [kFastExpLow, kFastExpHigh] (SIMD callers clamp with
+// min / max instructions, which the compiler does not form from the comparisons by itself).
 template <typename F, typename U>
-CS_HD F fast_exp_impl(F x) {
-  const F lo = F{} - 87.0f, hi = F{} + 88.7228f;  // hi: log(FLT_MAX)
-  F xc = x < lo ? lo : x;  // NaN compares false and passes through
-  xc = xc > hi ? hi : xc;
+CS_HD F fast_exp_clamped(F xc) {
   const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
   const F t = xc * 1.44269504088896341f + kRound;
   const F kf = t - kRound;
-  const U k = bit_cast<U>(t) - 0x4B400000u;  // the integer k, as two's complement bits
   const F r = (xc - kf * 0.693359375f) - kf * -2.12194440e-4f;
-  F p = F{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  // 2^(k-1) keeps the exponent field in range for k up to 128; the factor 2 restores it.
-  const F scale = bit_cast<F>(U((k + 126u) << 23));
-  F result = p * scale * 2.0f;
-  result = x < lo ? F{} : result;
-  result = x > hi ? F{} + INFINITY : result;
-  return result;
+  // 2 exp(r) = 2 + 2r + r^2 q(r); the factor 2 pairs with the scale 2^(k-1) below.
+  const F r2 = r * r;
+  const F q01 = r * 0.33333042f + 0.99999988f;
+  const F q23 = r * 1.6737420e-2f + 8.3336778e-2f;
+  const F q = (r2 * 2.7629226e-3f + q23) * r2 + q01;
+  const F p = q * r2 + (r * 2.0f + 2.0f);
+  // 2^(k-1) keeps the exponent field in range for k up to 128 (t's bits are 0x4B400000 + k, and
+  // 0x4B400000 << 23 is 0 in 32 bits).
+  const F scale = bit_cast<F>(U((bit_cast<U>(t) + 126u) << 23));
+  return p * scale;
+}
+
+template <typename F, typename U>
+CS_HD F fast_exp_impl(F x) {
+  const F lo = F{} + kFastExpLow, hi = F{} + kFastExpHigh;
+  F xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  return fast_exp_clamped<F, U>(xc);
 }
 
 CS_HD float fast_expf(float x) { return fast_exp_impl<float, std::uint32_t>(x); }

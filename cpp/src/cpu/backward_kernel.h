@@ -288,14 +288,15 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
                     j, N, prev_states);
       }
       for (int64_t k = 0; k < kc; ++k) {
+        V dtv[kMaxModalities], dtuv[kMaxModalities], y[kMaxModalities];
         for (int64_t g = 0; g < G; ++g) {
-          const int64_t row = (g * kChunk + k) * block_pitch + v * w, bc = (g * kChunk + k) * Np;
-          const V y = channel_step(A_block + g * N * block_pitch + v * w, block_pitch, prev_states + k * N * w, alpha,
-                                   B_chunk + bc, C_chunk + bc, load_block<V>(rows.dt + row),
-                                   load_block<V>(rows.dtu + row), N, prev_states + (k + 1) * N * w, g > 0,
-                                   static_cast<T*>(nullptr), decays + (k * G + g) * N * w);
-          store_block(rows.y + row, y);
+          dtv[g] = load_block<V>(rows.dt + (g * kChunk + k) * block_pitch + v * w);
+          dtuv[g] = load_block<V>(rows.dtu + (g * kChunk + k) * block_pitch + v * w);
         }
+        rank_one_step(A_block + v * w, block_pitch, N * block_pitch, prev_states + k * N * w, alpha, B_chunk + k * Np,
+                      C_chunk + k * Np, kChunk * Np, dtv, dtuv, G, N, prev_states + (k + 1) * N * w, y,
+                      static_cast<T*>(nullptr), decays + k * G * N * w);
+        for (int64_t g = 0; g < G; ++g) store_block(rows.y + (g * kChunk + k) * block_pitch + v * w, y[g]);
       }
       gate_columns(a, task, block_pitch, v, t0, kc, rows.y, rows.dy, columns);
 
@@ -388,13 +389,14 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
       }
       for (int64_t k = 0; k < kc; ++k) {
         couple_states(f.W, M, N, prev_states + k * vector_states, coupled);
+        V dtv[kMaxModalities];
+        for (int64_t m = 0; m < M; ++m) dtv[m] = load_block<V>(rows.dt + (m * kChunk + k) * block_pitch + v * w);
+        step_decays(A_block + v * w, block_pitch, N * block_pitch, dtv, M, N, decays + k * vector_states);
         for (int64_t m = 0; m < M; ++m) {
           const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;
-          const V y = channel_step(A_block + m * N * block_pitch + v * w, block_pitch, coupled + m * N * w, T(1),
-                                   B_chunk + bc, C_chunk + bc, load_block<V>(rows.dt + row),
-                                   load_block<V>(rows.dtu + row), N,
-                                   prev_states + (k + 1) * vector_states + m * N * w, false,
-                                   static_cast<T*>(nullptr), decays + (k * M + m) * N * w);
+          const V y = general_update(decays + (k * M + m) * N * w, coupled + m * N * w, B_chunk + bc, C_chunk + bc,
+                                     load_block<V>(rows.dtu + row), N,
+                                     prev_states + (k + 1) * vector_states + m * N * w);
           store_block(rows.y + row, y);
         }
       }

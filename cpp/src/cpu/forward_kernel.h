@@ -6,7 +6,9 @@
 // channels d, so exp(dt A), the state update and y = sum_n C h are all lane-wise (B and C do not
 // depend on d and are broadcast) and no horizontal sums are needed. Loop order per task: time
 // chunks (B, C of the chunk transposed once for the block; dt for all its channels), time steps,
-// channel vectors, modalities, then n. States live in task scratch; only checkpoints leave it.
+// channel vectors; then, per step and channel vector, one pass computing exp(dt A) for every
+// (modality, n) and one pass updating the states (simd_block.h: step_decays, rank_one_update_of,
+// general_update). States live in task scratch; only checkpoints leave it.
 // `out` is written through a.out_rows, which run_forward always fills in.
 #pragma once
 
@@ -31,7 +33,7 @@ int64_t forward_scratch(const Sizes& s, CouplingKind kind) {
   return 2 * G * kChunk * Np             // B and C of the chunk as [g][k][n] (contiguous per step)
          + G * N * block_pitch           // A transposed to [g][n][d]
          + states                        // the state of every channel of the block
-         + 2 * G * N * w                 // next state and coupled state of one channel vector
+         + 3 * G * N * w                 // one channel vector's decays and next state (general: and coupled state)
          + 3 * G * kChunk * block_pitch  // dt, dt * u and y as [g][k][d]
          + 3 * kChunk;                   // one channel's dt, dt * u, slope
 }
@@ -81,8 +83,9 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, 
   T* C_chunk = B_chunk + G * kChunk * Np;          // [g][k][n]
   T* A_block = C_chunk + G * kChunk * Np;          // [g][n][d]
   T* state_sum = A_block + G * N * block_pitch;    // [v][n][lane]: s of every channel vector
-  T* next_state = state_sum + N * block_pitch;     // [n][lane]: next s; then [g][n][lane]: final h^g
-  T* dt_rows = next_state + 2 * G * N * w;         // [g][k][d]
+  T* decays = state_sum + N * block_pitch;         // [g][n][lane]: exp(dt A) of one step
+  T* final_h = decays + G * N * w;                 // [g][n][lane]: h^g of the final step
+  T* dt_rows = final_h + G * N * w;                // [g][k][d]
   T* dtu_rows = dt_rows + G * kChunk * block_pitch;  // [g][k][d]: dt * u
   T* y_rows = dtu_rows + G * kChunk * block_pitch;   // [g][k][d]
   T* column = y_rows + G * kChunk * block_pitch;     // one channel's [k] columns
@@ -117,20 +120,20 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, 
       const bool final_step = t0 + k == steps - 1;
       for (int64_t v = 0; v < vectors; ++v) {
         T* sum_v = state_sum + v * N * w;
+        V dtv[kMaxModalities], dtuv[kMaxModalities], y[kMaxModalities];
         for (int64_t g = 0; g < G; ++g) {
-          const int64_t row = (g * kChunk + k) * block_pitch + v * w, bc = (g * kChunk + k) * Np;
-          const V y = channel_step(A_block + g * N * block_pitch + v * w, block_pitch, sum_v, alpha, B_chunk + bc,
-                                   C_chunk + bc, load_block<V>(dt_rows + row), load_block<V>(dtu_rows + row), N,
-                                   next_state, g > 0,
-                                   final_step && a.last_state ? next_state + (G + g) * N * w : nullptr);
-          store_block(y_rows + row, y);
+          dtv[g] = load_block<V>(dt_rows + (g * kChunk + k) * block_pitch + v * w);
+          dtuv[g] = load_block<V>(dtu_rows + (g * kChunk + k) * block_pitch + v * w);
         }
-        for (int64_t i = 0; i < N * w; ++i) sum_v[i] = next_state[i];
+        rank_one_step(A_block + v * w, block_pitch, N * block_pitch, sum_v, alpha, B_chunk + k * Np,
+                      C_chunk + k * Np, kChunk * Np, dtv, dtuv, G, N, sum_v, y,  // s updated in place
+                      final_step && a.last_state ? final_h : nullptr, decays);
+        for (int64_t g = 0; g < G; ++g) store_block(y_rows + (g * kChunk + k) * block_pitch + v * w, y[g]);
         if (final_step && a.last_state)  // h^m of the final step, lane by lane
           for (int64_t j = 0; j < w && task.d0 + v * w + j < task.d1; ++j)
             for (int64_t g = 0; g < G; ++g) {
               T* last = a.last_state + bmd_offset(s, task.b, task.m0 + g, task.d0 + v * w + j, N);
-              for (int64_t n = 0; n < N; ++n) last[n] = next_state[(G + g) * N * w + n * w + j];
+              for (int64_t n = 0; n < N; ++n) last[n] = final_h[(g * N + n) * w + j];
             }
       }
     }
@@ -161,7 +164,8 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
   T* states = A_block + M * N * block_pitch;     // [v][m][n][lane]: h of every channel vector
   T* next_state = states + M * N * block_pitch;  // [m][n][lane]
   T* coupled = next_state + M * N * w;           // [m][n][lane]: g = W h
-  T* dt_rows = coupled + M * N * w;              // [m][k][d]
+  T* decays = coupled + M * N * w;               // [m][n][lane]: exp(dt A) of one step
+  T* dt_rows = decays + M * N * w;               // [m][k][d]
   T* dtu_rows = dt_rows + M * kChunk * block_pitch;  // [m][k][d]: dt * u
   T* y_rows = dtu_rows + M * kChunk * block_pitch;   // [m][k][d]
   T* column = y_rows + M * kChunk * block_pitch;     // one channel's [k] columns
@@ -197,12 +201,13 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
       for (int64_t v = 0; v < vectors; ++v) {
         T* states_v = states + v * M * N * w;
         couple_states(a.W, M, N, states_v, coupled);
+        V dtv[kMaxModalities];
+        for (int64_t m = 0; m < M; ++m) dtv[m] = load_block<V>(dt_rows + (m * kChunk + k) * block_pitch + v * w);
+        step_decays(A_block + v * w, block_pitch, N * block_pitch, dtv, M, N, decays);
         for (int64_t m = 0; m < M; ++m) {
           const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;
-          const V y = channel_step(A_block + m * N * block_pitch + v * w, block_pitch, coupled + m * N * w, T(1),
-                                   B_chunk + bc, C_chunk + bc, load_block<V>(dt_rows + row),
-                                   load_block<V>(dtu_rows + row), N, next_state + m * N * w, false,
-                                   static_cast<T*>(nullptr));
+          const V y = general_update(decays + m * N * w, coupled + m * N * w, B_chunk + bc, C_chunk + bc,
+                                     load_block<V>(dtu_rows + row), N, next_state + m * N * w);
           store_block(y_rows + row, y);
         }
         for (int64_t i = 0; i < M * N * w; ++i) states_v[i] = next_state[i];

@@ -2,6 +2,10 @@
 // register width of each instruction-set build. Used by the hot loops of the CPU kernels.
 #pragma once
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -42,8 +46,24 @@ CS_HD void store_block(T* p, const V& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
+// fast_exp_impl with its clamps as single max / min instructions: (lo > x ? lo : x), NaN
+// passing through as the second operand, which is what the comparisons in fast_exp_impl give.
 CS_HD Simd<float>::V block_exp(Simd<float>::V x) {
-  return fast_exp_impl<Simd<float>::V, typename VecOf<std::uint32_t, CS_VEC_BYTES>::type>(x);
+  typedef Simd<float>::V V;
+  const V lo = V{} + kFastExpLow, hi = V{} + kFastExpHigh;
+#if CS_VEC_BYTES == 64 && defined(__AVX512F__)
+  // The masked forms with every lane selected: the unmasked ones read an undefined register that
+  // GCC 12 warns about.
+  const V xc = _mm512_mask_min_ps(hi, 0xFFFF, hi, _mm512_mask_max_ps(lo, 0xFFFF, lo, x));
+#elif CS_VEC_BYTES == 32 && defined(__AVX__)
+  const V xc = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+#elif CS_VEC_BYTES == 16 && defined(__SSE__)
+  const V xc = _mm_min_ps(hi, _mm_max_ps(lo, x));
+#else
+  V xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+#endif
+  return fast_exp_clamped<V, typename VecOf<std::uint32_t, CS_VEC_BYTES>::type>(xc);
 }
 CS_HD Simd<double>::V block_exp(Simd<double>::V x) {
   for (int64_t j = 0; j < Simd<double>::width; ++j) x[j] = std::exp(x[j]);
@@ -164,37 +184,84 @@ CS_HD void load_block_A(const ForwardArgs<T>& a, const Task& task, int64_t block
       }
 }
 
-// One step of one modality for one vector of channels: h = exp(dt A) (gscale g) + dt u B over
-// n (B and C of the step are scalars shared by the channels), next = h or next += h, and, when
-// given, copies of h (keep_h) and of exp(dt A) (keep_decay). Returns y = sum_n C h for every
-// channel.
+// One step of one modality of the general coupling for one vector of channels, given the step's
+// decays a = exp(dt A) over n: h = a g + dt u B (g: the coupled state; B and C of the step are
+// scalars shared by the channels), written to next. Returns y = sum_n C h for every channel.
 template <typename T>
-CS_HD typename Simd<T>::V channel_step(const T* A, int64_t a_stride, const T* g, T gscale, const T* B, const T* C,
-                                       typename Simd<T>::V dtv, typename Simd<T>::V dtuv, int64_t N, T* next,
-                                       bool accumulate, T* keep_h, T* keep_decay = nullptr) {
+CS_HD typename Simd<T>::V general_update(const T* decays, const T* g, const T* B, const T* C,
+                                         typename Simd<T>::V dtuv, int64_t N, T* next) {
   typedef typename Simd<T>::V V;
   const int64_t w = Simd<T>::width;
   V y = V{};
-  if (accumulate) {
-    for (int64_t n = 0; n < N; ++n) {
-      const V decay = block_exp(dtv * load_block<V>(A + n * a_stride));
-      const V h = decay * (gscale * load_block<V>(g + n * w)) + dtuv * B[n];
-      y += C[n] * h;
-      store_block(next + n * w, load_block<V>(next + n * w) + h);
-      if (keep_h) store_block(keep_h + n * w, h);
-      if (keep_decay) store_block(keep_decay + n * w, decay);
-    }
-  } else {
-    for (int64_t n = 0; n < N; ++n) {
-      const V decay = block_exp(dtv * load_block<V>(A + n * a_stride));
-      const V h = decay * (gscale * load_block<V>(g + n * w)) + dtuv * B[n];
-      y += C[n] * h;
-      store_block(next + n * w, h);
-      if (keep_h) store_block(keep_h + n * w, h);
-      if (keep_decay) store_block(keep_decay + n * w, decay);
-    }
+  for (int64_t n = 0; n < N; ++n) {
+    const V h = load_block<V>(decays + n * w) * load_block<V>(g + n * w) + dtuv * B[n];
+    y += C[n] * h;
+    store_block(next + n * w, h);
   }
   return y;
+}
+
+// exp(dt^g A^g) of one step for the modalities of a group and one channel vector, as [g][n][lane].
+// A pass of its own: with nothing else in the loop, the exponentials of many states are in
+// flight at once and their constants stay in registers.
+template <typename T>
+CS_HD void step_decays(const T* A, int64_t a_stride, int64_t g_stride, const typename Simd<T>::V* dtv, int64_t G,
+                       int64_t N, T* decays) {
+  typedef typename Simd<T>::V V;
+  const int64_t w = Simd<T>::width;
+  for (int64_t g = 0; g < G; ++g) {
+    const V dt = dtv[g];
+    for (int64_t n = 0; n < N; ++n)
+      store_block(decays + (g * N + n) * w, block_exp(dt * load_block<V>(A + g * g_stride + n * a_stride)));
+  }
+}
+
+// One step of a rank-one group (or of one uncoupled modality) for one channel vector, given the
+// step's decays a^g = exp(dt^g A^g) as [g][n][lane]: for every state n, h^g = a^g alpha s_{t-1} +
+// dt^g u^g B^g, s_t = sum_g h^g, y^g += C^g h^g. The modalities are the inner loop so that alpha
+// s and the sum stay in registers; Groups > 0 fixes the group size at compile time so that the
+// y^g sums stay in registers too (with a run-time size they live on the stack, and for one
+// modality the chain of loads and stores through them bounds the loop). B^g, C^g rows are
+// bc_stride apart. s_next may be s_prev. keep_h, when given, gets h^g as [g][n][lane].
+template <int Groups, typename T>
+CS_HD void rank_one_update_of(const T* decays, const T* s_prev, T alpha, const T* B, const T* C, int64_t bc_stride,
+                              const typename Simd<T>::V* dtuv, int64_t group, int64_t N, T* s_next,
+                              typename Simd<T>::V* y_out, T* keep_h) {
+  typedef typename Simd<T>::V V;
+  const int64_t w = Simd<T>::width;
+  const int64_t G = Groups > 0 ? Groups : group;
+  V y[Groups > 0 ? Groups : kMaxModalities];
+  for (int64_t g = 0; g < G; ++g) y[g] = V{};
+  for (int64_t n = 0; n < N; ++n) {
+    const V scaled = alpha * load_block<V>(s_prev + n * w);
+    V sum = V{};
+    for (int64_t g = 0; g < G; ++g) {
+      const V h = load_block<V>(decays + (g * N + n) * w) * scaled + dtuv[g] * B[g * bc_stride + n];
+      y[g] += C[g * bc_stride + n] * h;
+      sum += h;
+      if (keep_h) store_block(keep_h + (g * N + n) * w, h);
+    }
+    store_block(s_next + n * w, sum);
+  }
+  for (int64_t g = 0; g < G; ++g) y_out[g] = y[g];
+}
+
+// step_decays then rank_one_update_of (decays: scratch of G * N vectors).
+template <typename T>
+CS_HD void rank_one_step(const T* A, int64_t a_stride, int64_t g_stride, const T* s_prev, T alpha, const T* B,
+                         const T* C, int64_t bc_stride, const typename Simd<T>::V* dtv,
+                         const typename Simd<T>::V* dtuv, int64_t G, int64_t N, T* s_next,
+                         typename Simd<T>::V* y, T* keep_h, T* decays) {
+  step_decays(A, a_stride, g_stride, dtv, G, N, decays);
+  switch (G) {  // the group sizes of "none" (1) and of two to four modalities; others at run time
+#define CS_RANK_ONE_UPDATE(K) rank_one_update_of<K>(decays, s_prev, alpha, B, C, bc_stride, dtuv, G, N, s_next, y, keep_h)
+    case 1: CS_RANK_ONE_UPDATE(1); break;
+    case 2: CS_RANK_ONE_UPDATE(2); break;
+    case 3: CS_RANK_ONE_UPDATE(3); break;
+    case 4: CS_RANK_ONE_UPDATE(4); break;
+    default: CS_RANK_ONE_UPDATE(0); break;
+#undef CS_RANK_ONE_UPDATE
+  }
 }
 
 }  // namespace CS_ISA
