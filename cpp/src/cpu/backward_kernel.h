@@ -422,13 +422,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
                                load_block<V>(rows.dtu + row), load_block<V>(rows.dy + row), N, rows.lambda_B + row,
                                rows.mu_g_A + row);
         }
-        for (int64_t m = 0; m < M; ++m)  // dW[m, i] += sum_n mu^m h^i_{t-1}, lane-wise
-          for (int64_t i = 0; i < M; ++i) {
-            V acc = load_block<V>(dW_lanes + (m * M + i) * w);
-            for (int64_t n = 0; n < N; ++n)
-              acc += load_block<V>(mu + (m * N + n) * w) * load_block<V>(prev + (i * N + n) * w);
-            store_block(dW_lanes + (m * M + i) * w, acc);
-          }
+        accumulate_coupling_grad(mu, prev, M, N, dW_lanes);  // dW[m, i] += sum_n mu^m h^i_{t-1}
         couple_states(W_transposed, M, N, mu, carry);  // carry^i = sum_m W[m, i] mu^m
       }
       input_grad_columns(a, p, task, block_pitch, v, t0, kc, rows, columns);

@@ -122,19 +122,65 @@ CS_HD typename Simd<T>::V lane_sums(typename Simd<T>::V* x) {  // x: width vecto
 }
 
 // out^m = sum_i weights[m * M + i] h^i for the [m][n][lane] states of one channel vector (weights:
-// W, or W transposed). Each state vector is loaded once; the sum runs over i in order.
-template <typename T>
-CS_HD void couple_states(const T* weights, int64_t M, int64_t N, const T* h, T* out) {
+// W, or W transposed). Each state vector is loaded once; the sum runs over i in order. Modalities
+// > 0 fixes M at compile time, so the M states of one n and the M^2 weights stay in registers.
+template <int Modalities, typename T>
+CS_HD void couple_states_of(const T* weights, int64_t modalities, int64_t N, const T* h, T* out) {
   typedef typename Simd<T>::V V;
   const int64_t w = Simd<T>::width;
+  const int64_t M = Modalities > 0 ? Modalities : modalities;
+  constexpr int64_t kM = Modalities > 0 ? Modalities : kMaxModalities;
+  T wt[kM * kM];
+  for (int64_t i = 0; i < M * M; ++i) wt[i] = weights[i];
   for (int64_t n = 0; n < N; ++n) {
-    V h_n[kMaxModalities];
+    V h_n[kM];
     for (int64_t i = 0; i < M; ++i) h_n[i] = load_block<V>(h + (i * N + n) * w);
     for (int64_t m = 0; m < M; ++m) {
       V acc = V{};
-      for (int64_t i = 0; i < M; ++i) acc += weights[m * M + i] * h_n[i];
+      for (int64_t i = 0; i < M; ++i) acc += wt[m * M + i] * h_n[i];
       store_block(out + (m * N + n) * w, acc);
     }
+  }
+}
+
+template <typename T>
+CS_HD void couple_states(const T* weights, int64_t M, int64_t N, const T* h, T* out) {
+  switch (M) {  // two to four modalities at compile time; others at run time
+    case 2: couple_states_of<2>(weights, M, N, h, out); break;
+    case 3: couple_states_of<3>(weights, M, N, h, out); break;
+    case 4: couple_states_of<4>(weights, M, N, h, out); break;
+    default: couple_states_of<0>(weights, M, N, h, out); break;
+  }
+}
+
+// dW_lanes[m][i] += sum_n mu^m h^i lane-wise, for the [m][n][lane] values of one channel vector;
+// one pass over n with the M^2 sums in registers (Modalities > 0: M at compile time).
+template <int Modalities, typename T>
+CS_HD void accumulate_coupling_grad_of(const T* mu, const T* h, int64_t modalities, int64_t N, T* dW_lanes) {
+  typedef typename Simd<T>::V V;
+  const int64_t w = Simd<T>::width;
+  const int64_t M = Modalities > 0 ? Modalities : modalities;
+  constexpr int64_t kM = Modalities > 0 ? Modalities : kMaxModalities;
+  V acc[kM * kM];
+  for (int64_t i = 0; i < M * M; ++i) acc[i] = load_block<V>(dW_lanes + i * w);
+  for (int64_t n = 0; n < N; ++n) {
+    V h_n[kM];
+    for (int64_t i = 0; i < M; ++i) h_n[i] = load_block<V>(h + (i * N + n) * w);
+    for (int64_t m = 0; m < M; ++m) {
+      const V mu_n = load_block<V>(mu + (m * N + n) * w);
+      for (int64_t i = 0; i < M; ++i) acc[m * M + i] += mu_n * h_n[i];
+    }
+  }
+  for (int64_t i = 0; i < M * M; ++i) store_block(dW_lanes + i * w, acc[i]);
+}
+
+template <typename T>
+CS_HD void accumulate_coupling_grad(const T* mu, const T* h, int64_t M, int64_t N, T* dW_lanes) {
+  switch (M) {
+    case 2: accumulate_coupling_grad_of<2>(mu, h, M, N, dW_lanes); break;
+    case 3: accumulate_coupling_grad_of<3>(mu, h, M, N, dW_lanes); break;
+    case 4: accumulate_coupling_grad_of<4>(mu, h, M, N, dW_lanes); break;
+    default: accumulate_coupling_grad_of<0>(mu, h, M, N, dW_lanes); break;
   }
 }
 
