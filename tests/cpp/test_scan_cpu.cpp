@@ -598,6 +598,9 @@ int main() {
       // "sum" with M > 3; state sizes that fill whole vector blocks, up to the limit
       {1, 5, 3, 4, 9, "sum", true},     {1, 2, 3, 32, 20, "mean", true}, {1, 3, 2, 256, 9, "general", true},
       {1, 8, 2, 256, 5, "mean", true},
+      // every group size the kernels fix at compile time (1 to 4) and one above
+      {2, 4, 9, 11, 33, "mean", true},  {2, 4, 9, 11, 33, "general", true}, {1, 2, 9, 11, 33, "sum", false},
+      {1, 6, 9, 11, 33, "general", false},
   };
   for (const Case& c : cases) {
     compare_case<double>(c, 1e-10, 1e-9);

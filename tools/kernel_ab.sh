@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Compares the CPU scan kernels of the working tree with those of another revision, on this
+# machine and in one run: builds the CPU library of both (CMake, no CUDA, no Python), compiles
+# tools/scan_kernel_bench.cpp against each with that tree's own headers, and alternates their runs
+# (on a shared machine the load drifts; alternating exposes both builds to the same drift).
+# Prints, per coupling and size, each build's best forward and backward time and the ratio
+# working tree / base, and writes the runs and the summary as JSON.
+#
+#   tools/kernel_ab.sh BASE_REV [--rounds 5] [--repeats 5] [--threads 1]
+#                      [--couplings "mean none general"] [--sizes "paper long"] [--out kernel_ab.json]
+set -euo pipefail
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[[ $# -ge 1 && $1 != -* ]] || usage
+base_rev=$1; shift
+rounds=5 repeats=5 threads=1 couplings="mean none general" sizes="paper long" out=kernel_ab.json
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --rounds) rounds=$2; shift 2 ;;
+    --repeats) repeats=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --couplings) couplings=$2; shift 2 ;;
+    --sizes) sizes=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    *) echo "kernel_ab.sh: unknown option $1" >&2; usage ;;
+  esac
+done
+
+root=$(git rev-parse --show-toplevel)
+base_sha=$(git -C "$root" rev-parse --verify "$base_rev^{commit}")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+build() {  # build SOURCE_DIR NAME: the CPU library and the bench, into $work/NAME
+  local src=$1 name=$2
+  cmake -S "$src" -B "$work/$name" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCOUPLED_MAMBA_CUDA=OFF \
+    -DCOUPLED_MAMBA_BUILD_TESTS=OFF -DCOUPLED_MAMBA_BUILD_PYTHON=OFF > "$work/$name.cmake.log"
+  cmake --build "$work/$name" -j2 --target coupled_scan_cpu > "$work/$name.build.log"
+  "${CXX:-g++}" -O2 -std=c++17 -I"$src/cpp/include" "$root/tools/scan_kernel_bench.cpp" \
+    "$work/$name/libcoupled_scan_cpu.a" -lpthread -o "$work/$name/scan_kernel_bench"
+}
+
+echo "building $base_rev ($base_sha) and the working tree ..." >&2
+mkdir -p "$work/base-src"
+git -C "$root" archive "$base_sha" | tar -x -C "$work/base-src"
+build "$work/base-src" base
+build "$root" head
+
+runs="$work/runs.jsonl"
+for ((r = 1; r <= rounds; r++)); do
+  for c in $couplings; do
+    for s in $sizes; do
+      for name in base head; do
+        line=$("$work/$name/scan_kernel_bench" "$c" "$s" "$repeats" "$threads")
+        echo "{\"build\": \"$name\", \"round\": $r, \"run\": $line}" >> "$runs"
+      done
+    done
+  done
+  echo "round $r of $rounds done" >&2
+done
+
+python3 - "$runs" "$out" "$base_rev" "$base_sha" "$(git -C "$root" rev-parse HEAD)" <<'EOF'
+import json, platform, subprocess, sys
+runs_path, out, base_rev, base_sha, head_sha = sys.argv[1:]
+runs = [json.loads(line) for line in open(runs_path)]
+best = {}
+for r in runs:
+    key = (r["run"]["coupling"], tuple(r["run"]["size"]), r["build"])
+    b = best.setdefault(key, {"fwd_ms": float("inf"), "bwd_ms": float("inf"), "checksums": set()})
+    b["fwd_ms"] = min(b["fwd_ms"], r["run"]["fwd_ms"])
+    b["bwd_ms"] = min(b["bwd_ms"], r["run"]["bwd_ms"])
+    b["checksums"].add(r["run"]["checksum"])
+rows = []
+print(f"{'coupling':9s} {'(Bt, M, D, N, L)':22s} {'base fwd':>9s} {'tree fwd':>9s} {'ratio':>6s} "
+      f"{'base bwd':>9s} {'tree bwd':>9s} {'ratio':>6s} {'tree bwd/fwd':>12s} {'rel. checksum diff':>18s}")
+for (c, size, build) in sorted(k for k in best if k[2] == "base"):
+    b, h = best[(c, size, "base")], best[(c, size, "head")]
+    cb, ch = b["checksums"].pop(), h["checksums"].pop()
+    row = {"coupling": c, "size": list(size), "base_fwd_ms": b["fwd_ms"], "tree_fwd_ms": h["fwd_ms"],
+           "fwd_ratio": h["fwd_ms"] / b["fwd_ms"], "base_bwd_ms": b["bwd_ms"], "tree_bwd_ms": h["bwd_ms"],
+           "bwd_ratio": h["bwd_ms"] / b["bwd_ms"], "tree_bwd_over_fwd": h["bwd_ms"] / h["fwd_ms"],
+           "checksum_rel_diff": abs(ch - cb) / max(abs(cb), 1e-30)}
+    rows.append(row)
+    print(f"{c:9s} {str(size):22s} {b['fwd_ms']:9.1f} {h['fwd_ms']:9.1f} {row['fwd_ratio']:6.2f} "
+          f"{b['bwd_ms']:9.1f} {h['bwd_ms']:9.1f} {row['bwd_ratio']:6.2f} {row['tree_bwd_over_fwd']:12.2f} "
+          f"{row['checksum_rel_diff']:18.1e}")
+model = ""
+try:
+    model = [l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+             if l.startswith("Model name")][0]
+except Exception:
+    pass
+with open(out, "w") as f:
+    json.dump({"base_rev": base_rev, "base_sha": base_sha, "tree_head_sha": head_sha, "machine": model,
+               "platform": platform.platform(), "isa": runs[0]["run"]["isa"], "summary": rows, "runs": runs}, f, indent=1)
+print(f"wrote {out}")
+EOF
