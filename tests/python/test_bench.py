@@ -59,4 +59,6 @@ def test_train_benchmark_runs(tmp_path):
                                                      for m in ("coupled-mean", "transformer")}
     assert all(r["train_ms"] > 0 and r["infer_ms"] > 0 for r in ok)
     assert all(0 < r["scan_share"] <= 1 for r in ok if r["model"] == "coupled-mean")
+    assert all(0 < r["matmul_share"] < 1 and r["scan_share"] + r["matmul_share"] <= 1
+               for r in ok if r["model"] == "coupled-mean")
     assert all(r["status"] == "ok" or "mambapy" in r["status"] for r in report["rows"])

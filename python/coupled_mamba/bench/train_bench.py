@@ -106,6 +106,9 @@ def median_ms(fn, warmup: int, repeats: int) -> float:
 
 SCAN_OPS = "coupled_mamba::scan_"
 CONV_OPS = "coupled_mamba::causal_conv_silu_"
+# The dense projections: bound by their arithmetic, so the part of a step that is neither scan nor
+# matmul is what overhead there is left to remove.
+MATMUL_OPS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm", "aten::addbmm")
 
 
 def _inside_op(e, prefix: str = SCAN_OPS) -> bool:
@@ -143,8 +146,11 @@ def scan_share(step) -> Dict:
         if e.name.startswith("coupled_mamba::") and not _inside_op(e.cpu_parent, "coupled_mamba::"):
             ops[e.name] = ops.get(e.name, 0.0) + e.cpu_time_total / 1e3
     conv_us = sum(e.self_cpu_time_total for e in prof.events() if _inside_op(e, CONV_OPS))
+    matmul_us = sum(e.self_cpu_time_total for e in prof.events()
+                    if e.name in MATMUL_OPS and not _inside_op(e, "coupled_mamba::"))
     return {"scan_share": kernel_us / wall_us, "scan_op_share": op_us / wall_us, "scan_ops_ms": ops,
-            "conv_share": conv_us / wall_us, "profiled_step_ms": wall_us / 1e3, "profile": prof}
+            "conv_share": conv_us / wall_us, "matmul_share": matmul_us / wall_us,
+            "profiled_step_ms": wall_us / 1e3, "profile": prof}
 
 
 def measure(kind: str, case, args) -> Dict:
@@ -196,7 +202,7 @@ def machine() -> Dict:
 
 def format_table(rows: List[Dict]) -> str:
     lines = [f"{'case':<10} {'batch':>5} {'L':>5} {'model':<16} {'train ms':>9} {'x Transf.':>9} "
-             f"{'infer ms':>9} {'x Transf.':>9} {'scan share':>10}"]
+             f"{'infer ms':>9} {'x Transf.':>9} {'scan share':>10} {'matmul share':>12}"]
     ref = {r["case"]: r for r in rows if r["model"] == "transformer" and r.get("status") == "ok"}
     for r in rows:
         head = f"{r['case']:<10} {r['batch']:>5} {r['length']:>5} {r['model']:<16}"
@@ -207,7 +213,8 @@ def format_table(rows: List[Dict]) -> str:
         tr = f"{r['train_ms'] / t['train_ms']:.2f}x" if t else "-"
         ir = f"{r['infer_ms'] / t['infer_ms']:.2f}x" if t else "-"
         share = f"{100 * r['scan_share']:.0f}%" if "scan_share" in r else "-"
-        lines.append(f"{head} {r['train_ms']:>9.1f} {tr:>9} {r['infer_ms']:>9.1f} {ir:>9} {share:>10}")
+        mm = f"{100 * r['matmul_share']:.0f}%" if "matmul_share" in r else "-"
+        lines.append(f"{head} {r['train_ms']:>9.1f} {tr:>9} {r['infer_ms']:>9.1f} {ir:>9} {share:>10} {mm:>12}")
     return "\n".join(lines)
 
 
@@ -250,6 +257,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         "scan_share_method": "self time of everything inside the coupled_mamba::scan_* ops in torch.profiler over one "
                              "training step except aten:: ops (scan_op_share: including them) / that step's "
                              "wall time",
+        "matmul_share_method": "self time of the aten matmul ops " + ", ".join(MATMUL_OPS) + " outside the "
+                               "coupled_mamba:: ops over the same profiled step / its wall time",
         "rows": rows,
     }
     with open(args.out, "w") as f:
