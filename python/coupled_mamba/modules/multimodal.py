@@ -85,7 +85,12 @@ class MultimodalModel(nn.Module):
         pooled = pooled.flatten(1) if self.combine == "concat" else pooled.mean(dim=1)
         return self.head(pooled)
 
+    def fuse_and_pool(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The fused streams mean-pooled over their valid steps: (batch, K, d_model). A subclass
+        may pool without materialising ``fuse``'s (batch, K, L, d_model) result."""
+        feats, mask = self.fuse(x, mask)
+        return masked_mean(feats, mask)
+
     def forward(self, xs: Sequence[torch.Tensor], lengths: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
         x, mask = self.frontend(xs, lengths)
-        feats, mask = self.fuse(x, mask)
-        return self.predict_from_pooled(masked_mean(feats, mask))
+        return self.predict_from_pooled(self.fuse_and_pool(x, mask))
