@@ -39,7 +39,7 @@ class MultimodalFrontEnd(nn.Module):
         aligned, mask = align_modalities(xs, lengths, self.align, self.seq_len)
         x = torch.stack([proj(a) for proj, a in zip(self.projections, aligned)], dim=1)
         if mask is not None:
-            x = x.masked_fill(~mask[..., None], 0.0)
+            x = x.masked_fill_(~mask[..., None], 0.0)  # in place on stack's fresh result
         return self.dropout(x), mask
 
     def project_step(self, frames: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -130,8 +130,11 @@ class SelectiveProj(torch.autograd.Function):
             dx_dbl[:, :R].zero_()
             ddt_weight = torch.zeros_like(dt_weight)
         else:
-            if minus_inf is not None:  # masked steps have no gradient (the scan's slope there is 0 too)
-                ddelta = torch.where(minus_inf.view(M, 1, -1) == 0, ddelta.reshape(M, E, rows), 0.0)
+            if minus_inf is not None:
+                # Masked steps get no gradient. The scan's is already 0 there (its softplus slope at
+                # -inf is 0); the product also zeroes any finite value, in place on the gradient the
+                # scan made for this Function alone (a multiply: several times cheaper than a where).
+                ddelta = ddelta.reshape(M, E, rows).mul_((minus_inf.view(M, 1, rows) == 0).to(ddelta.dtype))
             for m in range(M):
                 torch.mm(dt_weight[m].t(), ddelta[m], out=dx_dbl[m, :R])
             ddt_weight = torch.bmm(ddelta, x_dbl[:, :R].transpose(1, 2))
