@@ -1,5 +1,5 @@
-"""The two ends of a Coupled Mamba layer's branch as autograd Functions that choose the layout of
-every result and gradient, so nothing is transposed or zero-filled between the residual stream
+"""The projections of a Coupled Mamba layer's branch as autograd Functions that choose the layout
+of every result and gradient, so nothing is transposed or zero-filled between the residual stream
 and the scan in either direction.
 
 The residual stream of a layer is (M, rows, d_model) with rows = batch * L (d_model contiguous,
@@ -18,9 +18,9 @@ next op would copy it. Here each backward writes its gradients in the layout of 
 - :class:`OutProjResidual`: x + out_proj(y), (M, rows, d_model), the residual add done by the
   matmul itself (beta = 1).
 
-Both run PyTorch's own kernels (native_layer_norm and its backward, mm / bmm); the layer uses them
-where those kernels take every operand as it is (see :func:`takes`), and plain autograd ops
-elsewhere (autocast, mixed dtypes).
+All three run PyTorch's own kernels (native_layer_norm and its backward, mm / bmm); the layer uses
+them on CPU tensors whose dtypes match (see :func:`takes`), and plain autograd ops elsewhere (CUDA,
+autocast, mixed dtypes), which compute the same values.
 """
 from __future__ import annotations
 
