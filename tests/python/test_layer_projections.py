@@ -141,3 +141,30 @@ def test_stack_features_by_modality_and_pooling():
         x, mask = model.frontend(xs, lengths)
         feats, mask = model.fuse(x, mask)
         torch.testing.assert_close(model.fuse_and_pool(x, mask), masked_mean(feats, mask), rtol=0, atol=1e-7)
+
+
+def test_masked_mean_and_pad_alignment_drop_nan_at_masked_steps():
+    """The pooling and the pad alignment select valid steps (NaN and Inf past a length never
+    reach the result) and equal the plain mean / copy over them."""
+    from coupled_mamba.modules import align_modalities
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 2, 7, 4, generator=g)
+    mask = torch.rand(3, 2, 7, generator=g) > 0.4
+    mask[0, 0] = False  # a stream with no valid step pools to zeros
+    poisoned = x.masked_fill(~mask[..., None], float("nan"))
+    poisoned[1, 1, ~mask[1, 1]] = float("inf")
+    got = masked_mean(poisoned, mask)
+    for b in range(3):
+        for k in range(2):
+            want = x[b, k][mask[b, k]].mean(0) if mask[b, k].any() else torch.zeros(4)
+            torch.testing.assert_close(got[b, k], want)
+    xs = [torch.randn(2, 5, 3, generator=g), torch.randn(2, 4, 2, generator=g)]
+    lengths = [torch.tensor([5, 2]), torch.tensor([1, 4])]
+    xs[0][1, 2:] = float("nan")
+    xs[1][0, 1:] = float("inf")
+    aligned, m = align_modalities(xs, lengths, mode="pad", seq_len=5)
+    for a, x_, n in zip(aligned, xs, lengths):
+        assert a.shape[1] == 5 and torch.isfinite(a).all()
+        for b in range(2):
+            assert torch.equal(a[b, :n[b]], x_[b, :n[b]]) and (a[b, n[b]:] == 0).all()
