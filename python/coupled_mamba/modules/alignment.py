@@ -106,7 +106,9 @@ def align_modalities(
         n = torch.full((Bt,), T, dtype=torch.long, device=device) if given is None else given.to(device).clamp(0, T)
         need_mask = need_mask or T < L or given is not None
         mask = lengths_to_mask(n, L)
-        x = torch.nn.functional.pad(x, (0, 0, 0, L - T))
-        out.append(x.masked_fill(~mask[..., None], 0.0))  # padded garbage (even NaN) never enters
+        if T < L:
+            x = torch.nn.functional.pad(x, (0, 0, 0, L - T))
+        # Padded garbage (even NaN) never enters; one where is a single pass (masked_fill copies, then fills).
+        out.append(torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device)))
         masks.append(mask)
     return out, (torch.stack(masks, dim=1) if need_mask else None)

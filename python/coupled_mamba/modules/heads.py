@@ -17,7 +17,8 @@ def masked_mean(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     if mask is None:
         return x.mean(dim=2)
     count = mask.sum(dim=2, keepdim=True).to(x.dtype)[..., 0, None]
-    return x.masked_fill(~mask[..., None], 0.0).sum(dim=2) / count.clamp_min(1.0)
+    kept = torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))  # one pass
+    return kept.sum(dim=2) / count.clamp_min(1.0)
 
 
 class PredictionHead(nn.Module):

@@ -17,8 +17,11 @@ broadcasting matmul would copy the weights once per sample), and the scan reads 
 channels, L) views of it (time contiguous, other axes strided). On the CPU the scan also writes
 its output and its gradients in those layouts, and the conv + SiLU is one fused kernel
 (ops/causal_conv.py), so nothing is copied between the projections and the scan in either
-direction. The residual stream outside is (batch, M, L, d_model); entering and leaving the
-layout costs one copy each way.
+direction. The residual stream is (M, batch, L, d_model) (:meth:`forward_modality_major`, what
+a CoupledMamba stack keeps between its layers); the LayerNorm + input projection and the output
+projection + residual add are autograd Functions (projections.py) that read and write both
+layouts without transposing copies. :meth:`forward` takes and returns (batch, M, L, d_model)
+and pays one copy each way.
 """
 from __future__ import annotations
 
@@ -31,9 +34,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import causal_conv, coupled_scan_step, coupled_selective_scan
+from . import projections
 from .streaming import causal_conv_step
 
 COUPLINGS = ("mean", "sum", "none", "learned")
+
+
+def _masks_with_minus_inf(t: torch.Tensor) -> bool:
+    """Whether masked steps reach the scan as delta = -inf (the CPU kernels' bias + softplus make
+    that dt = 0 with no gradient) rather than as dt = 0 after a softplus in PyTorch."""
+    return t.device.type == "cpu"
 
 
 def resolve_dt_rank(dt_rank: Union[int, str, None], d_state: int) -> int:
@@ -198,49 +208,60 @@ class CoupledMambaLayer(nn.Module):
         cache: optional LayerCache; the layer starts from its conv and SSM state (so a long
         sequence can be processed in chunks) and leaves the state after the last step in it.
         """
-        Bt, M, L, _ = x.shape
-        if M != self.n_modalities:
-            raise ValueError(f"expected {self.n_modalities} modalities, got input of shape {tuple(x.shape)}")
-        E, N, R, k = self.d_inner, self.d_state, self.dt_rank, self.d_conv
+        if x.dim() != 4 or x.shape[1] != self.n_modalities:
+            raise ValueError(f"expected (batch, {self.n_modalities}, L, {self.d_model}), got input of shape {tuple(x.shape)}")
+        return self.forward_modality_major(x.transpose(0, 1), mask, cache).transpose(0, 1).contiguous()
 
-        # Everything between the residual stream and the scan is kept in the (M, channels, batch, L)
+    def forward_modality_major(
+        self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, cache: Optional[LayerCache] = None
+    ) -> torch.Tensor:
+        """:meth:`forward` on the residual stream in the layout (M, batch, L, d_model), the one a
+        stack keeps between its layers (mask and cache as in forward). Returns a contiguous
+        (M, batch, L, d_model) tensor."""
+        M, Bt, L, d = x.shape
+        if M != self.n_modalities or d != self.d_model:
+            raise ValueError(f"expected ({self.n_modalities}, batch, L, {self.d_model}), got input of shape {tuple(x.shape)}")
+        E, N, R = self.d_inner, self.d_state, self.dt_rank
+        x = x.reshape(M, Bt * L, d)  # a copy only when x is not in this layout already
+
+        # Between the residual stream and the scan everything is in the (M, channels, batch, L)
         # layout that a bmm over the modality axis produces and consumes, so the projections chain
         # without copies; the scan reads the (batch, M, channels, L) views of it through strides.
-        xn = self._norm(x).permute(1, 3, 0, 2).reshape(M, self.d_model, Bt * L)  # the one input copy
-        # u and z as two bmm over halves of the weight: each result is a whole tensor, so the
-        # backward gets no zero-filled (M, 2E, ...) slice gradient to assemble.
-        u = torch.bmm(self.in_proj_weight[:, :E], xn).view(M, E, Bt, L)
-        z = torch.bmm(self.in_proj_weight[:, E:], xn).view(M, E, Bt, L)
-        del xn
-        if self.in_proj_bias is not None:
-            u = u + self.in_proj_bias[:, :E, None, None].to(u.dtype)
-            z = z + self.in_proj_bias[:, E:, None, None].to(z.dtype)
-        u = self._conv_silu(u, cache).view(M, E, Bt * L)
-
-        x_dbl = torch.bmm(self.x_proj_weight, u)  # (M, R + 2N, Bt * L)
-        delta = torch.bmm(self.dt_proj_weight, x_dbl[:, :R])  # (M, E, Bt * L)
+        fused = projections.takes(x, self.norm_weight, self.in_proj_weight, self.x_proj_weight, self.dt_proj_weight,
+                                 self.out_proj_weight)
+        if fused:
+            u, z = projections.NormInProj.apply(
+                x, self.norm_weight, self.norm_bias, self.in_proj_weight, self.in_proj_bias, self.norm_eps)
+        else:
+            xn = F.layer_norm(x, (d,), eps=self.norm_eps) * self.norm_weight[:, None] + self.norm_bias[:, None]
+            xn = xn.transpose(1, 2)  # (M, d, Bt * L), read transposed by the bmm
+            # u and z as two bmm over halves of the weight: each result is a whole tensor, so the
+            # backward gets no zero-filled (M, 2E, ...) slice gradient to assemble.
+            u = torch.bmm(self.in_proj_weight[:, :E], xn)
+            z = torch.bmm(self.in_proj_weight[:, E:], xn)
+            del xn
+            if self.in_proj_bias is not None:
+                u = u + self.in_proj_bias[:, :E, None].to(u.dtype)
+                z = z + self.in_proj_bias[:, E:, None].to(z.dtype)
+        u = self._conv_silu(u.view(M, E, Bt, L), cache).view(M, E, Bt * L)
 
         def scan_view(t: torch.Tensor) -> torch.Tensor:  # (M, C, Bt * L) -> (Bt, M, C, L), a view
             return t.view(M, t.shape[1], Bt, L).permute(2, 0, 1, 3)
 
-        u, delta, z = scan_view(u), scan_view(delta), z.permute(2, 0, 1, 3)  # z: (M, E, Bt, L) -> (Bt, M, E, L)
-        B, C = scan_view(x_dbl[:, R:R + N]), scan_view(x_dbl[:, R + N:])
-
-        lengths = None
-        if mask is None:
-            delta_bias, softplus = self.dt_proj_bias, True
-        elif delta.device.type == "cpu":
-            # Masked steps inside a sample get dt = 0 exactly (the modality's state is carried into
-            # the coupling unchanged, without input or decay): their delta is -inf, and the CPU
-            # kernels' softplus(-inf + bias) is exactly 0 with slope sigmoid(-inf) = 0, so those
-            # steps get no gradient either. One masked_fill keeps delta in its layout.
-            delta = delta.masked_fill(~mask[:, :, None, :], float("-inf"))
+        if fused and (mask is None or _masks_with_minus_inf(u)):
+            minus_inf = None
+            if mask is not None:  # -inf at masked steps (see _mask_delta), in delta's layout
+                minus_inf = torch.zeros(M, 1, Bt, L, dtype=u.dtype, device=u.device)
+                minus_inf.masked_fill_(~mask.permute(1, 0, 2)[:, None], float("-inf"))
+            u, delta, B, C = projections.SelectiveProj.apply(u, self.x_proj_weight, self.dt_proj_weight, minus_inf)
             delta_bias, softplus = self.dt_proj_bias, True
         else:
-            # Elsewhere bias and softplus are applied here and masked steps get dt = 0 directly.
-            dt = F.softplus(delta.float() + self.dt_proj_bias[..., None])
-            delta = torch.where(mask[:, :, None, :], dt, 0.0).to(u.dtype)
-            delta_bias, softplus = None, False
+            x_dbl = torch.bmm(self.x_proj_weight, u)  # (M, R + 2N, Bt * L)
+            delta = torch.bmm(self.dt_proj_weight, x_dbl[:, :R])
+            B, C = x_dbl[:, R:R + N], x_dbl[:, R + N:]
+            delta, delta_bias, softplus = self._mask_delta(delta.view(M, E, Bt, L), mask)
+        u, z, delta, B, C = scan_view(u), scan_view(z), scan_view(delta.reshape(M, E, Bt * L)), scan_view(B), scan_view(C)
+        lengths = None
         if mask is not None:
             # The scan stops each sample after its last valid step of any modality: the padded
             # tail costs nothing and cannot change (or overflow) anything before it.
@@ -268,11 +289,31 @@ class CoupledMambaLayer(nn.Module):
             cache.ssm_state = last_state.detach().float()
         else:
             y = result
-        y = y.permute(1, 2, 0, 3).reshape(M, E, Bt * L)
-        out = torch.bmm(self.out_proj_weight, y).view(M, self.d_model, Bt, L).permute(2, 0, 3, 1)
-        if self.out_proj_bias is not None:
-            out = out + self.out_proj_bias[:, None].to(out.dtype)
-        return out + x
+        y = y.permute(1, 2, 0, 3).reshape(M, E, Bt * L)  # a view: the scan writes y in u's layout
+        if fused:
+            out = projections.OutProjResidual.apply(y, self.out_proj_weight, self.out_proj_bias, x)
+        else:
+            out = torch.bmm(y.transpose(1, 2), self.out_proj_weight.transpose(1, 2))
+            if self.out_proj_bias is not None:
+                out = out + self.out_proj_bias[:, None].to(out.dtype)
+            out = out + x
+        return out.view(M, Bt, L, d)
+
+    def _mask_delta(self, delta: torch.Tensor, mask: Optional[torch.Tensor]):
+        """delta (M, E, Bt, L) before bias and softplus -> (delta, delta_bias, delta_softplus) for
+        the scan, with dt = 0 at the masked steps of mask (batch, M, L)."""
+        if mask is None:
+            return delta, self.dt_proj_bias, True
+        mask = mask.permute(1, 0, 2)[:, None]  # (M, 1, Bt, L), delta's layout
+        if _masks_with_minus_inf(delta):
+            # Masked steps inside a sample get dt = 0 exactly (the modality's state is carried into
+            # the coupling unchanged, without input or decay): their delta is -inf, and the CPU
+            # kernels' softplus(-inf + bias) is exactly 0 with slope sigmoid(-inf) = 0, so those
+            # steps get no gradient either. In place on the bmm's result, in its layout.
+            return delta.masked_fill_(~mask, float("-inf")), self.dt_proj_bias, True
+        # Elsewhere bias and softplus are applied here and masked steps get dt = 0 directly.
+        dt = F.softplus(delta.float() + self.dt_proj_bias[..., None, None])
+        return torch.where(mask, dt, 0.0).to(delta.dtype), None, False
 
     def _conv_silu(self, u: torch.Tensor, cache: Optional[LayerCache]) -> torch.Tensor:
         """SiLU of the depthwise causal conv of u (M, E, Bt, L); the result is (M, E, Bt, L)

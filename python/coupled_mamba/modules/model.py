@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .heads import masked_mean
 from .layer import CoupledMambaLayer, LayerCache, resolve_dt_rank
 from .multimodal import MultimodalModel
 
@@ -54,11 +55,23 @@ class CoupledMamba(nn.Module):
                 cache: Optional[InferenceCache] = None) -> torch.Tensor:
         """x (batch, M, L, d_model), mask (batch, M, L) bool or None. With a cache, continues from
         its state and leaves the state after the last step in it (chunked processing)."""
+        return torch.stack(self.features_by_modality(x, mask, cache), dim=1)
+
+    def features_by_modality(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                             cache: Optional[InferenceCache] = None) -> List[torch.Tensor]:
+        """:meth:`forward`'s result as M contiguous (batch, L, d_model) tensors, one per modality.
+
+        Between the layers the residual stream stays in the layout (M, batch, L, d_model)
+        (CoupledMambaLayer.forward_modality_major): x is copied into it once, and the final
+        per-modality LayerNorms read it and write these M tensors.
+        """
+        x = x.transpose(0, 1)
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask, cache.layers[i] if cache is not None else None)
+            x = layer.forward_modality_major(x, mask, cache.layers[i] if cache is not None else None)
         if cache is not None:
             cache.seqlen_offset += x.shape[2]
-        return self._final_norm(x)
+        return [F.layer_norm(xm, (self.d_model,), self.norm_weight[m], self.norm_bias[m], self.norm_eps)
+                for m, xm in enumerate(x.unbind(0))]
 
     def allocate_cache(self, batch_size: int, device=None) -> InferenceCache:
         return InferenceCache([layer.allocate_cache(batch_size, device) for layer in self.layers])
@@ -127,6 +140,12 @@ class CoupledMambaForMultimodal(MultimodalModel):
 
     def fuse(self, x, mask):
         return self.backbone(x, mask), mask
+
+    def fuse_and_pool(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        # Each modality's features pooled as the stack leaves them, without stacking them first.
+        feats = self.backbone.features_by_modality(x, mask)
+        masks = [None] * len(feats) if mask is None else [mask[:, m, None] for m in range(len(feats))]
+        return torch.cat([masked_mean(f[:, None], mm) for f, mm in zip(feats, masks)], dim=1)
 
     def allocate_cache(self, batch_size: int, device=None) -> MultimodalStreamCache:
         device = device if device is not None else self.backbone.norm_weight.device

@@ -39,7 +39,7 @@ class MultimodalFrontEnd(nn.Module):
         aligned, mask = align_modalities(xs, lengths, self.align, self.seq_len)
         x = torch.stack([proj(a) for proj, a in zip(self.projections, aligned)], dim=1)
         if mask is not None:
-            x = x.masked_fill(~mask[..., None], 0.0)
+            x = x.masked_fill_(~mask[..., None], 0.0)  # in place on stack's fresh result
         return self.dropout(x), mask
 
     def project_step(self, frames: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -85,7 +85,12 @@ class MultimodalModel(nn.Module):
         pooled = pooled.flatten(1) if self.combine == "concat" else pooled.mean(dim=1)
         return self.head(pooled)
 
+    def fuse_and_pool(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The fused streams mean-pooled over their valid steps: (batch, K, d_model). A subclass
+        may pool without materialising ``fuse``'s (batch, K, L, d_model) result."""
+        feats, mask = self.fuse(x, mask)
+        return masked_mean(feats, mask)
+
     def forward(self, xs: Sequence[torch.Tensor], lengths: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
         x, mask = self.frontend(xs, lengths)
-        feats, mask = self.fuse(x, mask)
-        return self.predict_from_pooled(masked_mean(feats, mask))
+        return self.predict_from_pooled(self.fuse_and_pool(x, mask))
