@@ -105,6 +105,23 @@ def test_nan_propagates():
     assert torch.isfinite(out[0, :, :, :4]).all() and torch.isfinite(out[0, 1, 1, 4]) and torch.isfinite(out[0, :, 0]).all()
 
 
+@pytest.mark.parametrize("coupling", ["mean", "none", "W"])
+def test_nan_in_A_propagates_through_exp(coupling):
+    # A NaN in A reaches the output only through the kernels' exponential exp(dt A) (whose input is
+    # clamped by min / max instructions): it must come out NaN, not 0 or inf, from the first step on.
+    x = make_inputs(1, 2, 3, 5, 10)
+    with torch.no_grad():
+        x["A"][0, 1, 2] = float("nan")
+    c = torch.tensor([[0.7, 0.3], [0.4, 0.6]]) if coupling == "W" else coupling
+    out = coupled_selective_scan(**x, delta_softplus=True, coupling=c)
+    assert torch.isnan(out[0, 0, 1]).all()
+    if coupling != "none":  # the other modality through the coupled state from t = 1
+        assert torch.isnan(out[0, 1, 1, 1:]).all() and torch.isfinite(out[0, 1, 1, 0])
+    else:
+        assert torch.isfinite(out[0, 1]).all()
+    assert torch.isfinite(out[0, :, 0]).all() and torch.isfinite(out[0, :, 2]).all()
+
+
 def test_non_contiguous_inputs():
     x = make_inputs(2, 3, 5, 7, 20, dtype=torch.float64)
     strided = {}
