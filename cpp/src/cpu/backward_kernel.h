@@ -38,7 +38,7 @@ int64_t backward_scratch(const Sizes& s, CouplingKind kind) {
          + kChunk * G * N * w              //   exp(dt A) of every step,
          + 3 * G * N * w                   //   coupled state, mu (or rho), d last_state
          + G * G * w                       // dW sums per lane
-         + 5 * kChunk;                     // one channel's columns
+         + 5 * w * kChunk;                 // the columns of one channel vector
 }
 
 // Per-step values of one chunk for every channel of the block, each as [g][k][d] rows; carved
@@ -112,29 +112,32 @@ CS_HD void store_chunk_sums(const Sizes& s, const BackwardPartials<T>& p, const 
   for (int64_t m = task.m0; m < task.m1; ++m) {
     const int64_t g = m - task.m0;
     const int64_t base = ((task.b * p.blocks + task.block) * s.modalities + m) * N * L;
-    for (int64_t n = 0; n < N; ++n) {
-      T* rb = p.dB + base + n * L + t0;
-      T* rc = p.dC + base + n * L + t0;
-      for (int64_t k = 0; k < kc; ++k) {
-        rb[k] = dB_chunk[(g * kChunk + k) * Np + n];
-        rc[k] = dC_chunk[(g * kChunk + k) * Np + n];
-      }
-    }
+    transpose_rows(dB_chunk + g * kChunk * Np, Np, kc, N, p.dB + base + t0, L);
+    transpose_rows(dC_chunk + g * kChunk * Np, Np, kc, N, p.dC + base + t0, L);
   }
 }
 
 // Per-channel work of one chunk for the real channels of channel vector v: the gate (dy, dz)
-// from y, then, after the reverse pass, du, d delta, dD and d delta_bias.
+// from y, then, after the reverse pass, du, d delta, dD and d delta_bias. The [k][d] rows of the
+// vector's channels are transposed into columns [j][k] (columns: scratch of 5 w kChunk), and back.
 template <typename T>
 CS_HD void gate_columns(const BackwardArgs<T>& a, const Task& task, int64_t block_pitch, int64_t v, int64_t t0,
                         int64_t kc, const T* y_rows, T* dy_rows, T* columns) {
   const int64_t w = Simd<T>::width;
-  for (int64_t g = 0; g < task.m1 - task.m0; ++g)
-    for (int64_t j = v * w; j < (v + 1) * w && task.d0 + j < task.d1; ++j) {
-      gather_column(y_rows + g * kChunk * block_pitch, block_pitch, j, kc, columns);
-      gate_backward(a, task.b, task.m0 + g, task.d0 + j, t0, kc, columns, columns + kChunk);
-      for (int64_t k = 0; k < kc; ++k) dy_rows[(g * kChunk + k) * block_pitch + j] = columns[kChunk + k];
+  T* y_cols = columns;
+  T* dy_cols = columns + w * kChunk;
+  for (int64_t g = 0; g < task.m1 - task.m0; ++g) {
+    const int64_t o = g * kChunk * block_pitch + v * w;
+    transpose_rows(y_rows + o, block_pitch, kc, w, y_cols, kChunk);
+    for (int64_t j = 0; j < w; ++j) {
+      const int64_t d = task.d0 + v * w + j;
+      if (d < task.d1)
+        gate_backward(a, task.b, task.m0 + g, d, t0, kc, y_cols + j * kChunk, dy_cols + j * kChunk);
+      else  // padding channels: dy = 0
+        for (int64_t k = 0; k < kc; ++k) dy_cols[j * kChunk + k] = T(0);
     }
+    transpose_rows(dy_cols, kChunk, w, kc, dy_rows + o, block_pitch);
+  }
 }
 
 template <typename T>
@@ -142,17 +145,15 @@ CS_HD void input_grad_columns(const BackwardArgs<T>& a, const BackwardPartials<T
                               int64_t block_pitch, int64_t v, int64_t t0, int64_t kc, const StepRows<T>& rows,
                               T* columns) {
   const int64_t w = Simd<T>::width;
-  for (int64_t g = 0; g < task.m1 - task.m0; ++g)
-    for (int64_t j = v * w; j < (v + 1) * w && task.d0 + j < task.d1; ++j) {
-      const int64_t o = g * kChunk * block_pitch;
-      gather_column(rows.dt + o, block_pitch, j, kc, columns);
-      gather_column(rows.slope + o, block_pitch, j, kc, columns + kChunk);
-      gather_column(rows.dy + o, block_pitch, j, kc, columns + 2 * kChunk);
-      gather_column(rows.lambda_B + o, block_pitch, j, kc, columns + 3 * kChunk);
-      gather_column(rows.mu_g_A + o, block_pitch, j, kc, columns + 4 * kChunk);
-      input_grads(a, p, task.b, task.m0 + g, task.d0 + j, t0, kc, columns, columns + kChunk, columns + 2 * kChunk,
-                  columns + 3 * kChunk, columns + 4 * kChunk);
-    }
+  const T* sources[5] = {rows.dt, rows.slope, rows.dy, rows.lambda_B, rows.mu_g_A};
+  auto column = [&](int64_t i, int64_t j) { return columns + (i * w + j) * kChunk; };
+  for (int64_t g = 0; g < task.m1 - task.m0; ++g) {
+    const int64_t o = g * kChunk * block_pitch + v * w;
+    for (int64_t i = 0; i < 5; ++i) transpose_rows(sources[i] + o, block_pitch, kc, w, column(i, 0), kChunk);
+    for (int64_t j = 0; j < w && task.d0 + v * w + j < task.d1; ++j)
+      input_grads(a, p, task.b, task.m0 + g, task.d0 + v * w + j, t0, kc, column(0, j), column(1, j), column(2, j),
+                  column(3, j), column(4, j));
+  }
 }
 
 // One reverse step of one modality for one channel vector (docs/coupled-scan.md, Backward):

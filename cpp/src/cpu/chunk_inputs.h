@@ -58,23 +58,6 @@ CS_HD int64_t num_tasks(const Sizes& s, CouplingKind kind) {
 constexpr int64_t kLanes = 16;
 CS_HD int64_t padded_state(int64_t N) { return (N + kLanes - 1) / kLanes * kLanes; }
 
-// Copy B or C rows (n, t0 .. t0+kc) of modalities [m0, m1) into dst[g][k][n] (rows of Np), so
-// that the innermost loops run over a contiguous state axis.
-template <typename T>
-CS_HD void load_transposed(const SeqTensor<const T>& X, int64_t b, int64_t m0, int64_t m1, int64_t N,
-                           int64_t t0, int64_t kc, T* dst) {
-  const int64_t Np = padded_state(N);
-  for (int64_t m = m0; m < m1; ++m) {
-    T* out = dst + (m - m0) * kChunk * Np;
-    for (int64_t n = 0; n < N; ++n) {
-      const T* row = X.row(b, m, n) + t0;
-      for (int64_t k = 0; k < kc; ++k) out[k * Np + n] = row[k];
-    }
-    for (int64_t k = 0; k < kc; ++k)
-      for (int64_t n = N; n < Np; ++n) out[k * Np + n] = T(0);
-  }
-}
-
 // dt and dt * u for one (b, m, d) over steps t0 .. t0+kc of the chunk; with `slope`, also
 // d dt / d delta (sigmoid of the pre-activation under softplus, else 1) for the backward.
 template <typename T>

@@ -184,6 +184,63 @@ CS_HD void accumulate_coupling_grad(const T* mu, const T* h, int64_t M, int64_t 
   }
 }
 
+// Transpose of a width x width tile held as `width` vectors (row i in x[i]; afterwards x[i] is
+// column i). Stage H swaps the off-diagonal H x H blocks of every 2H x 2H block: rows i and i + H
+// (bit H of i clear) exchange their lanes with bit H set; stages H = width/2, ..., 1 give the
+// transpose in width log2(width) shuffles.
+template <int W, int H>
+constexpr int transpose_index(int lane, bool second) {
+  return second ? ((lane & H) ? W + lane : lane + H) : ((lane & H) ? W + lane - H : lane);
+}
+template <typename V, int W, int H, std::size_t... Lane>
+CS_HD void transpose_stage(V* x, std::index_sequence<Lane...>) {
+  for (int i = 0; i < W; ++i) {
+    if (i & H) continue;
+    const V a = x[i], b = x[i + H];
+    x[i] = __builtin_shufflevector(a, b, transpose_index<W, H>(Lane, false)...);
+    x[i + H] = __builtin_shufflevector(a, b, transpose_index<W, H>(Lane, true)...);
+  }
+  if constexpr (H > 1) transpose_stage<V, W, H / 2>(x, std::index_sequence<Lane...>());
+}
+template <typename T>
+CS_HD void transpose_tile(typename Simd<T>::V* x) {
+  constexpr int W = static_cast<int>(Simd<T>::width);
+  transpose_stage<typename Simd<T>::V, W, W / 2>(x, std::make_index_sequence<W>());
+}
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols: whole width x width
+// tiles through transpose_tile, the edges element by element. The scan's data are row-major along
+// time ([n][t], [d][t]) and its kernels' along states or channels ([k][n], [k][d]).
+template <typename T>
+CS_HD void transpose_rows(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride) {
+  typedef typename Simd<T>::V V;
+  constexpr int64_t w = Simd<T>::width;
+  const int64_t rows_w = rows / w * w, cols_w = cols / w * w;
+  for (int64_t r0 = 0; r0 < rows_w; r0 += w)
+    for (int64_t c0 = 0; c0 < cols_w; c0 += w) {
+      V x[w];
+      for (int64_t i = 0; i < w; ++i) x[i] = load_block<V>(src + (r0 + i) * src_stride + c0);
+      transpose_tile<T>(x);
+      for (int64_t i = 0; i < w; ++i) store_block(dst + (c0 + i) * dst_stride + r0, x[i]);
+    }
+  for (int64_t r = 0; r < rows; ++r)  // the edges: columns past the last whole tile, then rows
+    for (int64_t c = r < rows_w ? cols_w : 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+}
+
+// Copy B or C rows (n, t0 .. t0+kc) of modalities [m0, m1) into dst[g][k][n] (rows of Np, zero past
+// N), so that the innermost loops run over a contiguous state axis.
+template <typename T>
+CS_HD void load_transposed(const SeqTensor<const T>& X, int64_t b, int64_t m0, int64_t m1, int64_t N,
+                           int64_t t0, int64_t kc, T* dst) {
+  const int64_t Np = padded_state(N);
+  for (int64_t m = m0; m < m1; ++m) {
+    T* out = dst + (m - m0) * kChunk * Np;
+    transpose_rows(X.row(b, m, 0) + t0, X.stride_row, N, kc, out, Np);
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t n = N; n < Np; ++n) out[k * Np + n] = T(0);
+  }
+}
+
 // Channels of a block rounded up to whole SIMD vectors.
 template <typename T>
 CS_HD int64_t padded_block(int64_t channels) {
@@ -210,12 +267,6 @@ CS_HD void load_block_steps(const ForwardArgs<T>& a, const Task& task, int64_t b
         if (slope_rows) slope_rows[at] = d < task.d1 ? column[2 * kChunk + k] : T(0);
       }
     }
-}
-
-// Column j (one channel) of a [k][d] row block, as a contiguous array over k.
-template <typename T>
-CS_HD void gather_column(const T* rows, int64_t block_pitch, int64_t j, int64_t kc, T* out) {
-  for (int64_t k = 0; k < kc; ++k) out[k] = rows[k * block_pitch + j];
 }
 
 template <typename T>
