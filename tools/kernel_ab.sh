@@ -26,8 +26,12 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-root=$(git rev-parse --show-toplevel)
+root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 base_sha=$(git -C "$root" rev-parse --verify "$base_rev^{commit}")
+tree_changes=$(git -C "$root" status --porcelain -- cpp tools CMakeLists.txt | wc -l)
+if [[ $tree_changes -gt 0 ]]; then
+  echo "kernel_ab.sh: note: the working tree differs from HEAD in cpp/, tools/ or CMakeLists.txt ($tree_changes paths); the JSON records it" >&2
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -59,9 +63,9 @@ for ((r = 1; r <= rounds; r++)); do
   echo "round $r of $rounds done" >&2
 done
 
-python3 - "$runs" "$out" "$base_rev" "$base_sha" "$(git -C "$root" rev-parse HEAD)" <<'EOF'
+python3 - "$runs" "$out" "$base_rev" "$base_sha" "$(git -C "$root" rev-parse HEAD)" "$tree_changes" <<'EOF'
 import json, platform, subprocess, sys
-runs_path, out, base_rev, base_sha, head_sha = sys.argv[1:]
+runs_path, out, base_rev, base_sha, head_sha, tree_changes = sys.argv[1:]
 runs = [json.loads(line) for line in open(runs_path)]
 best = {}
 for r in runs:
@@ -75,7 +79,9 @@ print(f"{'coupling':9s} {'(Bt, M, D, N, L)':22s} {'base fwd':>9s} {'tree fwd':>9
       f"{'base bwd':>9s} {'tree bwd':>9s} {'ratio':>6s} {'tree bwd/fwd':>12s} {'rel. checksum diff':>18s}")
 for (c, size, build) in sorted(k for k in best if k[2] == "base"):
     b, h = best[(c, size, "base")], best[(c, size, "head")]
-    cb, ch = b["checksums"].pop(), h["checksums"].pop()
+    if len(b["checksums"]) > 1 or len(h["checksums"]) > 1:
+        print(f"warning: {c} {size}: a build's checksum varies between runs", file=sys.stderr)
+    cb, ch = min(b["checksums"]), min(h["checksums"])
     row = {"coupling": c, "size": list(size), "base_fwd_ms": b["fwd_ms"], "tree_fwd_ms": h["fwd_ms"],
            "fwd_ratio": h["fwd_ms"] / b["fwd_ms"], "base_bwd_ms": b["bwd_ms"], "tree_bwd_ms": h["bwd_ms"],
            "bwd_ratio": h["bwd_ms"] / b["bwd_ms"], "tree_bwd_over_fwd": h["bwd_ms"] / h["fwd_ms"],
@@ -91,7 +97,8 @@ try:
 except Exception:
     pass
 with open(out, "w") as f:
-    json.dump({"base_rev": base_rev, "base_sha": base_sha, "tree_head_sha": head_sha, "machine": model,
+    json.dump({"base_rev": base_rev, "base_sha": base_sha, "tree_head_sha": head_sha,
+               "tree_differs_from_head": int(tree_changes) > 0, "machine": model,
                "platform": platform.platform(), "isa": runs[0]["run"]["isa"], "summary": rows, "runs": runs}, f, indent=1)
 print(f"wrote {out}")
 EOF
