@@ -168,3 +168,27 @@ def test_masked_mean_and_pad_alignment_drop_nan_at_masked_steps():
         assert a.shape[1] == 5 and torch.isfinite(a).all()
         for b in range(2):
             assert torch.equal(a[b, :n[b]], x_[b, :n[b]]) and (a[b, n[b]:] == 0).all()
+
+
+@pytest.mark.parametrize("kind, align", [("coupled-mean", "pad"), ("coupled-learned", "resample")])
+def test_training_step_under_torch_compile(kind, align):
+    # The Functions' backward passes add into and scale the scan's gradients in place; traced by
+    # torch.compile they must give eager's output and every parameter gradient.
+    torch.manual_seed(0)
+    dims = [6, 4, 5]
+    model = build_model(kind, dims, d_model=16, n_layers=2, d_state=8, seq_len=12, align=align, dropout=0.0).train()
+    xs = [torch.randn(3, 12, d) for d in dims]
+    lengths = [torch.tensor([12, 7, 3]), torch.tensor([12, 9, 12]), torch.tensor([12, 12, 5])]
+
+    def step(m):
+        model.zero_grad(set_to_none=True)
+        out = m(xs, lengths)
+        (out * torch.linspace(0.5, 1.5, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    want_out, want = step(model)
+    got_out, got = step(torch.compile(model, backend="aot_eager"))
+    torch.testing.assert_close(got_out, want_out, rtol=1e-6, atol=1e-6)
+    assert got.keys() == want.keys() and all(g is not None for g in want.values())
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
