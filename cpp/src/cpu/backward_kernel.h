@@ -290,14 +290,12 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
       }
       for (int64_t k = 0; k < kc; ++k) {
         V dtv[kMaxModalities], dtuv[kMaxModalities], y[kMaxModalities];
-        for (int64_t g = 0; g < G; ++g) {
-          dtv[g] = load_block<V>(rows.dt + (g * kChunk + k) * block_pitch + v * w);
-          dtuv[g] = load_block<V>(rows.dtu + (g * kChunk + k) * block_pitch + v * w);
-        }
+        load_step_vectors(rows.dt, G, k, block_pitch, v, dtv);
+        load_step_vectors(rows.dtu, G, k, block_pitch, v, dtuv);
         rank_one_step(A_block + v * w, block_pitch, N * block_pitch, prev_states + k * N * w, alpha, B_chunk + k * Np,
                       C_chunk + k * Np, kChunk * Np, dtv, dtuv, G, N, prev_states + (k + 1) * N * w, y,
                       static_cast<T*>(nullptr), decays + k * G * N * w);
-        for (int64_t g = 0; g < G; ++g) store_block(rows.y + (g * kChunk + k) * block_pitch + v * w, y[g]);
+        store_step_vectors(y, G, k, block_pitch, v, rows.y);
       }
       gate_columns(a, task, block_pitch, v, t0, kc, rows.y, rows.dy, columns);
 
@@ -391,7 +389,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
       for (int64_t k = 0; k < kc; ++k) {
         couple_states(f.W, M, N, prev_states + k * vector_states, coupled);
         V dtv[kMaxModalities];
-        for (int64_t m = 0; m < M; ++m) dtv[m] = load_block<V>(rows.dt + (m * kChunk + k) * block_pitch + v * w);
+        load_step_vectors(rows.dt, M, k, block_pitch, v, dtv);
         step_decays(A_block + v * w, block_pitch, N * block_pitch, dtv, M, N, decays + k * vector_states);
         for (int64_t m = 0; m < M; ++m) {
           const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;

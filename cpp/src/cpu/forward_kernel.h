@@ -121,14 +121,12 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, 
       for (int64_t v = 0; v < vectors; ++v) {
         T* sum_v = state_sum + v * N * w;
         V dtv[kMaxModalities], dtuv[kMaxModalities], y[kMaxModalities];
-        for (int64_t g = 0; g < G; ++g) {
-          dtv[g] = load_block<V>(dt_rows + (g * kChunk + k) * block_pitch + v * w);
-          dtuv[g] = load_block<V>(dtu_rows + (g * kChunk + k) * block_pitch + v * w);
-        }
+        load_step_vectors(dt_rows, G, k, block_pitch, v, dtv);
+        load_step_vectors(dtu_rows, G, k, block_pitch, v, dtuv);
         rank_one_step(A_block + v * w, block_pitch, N * block_pitch, sum_v, alpha, B_chunk + k * Np,
                       C_chunk + k * Np, kChunk * Np, dtv, dtuv, G, N, sum_v, y,  // s updated in place
                       final_step && a.last_state ? final_h : nullptr, decays);
-        for (int64_t g = 0; g < G; ++g) store_block(y_rows + (g * kChunk + k) * block_pitch + v * w, y[g]);
+        store_step_vectors(y, G, k, block_pitch, v, y_rows);
         if (final_step && a.last_state)  // h^m of the final step, lane by lane
           for (int64_t j = 0; j < w && task.d0 + v * w + j < task.d1; ++j)
             for (int64_t g = 0; g < G; ++g) {
@@ -202,7 +200,7 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
         T* states_v = states + v * M * N * w;
         couple_states(a.W, M, N, states_v, coupled);
         V dtv[kMaxModalities];
-        for (int64_t m = 0; m < M; ++m) dtv[m] = load_block<V>(dt_rows + (m * kChunk + k) * block_pitch + v * w);
+        load_step_vectors(dt_rows, M, k, block_pitch, v, dtv);
         step_decays(A_block + v * w, block_pitch, N * block_pitch, dtv, M, N, decays);
         for (int64_t m = 0; m < M; ++m) {
           const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "chunk_inputs.h"
@@ -121,6 +122,32 @@ CS_HD typename Simd<T>::V lane_sums(typename Simd<T>::V* x) {  // x: width vecto
   return lane_sums_level<typename Simd<T>::V, W, W>(x);
 }
 
+// Calls f(std::integral_constant<int, K>()) with K = size for the sizes the kernels fix at compile
+// time (1 to 4 modalities: "none", and the usual M), K = 0 (size known at run time) otherwise.
+template <typename F>
+CS_HD void with_static_size(int64_t size, F&& f) {
+  switch (size) {
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    case 4: f(std::integral_constant<int, 4>()); break;
+    default: f(std::integral_constant<int, 0>()); break;
+  }
+}
+
+// The step-k vectors of channel vector v from G rows [g][k][d] (dt, dt * u, dy, ...), into out[g].
+template <typename T>
+CS_HD void load_step_vectors(const T* rows, int64_t G, int64_t k, int64_t block_pitch, int64_t v,
+                             typename Simd<T>::V* out) {
+  for (int64_t g = 0; g < G; ++g)
+    out[g] = load_block<typename Simd<T>::V>(rows + (g * kChunk + k) * block_pitch + v * Simd<T>::width);
+}
+template <typename T>
+CS_HD void store_step_vectors(const typename Simd<T>::V* in, int64_t G, int64_t k, int64_t block_pitch, int64_t v,
+                              T* rows) {
+  for (int64_t g = 0; g < G; ++g) store_block(rows + (g * kChunk + k) * block_pitch + v * Simd<T>::width, in[g]);
+}
+
 // out^m = sum_i weights[m * M + i] h^i for the [m][n][lane] states of one channel vector (weights:
 // W, or W transposed). Each state vector is loaded once; the sum runs over i in order. Modalities
 // > 0 fixes M at compile time, so the M states of one n and the M^2 weights stay in registers.
@@ -145,12 +172,7 @@ CS_HD void couple_states_of(const T* weights, int64_t modalities, int64_t N, con
 
 template <typename T>
 CS_HD void couple_states(const T* weights, int64_t M, int64_t N, const T* h, T* out) {
-  switch (M) {  // two to four modalities at compile time; others at run time
-    case 2: couple_states_of<2>(weights, M, N, h, out); break;
-    case 3: couple_states_of<3>(weights, M, N, h, out); break;
-    case 4: couple_states_of<4>(weights, M, N, h, out); break;
-    default: couple_states_of<0>(weights, M, N, h, out); break;
-  }
+  with_static_size(M, [&](auto K) { couple_states_of<decltype(K)::value>(weights, M, N, h, out); });
 }
 
 // dW_lanes[m][i] += sum_n mu^m h^i lane-wise, for the [m][n][lane] values of one channel vector;
@@ -176,12 +198,7 @@ CS_HD void accumulate_coupling_grad_of(const T* mu, const T* h, int64_t modaliti
 
 template <typename T>
 CS_HD void accumulate_coupling_grad(const T* mu, const T* h, int64_t M, int64_t N, T* dW_lanes) {
-  switch (M) {
-    case 2: accumulate_coupling_grad_of<2>(mu, h, M, N, dW_lanes); break;
-    case 3: accumulate_coupling_grad_of<3>(mu, h, M, N, dW_lanes); break;
-    case 4: accumulate_coupling_grad_of<4>(mu, h, M, N, dW_lanes); break;
-    default: accumulate_coupling_grad_of<0>(mu, h, M, N, dW_lanes); break;
-  }
+  with_static_size(M, [&](auto K) { accumulate_coupling_grad_of<decltype(K)::value>(mu, h, M, N, dW_lanes); });
 }
 
 // Transpose of a width x width tile held as `width` vectors (row i in x[i]; afterwards x[i] is
@@ -350,15 +367,9 @@ CS_HD void rank_one_step(const T* A, int64_t a_stride, int64_t g_stride, const T
                          const typename Simd<T>::V* dtuv, int64_t G, int64_t N, T* s_next,
                          typename Simd<T>::V* y, T* keep_h, T* decays) {
   step_decays(A, a_stride, g_stride, dtv, G, N, decays);
-  switch (G) {  // the group sizes of "none" (1) and of two to four modalities; others at run time
-#define CS_RANK_ONE_UPDATE(K) rank_one_update_of<K>(decays, s_prev, alpha, B, C, bc_stride, dtuv, G, N, s_next, y, keep_h)
-    case 1: CS_RANK_ONE_UPDATE(1); break;
-    case 2: CS_RANK_ONE_UPDATE(2); break;
-    case 3: CS_RANK_ONE_UPDATE(3); break;
-    case 4: CS_RANK_ONE_UPDATE(4); break;
-    default: CS_RANK_ONE_UPDATE(0); break;
-#undef CS_RANK_ONE_UPDATE
-  }
+  with_static_size(G, [&](auto K) {
+    rank_one_update_of<decltype(K)::value>(decays, s_prev, alpha, B, C, bc_stride, dtuv, G, N, s_next, y, keep_h);
+  });
 }
 
 }  // namespace CS_ISA
