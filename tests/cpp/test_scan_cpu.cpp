@@ -15,19 +15,67 @@
 using coupled_scan::CouplingKind;
 using coupled_scan::Status;
 
+// One (Bt, M, R, L) result given as strided rows inside a bigger NaN-filled (M, R + 2, Bt, L + 3)
+// buffer, permuted to (Bt, M, R): the layout the Python layer passes for a transposed tensor.
+template <typename T>
+struct StridedBuffer {
+  int64_t Bt, M, R, L;
+  std::vector<T> data;
+  StridedBuffer(int64_t bt, int64_t m, int64_t r, int64_t l)
+      : Bt(bt), M(m), R(r), L(l), data(m * (r + 2) * bt * (l + 3), T(std::nan(""))) {}
+  int64_t pitch() const { return L + 3; }
+  coupled_scan::SeqTensor<T> rows() {
+    return {data.data(), pitch(), (R + 2) * Bt * pitch(), Bt * pitch()};
+  }
+  int64_t index(int64_t b, int64_t m, int64_t r, int64_t t) const {
+    return m * (R + 2) * Bt * pitch() + r * Bt * pitch() + b * pitch() + t;
+  }
+  // The rows gathered into the contiguous (Bt, M, R, L) order.
+  Vec gathered() const {
+    Vec o;
+    for (int64_t b = 0; b < Bt; ++b)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t t = 0; t < L; ++t) o.push_back(double(data[index(b, m, r, t)]));
+    return o;
+  }
+  // Every element outside the rows is still NaN.
+  bool padding_untouched() const {
+    std::vector<char> inside(data.size(), 0);
+    for (int64_t b = 0; b < Bt; ++b)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t t = 0; t < L; ++t) inside[index(b, m, r, t)] = 1;
+    for (size_t i = 0; i < data.size(); ++i)
+      if (!inside[i] && !std::isnan(data[i])) return false;
+    return true;
+  }
+};
+
+template <typename T>
+static bool all_nan(const std::vector<T>& v) {
+  for (T x : v)
+    if (!std::isnan(x)) return false;
+  return true;
+}
+
 template <typename T>
 struct KernelResult {
   Vec out, last, checkpoints, du, ddelta, dA, dB, dC, dD, dz, dbias, dW, dinit;
   Status fwd_status, bwd_status;
+  // Strided outputs: nothing written outside the rows or to the contiguous pointers, forward / backward.
+  bool fwd_rows_only = true, bwd_rows_only = true;
 };
 
 // Runs forward and backward of the library on problem p (converted to T, with p.lengths when
 // given). Every output buffer starts as NaN, so a slot the library leaves unwritten shows up.
-// Without `saved_checkpoints` the backward recomputes the checkpoints itself.
+// Without `saved_checkpoints` the backward recomputes the checkpoints itself. With
+// `strided_outputs`, out, du, ddelta, dB, dC and dz are written as strided rows (StridedBuffer;
+// the contiguous pointers stay set, to NaN buffers) and gathered back into the result.
 template <typename T>
 static KernelResult<T> run_kernel(const naive::Problem& p, CouplingKind kind, double alpha,
                                   const Vec& dout, const Vec& dlast, int threads, int64_t row_pad = 0,
-                                  bool saved_checkpoints = true) {
+                                  bool saved_checkpoints = true, bool strided_outputs = false) {
   const T poison = T(std::nan(""));
   const int64_t Bt = p.Bt, M = p.M, D = p.D, N = p.N, L = p.L;
   // Sequence tensors may be stored with padded rows to test strided input.
@@ -43,18 +91,22 @@ static KernelResult<T> run_kernel(const naive::Problem& p, CouplingKind kind, do
   f.lengths = p.lengths.empty() ? nullptr : p.lengths.data();
   std::vector<T> out(Bt * M * D * L, poison), last(Bt * M * D * N, poison),
       ck(Bt * D * coupled_scan::num_chunks(L) * coupled_scan::checkpoint_width(kind, M, N), poison);
+  StridedBuffer<T> out_s(Bt, M, D, L);
   f.out = out.data();
+  if (strided_outputs) f.out_rows = out_s.rows();
   f.last_state = last.data();
   f.checkpoints = ck.data();
   f.num_threads = threads;
   KernelResult<T> r;
   r.fwd_status = coupled_scan::forward_cpu(f);
-  r.out = to_double(out);
+  r.out = strided_outputs ? out_s.gathered() : to_double(out);
   r.last = to_double(last);
   r.checkpoints = to_double(ck);
+  if (strided_outputs) r.fwd_rows_only = out_s.padding_untouched() && all_nan(out);
 
   coupled_scan::BackwardArgs<T> g;
   g.fwd = f;
+  g.fwd.out_rows = {};
   g.checkpoints = saved_checkpoints ? ck.data() : nullptr;
   g.dout = {go.data(), M * D * L, D * L, L};
   g.dlast_state = gl.empty() ? nullptr : gl.data();
@@ -64,10 +116,24 @@ static KernelResult<T> run_kernel(const naive::Problem& p, CouplingKind kind, do
   g.du = du.data(); g.ddelta = dd.data(); g.dA = dA.data(); g.dB = dB.data(); g.dC = dC.data();
   g.dD = dD.data(); g.dz = dz.data(); g.ddelta_bias = dbias.data(); g.dW = dW.data();
   g.dinitial_state = dinit.data();
+  StridedBuffer<T> du_s(Bt, M, D, L), dd_s(Bt, M, D, L), dB_s(Bt, M, N, L), dC_s(Bt, M, N, L), dz_s(Bt, M, D, L);
+  const bool strided_dz = strided_outputs && !z.empty();
+  if (strided_outputs) {
+    g.du_rows = du_s.rows(); g.ddelta_rows = dd_s.rows(); g.dB_rows = dB_s.rows(); g.dC_rows = dC_s.rows();
+    if (strided_dz) g.dz_rows = dz_s.rows();
+  }
   r.bwd_status = coupled_scan::backward_cpu(g);
-  r.du = to_double(du); r.ddelta = to_double(dd); r.dA = to_double(dA); r.dB = to_double(dB);
-  r.dC = to_double(dC); r.dD = to_double(dD); r.dz = to_double(dz); r.dbias = to_double(dbias);
-  r.dW = to_double(dW); r.dinit = to_double(dinit);
+  r.du = strided_outputs ? du_s.gathered() : to_double(du);
+  r.ddelta = strided_outputs ? dd_s.gathered() : to_double(dd);
+  r.dB = strided_outputs ? dB_s.gathered() : to_double(dB);
+  r.dC = strided_outputs ? dC_s.gathered() : to_double(dC);
+  r.dz = strided_dz ? dz_s.gathered() : to_double(dz);
+  r.dA = to_double(dA); r.dD = to_double(dD); r.dbias = to_double(dbias); r.dW = to_double(dW);
+  r.dinit = to_double(dinit);
+  if (strided_outputs)
+    r.bwd_rows_only = du_s.padding_untouched() && dd_s.padding_untouched() && dB_s.padding_untouched() &&
+                      dC_s.padding_untouched() && dz_s.padding_untouched() && all_nan(du) && all_nan(dd) &&
+                      all_nan(dB) && all_nan(dC) && (!strided_dz || all_nan(dz));
   return r;
 }
 
@@ -462,55 +528,11 @@ static void empty_sizes_case(const std::string& coupling, bool with_lengths, boo
 
 // ---- strided sequence outputs (out_rows, du_rows, ...) ----
 
-// One (Bt, M, R, L) result given as strided rows inside a bigger NaN-filled (M, R + 2, Bt, L + 3)
-// buffer, permuted to (Bt, M, R): the layout the Python layer passes for a transposed tensor.
-template <typename T>
-struct StridedBuffer {
-  int64_t Bt, M, R, L;
-  std::vector<T> data;
-  StridedBuffer(int64_t bt, int64_t m, int64_t r, int64_t l)
-      : Bt(bt), M(m), R(r), L(l), data(m * (r + 2) * bt * (l + 3), T(std::nan(""))) {}
-  int64_t pitch() const { return L + 3; }
-  coupled_scan::SeqTensor<T> rows() {
-    return {data.data(), pitch(), (R + 2) * Bt * pitch(), Bt * pitch()};
-  }
-  int64_t index(int64_t b, int64_t m, int64_t r, int64_t t) const {
-    return m * (R + 2) * Bt * pitch() + r * Bt * pitch() + b * pitch() + t;
-  }
-  // The rows gathered into the contiguous (Bt, M, R, L) order.
-  Vec gathered() const {
-    Vec o;
-    for (int64_t b = 0; b < Bt; ++b)
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t t = 0; t < L; ++t) o.push_back(double(data[index(b, m, r, t)]));
-    return o;
-  }
-  // Every element outside the rows is still NaN.
-  bool padding_untouched() const {
-    std::vector<char> inside(data.size(), 0);
-    for (int64_t b = 0; b < Bt; ++b)
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t t = 0; t < L; ++t) inside[index(b, m, r, t)] = 1;
-    for (size_t i = 0; i < data.size(); ++i)
-      if (!inside[i] && !std::isnan(data[i])) return false;
-    return true;
-  }
-};
-
 // Equal element by element, a NaN matching a NaN (a result the library leaves unwritten in both runs).
 static bool same_bits(const Vec& a, const Vec& b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i)
     if (!(a[i] == b[i] || (std::isnan(a[i]) && std::isnan(b[i])))) return false;
-  return true;
-}
-
-template <typename T>
-static bool all_nan(const std::vector<T>& v) {
-  for (T x : v)
-    if (!std::isnan(x)) return false;
   return true;
 }
 
@@ -526,61 +548,22 @@ static void strided_outputs_case(const Case& c, bool with_lengths) {
   const CouplingKind kind = kind_of(c.coupling);
   const double alpha = c.coupling == "mean" ? 1.0 / c.M : 1.0;
   const KernelResult<T> ref = run_kernel<T>(p, kind, alpha, dout, dlast, 2);
+  const KernelResult<T> got = run_kernel<T>(p, kind, alpha, dout, dlast, 3, 0, true, /*strided_outputs=*/true);
   const std::string name = std::string(sizeof(T) == 8 ? "f64" : "f32") + " strided outputs M=" +
                            std::to_string(c.M) + " N=" + std::to_string(c.N) + " L=" + std::to_string(c.L) + " " +
                            c.coupling + (with_lengths ? " +lengths" : "");
   check(ref.fwd_status == Status::kOk && ref.bwd_status == Status::kOk, name + " contiguous status");
-
-  const T poison = T(std::nan(""));
-  const int64_t Bt = p.Bt, M = p.M, D = p.D, N = p.N, L = p.L;
-  std::vector<T> u = cast<T>(p.u), delta = cast<T>(p.delta), B = cast<T>(p.B), C = cast<T>(p.C), z = cast<T>(p.z),
-                 A = cast<T>(p.A), Ds = cast<T>(p.Dskip), bias = cast<T>(p.bias), W = cast<T>(p.W),
-                 init = cast<T>(p.init), go = cast<T>(dout), gl = cast<T>(dlast);
-  const InputPointers<T> x{u.data(), delta.data(), A.data(), B.data(), C.data(), data_or_null(Ds),
-                           data_or_null(z), data_or_null(bias), W.data(), data_or_null(init)};
-  coupled_scan::ForwardArgs<T> f = forward_args_for(p, x, L, kind, alpha);
-  f.lengths = p.lengths.empty() ? nullptr : p.lengths.data();
-  // The contiguous pointers stay set (NaN) to show the strided layouts are written instead.
-  std::vector<T> out(Bt * M * D * L, poison), last(Bt * M * D * N, poison),
-      ck(Bt * D * coupled_scan::num_chunks(L) * coupled_scan::checkpoint_width(kind, M, N), poison);
-  StridedBuffer<T> out_s(Bt, M, D, L);
-  f.out = out.data();
-  f.out_rows = out_s.rows();
-  f.last_state = last.data();
-  f.checkpoints = ck.data();
-  f.num_threads = 3;
-  check(coupled_scan::forward_cpu(f) == Status::kOk, name + " forward status");
-  check(out_s.gathered() == ref.out && to_double(last) == ref.last && to_double(ck) == ref.checkpoints,
+  check(got.fwd_status == Status::kOk && got.bwd_status == Status::kOk, name + " strided status");
+  check(got.out == ref.out && got.last == ref.last && got.checkpoints == ref.checkpoints,
         name + " out, last_state, checkpoints identical bits");
-  check(out_s.padding_untouched() && all_nan(out), name + " forward writes only the out rows");
-
-  coupled_scan::BackwardArgs<T> g;
-  g.fwd = f;
-  g.fwd.out_rows = {};
-  g.checkpoints = ck.data();
-  g.dout = {go.data(), M * D * L, D * L, L};
-  g.dlast_state = gl.empty() ? nullptr : gl.data();
-  std::vector<T> du(Bt * M * D * L, poison), dd(du.size(), poison), dA(A.size(), poison), dB(Bt * M * N * L, poison),
-      dC(dB.size(), poison), dD(M * D, poison), dz(du.size(), poison), dbias(M * D, poison), dW(M * M, poison),
-      dinit(Bt * M * D * N, poison);
-  StridedBuffer<T> du_s(Bt, M, D, L), dd_s(Bt, M, D, L), dB_s(Bt, M, N, L), dC_s(Bt, M, N, L), dz_s(Bt, M, D, L);
-  g.du = du.data(); g.ddelta = dd.data(); g.dA = dA.data(); g.dB = dB.data(); g.dC = dC.data();
-  g.dD = dD.data(); g.dz = dz.data(); g.ddelta_bias = dbias.data(); g.dW = dW.data();
-  g.dinitial_state = dinit.data();
-  g.du_rows = du_s.rows(); g.ddelta_rows = dd_s.rows(); g.dB_rows = dB_s.rows(); g.dC_rows = dC_s.rows();
-  if (c.with_optional) g.dz_rows = dz_s.rows();
-  check(coupled_scan::backward_cpu(g) == Status::kOk, name + " backward status");
-  check(du_s.gathered() == ref.du && dd_s.gathered() == ref.ddelta && dB_s.gathered() == ref.dB &&
-            dC_s.gathered() == ref.dC && (!c.with_optional || dz_s.gathered() == ref.dz),
+  check(got.du == ref.du && got.ddelta == ref.ddelta && got.dB == ref.dB && got.dC == ref.dC &&
+            (!c.with_optional || got.dz == ref.dz),
         name + " du, ddelta, dB, dC, dz identical bits");
-  check(same_bits(to_double(dA), ref.dA) && same_bits(to_double(dinit), ref.dinit) &&
-            same_bits(to_double(dW), ref.dW) && same_bits(to_double(dD), ref.dD) &&
-            same_bits(to_double(dbias), ref.dbias),
+  check(same_bits(got.dA, ref.dA) && same_bits(got.dinit, ref.dinit) && same_bits(got.dW, ref.dW) &&
+            same_bits(got.dD, ref.dD) && same_bits(got.dbias, ref.dbias),
         name + " dA, dinit, dW, dD, ddelta_bias identical bits");
-  check(du_s.padding_untouched() && dd_s.padding_untouched() && dB_s.padding_untouched() &&
-            dC_s.padding_untouched() && dz_s.padding_untouched() && all_nan(du) && all_nan(dd) && all_nan(dB) &&
-            all_nan(dC) && (!c.with_optional || all_nan(dz)),
-        name + " backward writes only the rows");
+  check(got.fwd_rows_only, name + " forward writes only the out rows");
+  check(got.bwd_rows_only, name + " backward writes only the rows");
 }
 
 int main() {
