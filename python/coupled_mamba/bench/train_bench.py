@@ -11,7 +11,8 @@ modalities of CMU-MOSEI's widths (768, 74, 35), dropout 0.1 in training. Two cas
 
 A training step is ``zero_grad``, forward, L1 loss, backward, Adam step (lr 1e-3); inference is
 one forward in eval mode under torch.inference_mode. Times are medians over ``--repeats`` runs
-after ``--warmup`` runs. The scan's share of a coupled model's step is the self time of everything inside
+after ``--warmup`` runs; the models of a case take turns (one step of each, then the next round), so
+that a slow spell of a shared machine weighs on all of them and their ratios stay comparable. The scan's share of a coupled model's step is the self time of everything inside
 the scan's ops (``coupled_mamba::scan_fwd`` / ``scan_bwd``) in torch.profiler over one step (the kernels and
 the Python inside the ops, without the aten:: copies they make), divided by that step's wall time; the
 fused conv (``coupled_mamba::causal_conv_silu_*``) is not part of it. The conv's own share is reported
@@ -93,15 +94,19 @@ def build(kind: str, L: int, align: str):
     return build_model(kind, INPUT_DIMS, seq_len=L, align=align, **MODEL_ARGS)
 
 
-def median_ms(fn, warmup: int, repeats: int) -> float:
+def interleaved_medians(fns: Dict[str, callable], warmup: int, repeats: int) -> Dict[str, float]:
+    """Median ms of each fn, timed in turns (a, b, c, a, b, c, ...) so that a slow spell of a shared
+    machine falls on every model alike rather than on whichever was being timed then."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 SCAN_OPS = "coupled_mamba::scan_"
@@ -153,40 +158,53 @@ def scan_share(step) -> Dict:
             "profiled_step_ms": wall_us / 1e3, "profile": prof}
 
 
-def measure(kind: str, case, args) -> Dict:
-    name, batch, L, align, padded = case
-    row = {"case": name, "batch": batch, "length": L, "model": kind}
-    torch.manual_seed(0)
-    model = build(kind, L, align)
-    if model is None:
-        row["status"] = "skipped (mambapy is not importable: pip install mambapy to time it)"
-        return row
-    xs, lengths, y = make_inputs(batch, L, padded)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+class Runner:
+    """One model of one case with its inputs and optimiser: a training step and an inference."""
 
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        loss = (model(xs, lengths) - y).abs().mean()
+    def __init__(self, kind: str, case):
+        name, batch, L, align, padded = case
+        self.kind, self.case = kind, case
+        self.row = {"case": name, "batch": batch, "length": L, "model": kind}
+        torch.manual_seed(0)
+        self.model = build(kind, L, align)
+        if self.model is None:
+            self.row["status"] = "skipped (mambapy is not importable: pip install mambapy to time it)"
+            return
+        self.xs, self.lengths, self.y = make_inputs(batch, L, padded)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+
+    def train_step(self):
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = (self.model(self.xs, self.lengths) - self.y).abs().mean()
         loss.backward()
-        opt.step()
+        self.opt.step()
 
-    def infer():
+    def infer(self):
+        self.model.eval()
         with torch.inference_mode():
-            model(xs, lengths)
+            self.model(self.xs, self.lengths)
 
-    model.train()
-    row["train_ms"] = median_ms(train_step, args.warmup, args.repeats)
-    if kind.startswith("coupled-"):
-        share = scan_share(train_step)
-        prof = share.pop("profile")
-        row.update(share)
-        if args.profile:
-            print(f"\n--- {kind}, {name} (batch {batch}, L {L}): training step, top ops by self time ---")
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
-    model.eval()
-    row["infer_ms"] = median_ms(infer, args.warmup, args.repeats)
-    row["status"] = "ok"
-    return row
+
+def measure_case(case, kinds: List[str], args) -> List[Dict]:
+    """Every model of one case: training steps timed in turns, then inferences timed in turns,
+    then one profiled step of each coupled model."""
+    runners = [Runner(kind, case) for kind in kinds]
+    ready = [r for r in runners if r.model is not None]
+    train = interleaved_medians({r.kind: r.train_step for r in ready}, args.warmup, args.repeats)
+    infer = interleaved_medians({r.kind: r.infer for r in ready}, args.warmup, args.repeats)
+    for r in ready:
+        r.row["train_ms"], r.row["infer_ms"] = train[r.kind], infer[r.kind]
+        if r.kind.startswith("coupled-"):
+            share = scan_share(r.train_step)
+            prof = share.pop("profile")
+            r.row.update(share)
+            if args.profile:
+                name, batch, L = case[:3]
+                print(f"\n--- {r.kind}, {name} (batch {batch}, L {L}): training step, top ops by self time ---")
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
+        r.row["status"] = "ok"
+    return [r.row for r in runners]
 
 
 def machine() -> Dict:
@@ -242,10 +260,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     load_before = machine()["load_average"]
     rows = []
     for case in cases:
-        for kind in args.models:
-            row = measure(kind, case, args)
-            rows.append(row)
-            print(format_table([row]).splitlines()[1], flush=True)
+        case_rows = measure_case(case, args.models, args)
+        rows += case_rows
+        print(format_table(case_rows), flush=True)
     print("\n" + format_table(rows))
     report = {
         "benchmark": "training step (forward + L1 loss + backward + Adam) and inference forward per model kind",
