@@ -45,6 +45,30 @@ def test_without_optional_inputs_and_softplus(coupling):
         assert rel(grads[k], rgrads[k]) < 1e-9, k
 
 
+@pytest.mark.parametrize("softplus", [True, False])
+def test_float32_decay_overflow_is_inf(softplus):
+    """exp(dt A) past float32's range is +inf, not garbage. The CPU kernels leave out the upper
+    clamp of their exp only where every dt A <= 0 (dt from the softplus and every A <= 0), so an
+    A > 0, or a dt < 0 without the softplus, must keep it. Channel 0 of modality 0 overflows
+    (dt A = 120 at every step); the other modalities (coupling "none") match the reference."""
+    x = make_inputs(2, 3, 9, 13, 5, dtype=torch.float32, seed=3, initial_state=True)
+    with torch.no_grad():
+        if softplus:
+            x["delta"][:, 0, 0] = 3.0 - x["delta_bias"][0, 0]  # dt = softplus(3) ~ 3.05
+            x["A"][0, 0] = 120.0 / float(torch.nn.functional.softplus(torch.tensor(3.0)))
+        else:
+            x["delta"] = x["delta"].abs() + 0.01
+            x["delta"][:, 0, 0] = -3.0
+            x["A"][0, 0] = -40.0
+    out, last = coupled_selective_scan(**x, delta_softplus=softplus, coupling="none", return_last_state=True)
+    ref_out, ref_last = coupled_selective_scan_ref(**{k: v.double() for k, v in x.items()}, delta_softplus=softplus,
+                                                   coupling="none", return_last_state=True)
+    assert not torch.isfinite(last[:, 0, 0]).any()
+    assert (ref_last[:, 0, 0].abs() > 3.4e38).all()  # the reference overflows float32 too
+    assert rel(out[:, 1:], ref_out[:, 1:]) < TOL[torch.float32][0]
+    assert rel(last[:, 1:], ref_last[:, 1:]) < TOL[torch.float32][0]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_inputs_accumulate_in_float32(dtype):
     inputs = make_inputs(2, 3, 8, 16, 50, dtype=dtype)

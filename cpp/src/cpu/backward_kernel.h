@@ -158,7 +158,8 @@ CS_HD void input_grad_columns(const BackwardArgs<T>& a, const BackwardPartials<T
 
 // One reverse step of one modality for one channel vector (docs/coupled-scan.md, Backward):
 // lambda = dy C + carry, mu = a lambda (into mu, or added to it when accumulate), g = gscale * prev
-// state, and this step's terms of dC, dB (summed over the channels), dA, sum_n lambda B, sum_n mu g A.
+// state, and this step's terms of dC, dB (summed over the channels), dA, sum_n lambda B, sum_n mu g A
+// (A as the kernels keep it, scaled by DecayBase<T>::scale; the sum is scaled back).
 // The channel sums of dC and dB are taken `width` states at a time (lane_sums).
 template <typename T>
 CS_HD void reverse_channel_step(const T* A, int64_t a_stride, T* dA, const T* g, T gscale, const T* B, const T* C,
@@ -196,7 +197,7 @@ CS_HD void reverse_channel_step(const T* A, int64_t a_stride, T* dA, const T* g,
     dB[n] += block_sum<T>(dB_term);
   }
   store_block(lambda_B, sum_lambda_B);
-  store_block(mu_g_A, sum_mu_g_A);
+  store_block(mu_g_A, sum_mu_g_A * DecayBase<T>::inverse);  // A is scaled (block_decay)
 }
 
 // Lane j of a [n][lane] block of N values into a contiguous row, or back.
@@ -273,7 +274,7 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
   T* dlast_lanes = mu_sum + G * N * w;          // [g][n][lane]: d last_state
   T* columns = dlast_lanes + G * N * w;         // one channel's [k] columns
 
-  load_block_A(f, task, block_pitch, A_block);
+  const bool nonpositive = load_block_A(f, task, block_pitch, A_block);
   for (int64_t i = 0; i < G * N * block_pitch; ++i) dA_block[i] = T(0);
   const int64_t chunks = num_chunks(steps);
   for (int64_t c = chunks - 1; c >= 0; --c) {
@@ -293,7 +294,7 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
         load_step_vectors(rows.dt, G, k, block_pitch, v, dtv);
         load_step_vectors(rows.dtu, G, k, block_pitch, v, dtuv);
         rank_one_step(A_block + v * w, block_pitch, N * block_pitch, prev_states + k * N * w, alpha, B_chunk + k * Np,
-                      C_chunk + k * Np, kChunk * Np, dtv, dtuv, G, N, prev_states + (k + 1) * N * w, y,
+                      C_chunk + k * Np, kChunk * Np, dtv, dtuv, G, N, nonpositive, prev_states + (k + 1) * N * w, y,
                       static_cast<T*>(nullptr), decays + k * G * N * w);
         store_step_vectors(y, G, k, block_pitch, v, rows.y);
       }
@@ -371,7 +372,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
   for (int64_t m = 0; m < M; ++m)
     for (int64_t i = 0; i < M; ++i) W_transposed[i * M + m] = f.W[m * M + i];
 
-  load_block_A(f, task, block_pitch, A_block);
+  const bool nonpositive = load_block_A(f, task, block_pitch, A_block);
   for (int64_t i = 0; i < M * N * block_pitch; ++i) dA_block[i] = T(0);
   const int64_t chunks = num_chunks(steps);
   for (int64_t c = chunks - 1; c >= 0; --c) {
@@ -390,7 +391,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
         couple_states(f.W, M, N, prev_states + k * vector_states, coupled);
         V dtv[kMaxModalities];
         load_step_vectors(rows.dt, M, k, block_pitch, v, dtv);
-        step_decays(A_block + v * w, block_pitch, N * block_pitch, dtv, M, N, decays + k * vector_states);
+        step_decays(A_block + v * w, block_pitch, N * block_pitch, dtv, M, N, nonpositive, decays + k * vector_states);
         for (int64_t m = 0; m < M; ++m) {
           const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;
           const V y = general_update(decays + (k * M + m) * N * w, coupled + m * N * w, B_chunk + bc, C_chunk + bc,

@@ -90,7 +90,7 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, 
   T* y_rows = dtu_rows + G * kChunk * block_pitch;   // [g][k][d]
   T* column = y_rows + G * kChunk * block_pitch;     // one channel's [k] columns
 
-  load_block_A(a, task, block_pitch, A_block);
+  const bool nonpositive = load_block_A(a, task, block_pitch, A_block);
   for (int64_t i = 0; i < N * block_pitch; ++i) state_sum[i] = T(0);
   if (a.initial_state)
     for (int64_t d = task.d0; d < task.d1; ++d)
@@ -124,7 +124,7 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, 
         load_step_vectors(dt_rows, G, k, block_pitch, v, dtv);
         load_step_vectors(dtu_rows, G, k, block_pitch, v, dtuv);
         rank_one_step(A_block + v * w, block_pitch, N * block_pitch, sum_v, alpha, B_chunk + k * Np,
-                      C_chunk + k * Np, kChunk * Np, dtv, dtuv, G, N, sum_v, y,  // s updated in place
+                      C_chunk + k * Np, kChunk * Np, dtv, dtuv, G, N, nonpositive, sum_v, y,  // s updated in place
                       final_step && a.last_state ? final_h : nullptr, decays);
         store_step_vectors(y, G, k, block_pitch, v, y_rows);
         if (final_step && a.last_state)  // h^m of the final step, lane by lane
@@ -168,7 +168,7 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
   T* y_rows = dtu_rows + M * kChunk * block_pitch;   // [m][k][d]
   T* column = y_rows + M * kChunk * block_pitch;     // one channel's [k] columns
 
-  load_block_A(a, task, block_pitch, A_block);
+  const bool nonpositive = load_block_A(a, task, block_pitch, A_block);
   for (int64_t i = 0; i < M * N * block_pitch; ++i) states[i] = T(0);
   if (a.initial_state)
     for (int64_t d = task.d0; d < task.d1; ++d)
@@ -201,7 +201,7 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
         couple_states(a.W, M, N, states_v, coupled);
         V dtv[kMaxModalities];
         load_step_vectors(dt_rows, M, k, block_pitch, v, dtv);
-        step_decays(A_block + v * w, block_pitch, N * block_pitch, dtv, M, N, decays);
+        step_decays(A_block + v * w, block_pitch, N * block_pitch, dtv, M, N, nonpositive, decays);
         for (int64_t m = 0; m < M; ++m) {
           const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;
           const V y = general_update(decays + m * N * w, coupled + m * N * w, B_chunk + bc, C_chunk + bc,

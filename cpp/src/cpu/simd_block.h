@@ -47,28 +47,77 @@ CS_HD void store_block(T* p, const V& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// fast_exp_impl with its clamps as single max / min instructions: (lo > x ? lo : x), NaN
-// passing through as the second operand, which is what the comparisons in fast_exp_impl give.
-CS_HD Simd<float>::V block_exp(Simd<float>::V x) {
+// max(lo, x) and min(hi, max(lo, x)) as single max / min instructions (the compiler does not form
+// them from the comparisons by itself): (lo > x ? lo : x), NaN passing through as the second
+// operand, which is what the comparisons in fast_exp_impl give.
+CS_HD Simd<float>::V max_block(float low, Simd<float>::V x) {
   typedef Simd<float>::V V;
-  const V lo = V{} + kFastExpLow, hi = V{} + kFastExpHigh;
+  const V lo = V{} + low;
 #if CS_VEC_BYTES == 64 && defined(__AVX512F__)
-  // The masked forms with every lane selected: the unmasked ones read an undefined register that
+  // The masked form with every lane selected: the unmasked one reads an undefined register that
   // GCC 12 warns about.
-  const V xc = _mm512_mask_min_ps(hi, 0xFFFF, hi, _mm512_mask_max_ps(lo, 0xFFFF, lo, x));
+  return _mm512_mask_max_ps(lo, 0xFFFF, lo, x);
 #elif CS_VEC_BYTES == 32 && defined(__AVX__)
-  const V xc = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+  return _mm256_max_ps(lo, x);
 #elif CS_VEC_BYTES == 16 && defined(__SSE__)
-  const V xc = _mm_min_ps(hi, _mm_max_ps(lo, x));
+  return _mm_max_ps(lo, x);
 #else
-  V xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
+  return x < lo ? lo : x;
 #endif
-  return fast_exp_clamped<V, typename VecOf<std::uint32_t, CS_VEC_BYTES>::type>(xc);
+}
+CS_HD Simd<float>::V min_block(float high, Simd<float>::V x) {
+  typedef Simd<float>::V V;
+  const V hi = V{} + high;
+#if CS_VEC_BYTES == 64 && defined(__AVX512F__)
+  return _mm512_mask_min_ps(hi, 0xFFFF, hi, x);
+#elif CS_VEC_BYTES == 32 && defined(__AVX__)
+  return _mm256_min_ps(hi, x);
+#elif CS_VEC_BYTES == 16 && defined(__SSE__)
+  return _mm_min_ps(hi, x);
+#else
+  return x > hi ? hi : x;
+#endif
+}
+CS_HD Simd<float>::V clamp_block(Simd<float>::V x, float low, float high) {
+  return min_block(high, max_block(low, x));
+}
+
+typedef VecOf<std::uint32_t, CS_VEC_BYTES>::type BitsV;
+
+// fast_exp_impl and fast_exp2_impl of a vector.
+CS_HD Simd<float>::V block_exp(Simd<float>::V x) {
+  return fast_exp_clamped<Simd<float>::V, BitsV>(clamp_block(x, kFastExpLow, kFastExpHigh));
 }
 CS_HD Simd<double>::V block_exp(Simd<double>::V x) {
   for (int64_t j = 0; j < Simd<double>::width; ++j) x[j] = std::exp(x[j]);
   return x;
+}
+
+// The decays exp(dt A) of the scan. The kernels keep A scaled by DecayBase<T>::scale (load_block_A)
+// and take block_decay(dt * scaled A): for float32 that is 2^(dt A log2(e)), one operation of range
+// reduction fewer than exp (fast_exp2_clamped); for float64 the scale is 1 and the decay is libm's exp.
+// What is computed from the scaled A (sum_n mu g A) is multiplied by DecayBase<T>::inverse.
+template <typename T>
+struct DecayBase;
+template <>
+struct DecayBase<float> {
+  static constexpr float scale = kLog2e, inverse = kLn2;
+};
+template <>
+struct DecayBase<double> {
+  static constexpr double scale = 1.0, inverse = 1.0;
+};
+
+// NonPositive: the caller knows that x <= 0 or NaN in every lane (dt >= 0 from the softplus, A <= 0:
+// the model's case), so the upper clamp, one operation of about twenty per state, is left out.
+template <bool NonPositive>
+CS_HD Simd<float>::V block_decay(Simd<float>::V x) {
+  const Simd<float>::V xc = NonPositive ? max_block(kFastExp2Low, x) : clamp_block(x, kFastExp2Low, kFastExp2High);
+  return fast_exp2_clamped<Simd<float>::V, BitsV>(xc);
+}
+template <bool NonPositive>
+CS_HD Simd<double>::V block_decay(Simd<double>::V x) {
+  return block_exp(x);
 }
 
 // Sum of the lanes by halving (deterministic order, short dependency chain, in registers).
@@ -266,7 +315,8 @@ CS_HD int64_t padded_block(int64_t channels) {
 }
 
 // Gather the per-channel inputs of one chunk into [g][k][d] rows (padding channels get dt = 0,
-// which keeps their state at exactly zero), and A into [g][n][d] (once per task).
+// which keeps their state at exactly zero), and A into [g][n][d], scaled by DecayBase<T>::scale
+// (once per task).
 template <typename T>
 CS_HD void load_block_steps(const ForwardArgs<T>& a, const Task& task, int64_t block_pitch, int64_t t0, int64_t kc,
                             T* dt_rows, T* dtu_rows, T* column, T* slope_rows = nullptr) {
@@ -286,16 +336,21 @@ CS_HD void load_block_steps(const ForwardArgs<T>& a, const Task& task, int64_t b
     }
 }
 
+// Returns whether every exponent dt A of the task is <= 0 (or NaN): dt is a softplus (>= 0) and
+// every A <= 0; step_decays then skips the upper clamp.
 template <typename T>
-CS_HD void load_block_A(const ForwardArgs<T>& a, const Task& task, int64_t block_pitch, T* A_block) {
+CS_HD bool load_block_A(const ForwardArgs<T>& a, const Task& task, int64_t block_pitch, T* A_block) {
   const int64_t N = a.size.state;
+  bool nonpositive = true;
   for (int64_t m = task.m0; m < task.m1; ++m)
     for (int64_t n = 0; n < N; ++n)
       for (int64_t j = 0; j < block_pitch; ++j) {
         const int64_t d = task.d0 + j;
-        const T value = d < task.d1 ? a.A[(m * a.size.channels + d) * N + n] : T(0);
+        const T value = d < task.d1 ? a.A[(m * a.size.channels + d) * N + n] * DecayBase<T>::scale : T(0);
+        nonpositive &= !(value > T(0));
         A_block[((m - task.m0) * N + n) * block_pitch + j] = value;
       }
+  return nonpositive && a.delta_softplus;
 }
 
 // One step of one modality of the general coupling for one vector of channels, given the step's
@@ -315,19 +370,28 @@ CS_HD typename Simd<T>::V general_update(const T* decays, const T* g, const T* B
   return y;
 }
 
-// exp(dt^g A^g) of one step for the modalities of a group and one channel vector, as [g][n][lane].
+// exp(dt^g A^g) of one step for the modalities of a group and one channel vector, as [g][n][lane]
+// (A: scaled by DecayBase<T>::scale, see block_decay; nonpositive: what load_block_A returned).
 // A pass of its own: with nothing else in the loop, the exponentials of many states are in
 // flight at once and their constants stay in registers.
 template <typename T>
 CS_HD void step_decays(const T* A, int64_t a_stride, int64_t g_stride, const typename Simd<T>::V* dtv, int64_t G,
-                       int64_t N, T* decays) {
+                       int64_t N, bool nonpositive, T* decays) {
   typedef typename Simd<T>::V V;
   const int64_t w = Simd<T>::width;
-  for (int64_t g = 0; g < G; ++g) {
-    const V dt = dtv[g];
-    for (int64_t n = 0; n < N; ++n)
-      store_block(decays + (g * N + n) * w, block_exp(dt * load_block<V>(A + g * g_stride + n * a_stride)));
-  }
+  auto pass = [&](auto nonpositive_k) {
+    for (int64_t g = 0; g < G; ++g) {
+      const V dt = dtv[g];
+      for (int64_t n = 0; n < N; ++n) {
+        const V x = dt * load_block<V>(A + g * g_stride + n * a_stride);
+        store_block(decays + (g * N + n) * w, block_decay<decltype(nonpositive_k)::value>(x));
+      }
+    }
+  };
+  if (nonpositive)
+    pass(std::true_type());
+  else
+    pass(std::false_type());
 }
 
 // One step of a rank-one group (or of one uncoupled modality) for one channel vector, given the
@@ -364,9 +428,9 @@ CS_HD void rank_one_update_of(const T* decays, const T* s_prev, T alpha, const T
 template <typename T>
 CS_HD void rank_one_step(const T* A, int64_t a_stride, int64_t g_stride, const T* s_prev, T alpha, const T* B,
                          const T* C, int64_t bc_stride, const typename Simd<T>::V* dtv,
-                         const typename Simd<T>::V* dtuv, int64_t G, int64_t N, T* s_next,
+                         const typename Simd<T>::V* dtuv, int64_t G, int64_t N, bool nonpositive, T* s_next,
                          typename Simd<T>::V* y, T* keep_h, T* decays) {
-  step_decays(A, a_stride, g_stride, dtv, G, N, decays);
+  step_decays(A, a_stride, g_stride, dtv, G, N, nonpositive, decays);
   with_static_size(G, [&](auto K) {
     rank_one_update_of<decltype(K)::value>(decays, s_prev, alpha, B, C, bc_stride, dtuv, G, N, s_next, y, keep_h);
   });
