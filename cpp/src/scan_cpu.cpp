@@ -15,6 +15,7 @@
 #include "cpu/chunk_inputs.h"
 #include "cpu/kernel_table.h"
 #include "cpu/parallel.h"
+#include "cpu/workspace.h"
 
 namespace coupled_scan {
 
@@ -193,10 +194,13 @@ Status run_backward(const BackwardArgs<T>& given) {
     // The tasks write every slot of dB, dC, dA and dW, so those need no zero fill (tens of MB at
     // the paper's sizes); dD and d delta_bias are accumulated into.
     const int64_t nbc = s.batch * blocks * M * N * L;
-    std::unique_ptr<T[]> dB(new T[nbc]), dC(new T[nbc]), dA(new T[bmd * Np]),
-        dW(new T[general ? s.batch * blocks * M * M : 1]);
+    // Reused across calls (workspace.h): allocated per call they were faulted in page by page.
+    T* dB = thread_buffer<T>(BufferSlot::kPartialB, nbc);
+    T* dC = thread_buffer<T>(BufferSlot::kPartialC, nbc);
+    T* dA = thread_buffer<T>(BufferSlot::kPartialA, bmd * Np);
+    T* dW = thread_buffer<T>(BufferSlot::kPartialW, general ? s.batch * blocks * M * M : 1);
     std::vector<T> dD(bmd), dbias(bmd);
-    BackwardPartials<T> p{dB.get(), dC.get(), dA.get(), dD.data(), dbias.data(), dW.get(), blocks};
+    BackwardPartials<T> p{dB, dC, dA, dD.data(), dbias.data(), dW, blocks};
     run_tasks<T>(num_tasks(s, f.coupling), f.num_threads, k.backward_scratch(s, f.coupling),
                  [&](int64_t task, T* scratch) { k.backward(args, p, task, scratch); });
 
@@ -222,7 +226,7 @@ Status run_backward(const BackwardArgs<T>& given) {
       T sd = T(0), sb = T(0);
       for (int64_t n = 0; n < N; ++n) oa[n] = T(0);
       for (int64_t b = 0; b < s.batch; ++b) {
-        const T* pa = dA.get() + (b * M * D + md) * Np;
+        const T* pa = dA + (b * M * D + md) * Np;
         for (int64_t n = 0; n < N; ++n) oa[n] += pa[n];
         sd += dD[b * M * D + md];
         sb += dbias[b * M * D + md];

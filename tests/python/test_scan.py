@@ -313,3 +313,44 @@ def test_torch_compile_inductor_backward_with_strided_inputs():
     block(**expected).backward()
     for k in x:
         torch.testing.assert_close(xs[k].grad, expected[k].grad, rtol=1e-5, atol=1e-6)
+
+
+def test_backward_from_several_threads_at_once():
+    """The CPU backward keeps its partial-sum buffers per calling thread (cpp/src/cpu/workspace.h)
+    and reuses them across calls: calls from several Python threads at once, of different sizes,
+    give the same bits as the same calls one after another."""
+    import threading
+
+    sizes = [(2, 3, 19, 13, 37), (3, 2, 40, 9, 70), (1, 4, 33, 17, 5)]
+    problems = []
+    for i, size in enumerate(sizes):
+        x = make_inputs(*size, dtype=torch.float32, seed=40 + i)
+        dout = torch.randn(size[0], size[1], size[2], size[4], generator=torch.Generator().manual_seed(i))
+        problems.append((x, dout))
+
+    def grads(x, dout):
+        xs = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
+        out = coupled_selective_scan(**xs, delta_softplus=True, coupling="mean")
+        return torch.autograd.grad((out * dout).sum(), list(xs.values()))
+
+    expected = [grads(*p) for p in problems]
+    results, errors = {}, []
+
+    def worker(w):
+        try:
+            for r in range(4):
+                i = (w + r) % len(problems)
+                results[(w, r)] = (i, grads(*problems[i]))
+        except Exception as e:  # reported below, not lost in the thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 12
+    for i, got in results.values():
+        for g, e in zip(got, expected[i]):
+            assert torch.equal(g, e)
