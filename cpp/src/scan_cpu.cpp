@@ -193,7 +193,7 @@ Status run_backward(const BackwardArgs<T>& given) {
     const int64_t Np = padded_state(N);
     // The tasks write every slot of dB, dC, dA and dW, so those need no zero fill (tens of MB at
     // the paper's sizes); dD and d delta_bias are accumulated into.
-    const int64_t nbc = s.batch * blocks * M * N * L;
+    const int64_t nbc = s.batch * blocks * M * L * Np;
     // Reused across calls (workspace.h): allocated per call they were faulted in page by page.
     T* dB = thread_buffer<T>(BufferSlot::kPartialB, nbc);
     T* dC = thread_buffer<T>(BufferSlot::kPartialC, nbc);
@@ -206,19 +206,29 @@ Status run_backward(const BackwardArgs<T>& given) {
 
     // Fixed-order reductions: over channel blocks for dB, dC; over the batch for the rest. The
     // tasks leave the partial sums of steps past a sample's length unwritten; those are zero.
-    run_tasks<T>(s.batch * M, f.num_threads, 0, [&](int64_t bm, T*) {
+    // dB, dC partials are [t][n] (rows of Np): summed over the blocks row by row (contiguous), then
+    // transposed once into the (n, t) output rows.
+    run_tasks<T>(s.batch * M, f.num_threads, 2 * L * Np, [&](int64_t bm, T* sums) {
       const int64_t b = bm / M, m = bm % M, valid = sample_length(f.lengths, b, L);
+      T* sb = sums;
+      T* sc = sums + L * Np;
+      for (int64_t i = 0; i < valid * Np; ++i) sb[i] = sc[i] = T(0);
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const T* pb = dB + ((b * blocks + blk) * M + m) * L * Np;
+        const T* pc = dC + ((b * blocks + blk) * M + m) * L * Np;
+        for (int64_t i = 0; i < valid * Np; ++i) {
+          sb[i] += pb[i];
+          sc[i] += pc[i];
+        }
+      }
       for (int64_t n = 0; n < N; ++n) {
         T* ob = a.dB_rows.row(b, m, n);
         T* oc = a.dC_rows.row(b, m, n);
-        for (int64_t t = 0; t < L; ++t) ob[t] = oc[t] = T(0);
-        for (int64_t blk = 0; blk < blocks; ++blk) {
-          const int64_t base = (((b * blocks + blk) * M + m) * N + n) * L;
-          for (int64_t t = 0; t < valid; ++t) {
-            ob[t] += dB[base + t];
-            oc[t] += dC[base + t];
-          }
+        for (int64_t t = 0; t < valid; ++t) {
+          ob[t] = sb[t * Np + n];
+          oc[t] = sc[t * Np + n];
         }
+        for (int64_t t = valid; t < L; ++t) ob[t] = oc[t] = T(0);
       }
     });
     run_tasks<T>(M * D, f.num_threads, 0, [&](int64_t md, T*) {

@@ -10,6 +10,8 @@
 // order, so the result is deterministic.
 #pragma once
 
+#include <cstring>
+
 #include "backward_partials.h"
 #include "chunk_inputs.h"
 #include "simd_block.h"
@@ -104,16 +106,17 @@ CS_HD void input_grads(const BackwardArgs<T>& a, const BackwardPartials<T>& p, i
   p.dbias[pm] += sum_bias;
 }
 
-// Add the chunk's dB, dC sums of this block into the per-block slots (transposing back).
+// Copy the chunk's dB, dC sums of this block ([g][k][n], rows of Np) into the per-block slots, in
+// the same layout: contiguous copies; the reduction over the blocks transposes once, at the end.
 template <typename T>
 CS_HD void store_chunk_sums(const Sizes& s, const BackwardPartials<T>& p, const Task& task,
                             int64_t t0, int64_t kc, const T* dB_chunk, const T* dC_chunk) {
-  const int64_t N = s.state, Np = padded_state(N), L = s.length;
+  const int64_t Np = padded_state(s.state), L = s.length;
   for (int64_t m = task.m0; m < task.m1; ++m) {
     const int64_t g = m - task.m0;
-    const int64_t base = ((task.b * p.blocks + task.block) * s.modalities + m) * N * L;
-    transpose_rows(dB_chunk + g * kChunk * Np, Np, kc, N, p.dB + base + t0, L);
-    transpose_rows(dC_chunk + g * kChunk * Np, Np, kc, N, p.dC + base + t0, L);
+    const int64_t at = (((task.b * p.blocks + task.block) * s.modalities + m) * L + t0) * Np;
+    std::memcpy(p.dB + at, dB_chunk + g * kChunk * Np, sizeof(T) * kc * Np);
+    std::memcpy(p.dC + at, dC_chunk + g * kChunk * Np, sizeof(T) * kc * Np);
   }
 }
 

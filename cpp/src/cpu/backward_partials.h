@@ -9,8 +9,8 @@ namespace cpu {
 
 template <typename T>
 struct BackwardPartials {
-  T* dB = nullptr;     // (Bt, blocks, M, N, L)
-  T* dC = nullptr;     // (Bt, blocks, M, N, L)
+  T* dB = nullptr;     // (Bt, blocks, M, L, Np): the kernels' [k][n] layout, copied whole per chunk
+  T* dC = nullptr;     // (Bt, blocks, M, L, Np)
   T* dA = nullptr;     // (Bt, M, D, Np): state rows padded like the kernels' scratch
   T* dD = nullptr;     // (Bt, M, D)
   T* dbias = nullptr;  // (Bt, M, D)

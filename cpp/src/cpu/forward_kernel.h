@@ -35,7 +35,7 @@ int64_t forward_scratch(const Sizes& s, CouplingKind kind) {
          + states                        // the state of every channel of the block
          + 3 * G * N * w                 // one channel vector's decays and next state (general: and coupled state)
          + 3 * G * kChunk * block_pitch  // dt, dt * u and y as [g][k][d]
-         + 3 * kChunk;                   // one channel's dt, dt * u, slope
+         + 3 * w * kChunk;               // the [j][k] columns of one channel vector
 }
 
 // Write out = (y + D u) * silu(z) for steps t0 .. t0+kc of one (b, m, d); y = sum_n C h.
@@ -56,15 +56,17 @@ CS_HD void store_outputs(const ForwardArgs<T>& a, int64_t b, int64_t m, int64_t 
   }
 }
 
-// Outputs of the chunk for every real channel of the block, from y stored as [g][k][d].
+// Outputs of the chunk for every real channel of the block, from y stored as [g][k][d]: a channel
+// vector at a time, transposed into [j][k] columns (scratch of width * kChunk).
 template <typename T>
 CS_HD void store_block_outputs(const ForwardArgs<T>& a, const Task& task, int64_t block_pitch, int64_t t0, int64_t kc,
-                               const T* y_rows, T* column) {
+                               const T* y_rows, T* columns) {
+  const int64_t w = Simd<T>::width;
   for (int64_t m = task.m0; m < task.m1; ++m)
-    for (int64_t d = task.d0; d < task.d1; ++d) {
-      const T* y = y_rows + (m - task.m0) * kChunk * block_pitch + (d - task.d0);
-      for (int64_t k = 0; k < kc; ++k) column[k] = y[k * block_pitch];
-      store_outputs(a, task.b, m, d, t0, kc, column);
+    for (int64_t v0 = 0; v0 < block_pitch; v0 += w) {
+      transpose_rows(y_rows + (m - task.m0) * kChunk * block_pitch + v0, block_pitch, kc, w, columns, kChunk);
+      for (int64_t j = 0; j < w && task.d0 + v0 + j < task.d1; ++j)
+        store_outputs(a, task.b, m, task.d0 + v0 + j, t0, kc, columns + j * kChunk);
     }
 }
 
@@ -88,7 +90,7 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, 
   T* dt_rows = final_h + G * N * w;                // [g][k][d]
   T* dtu_rows = dt_rows + G * kChunk * block_pitch;  // [g][k][d]: dt * u
   T* y_rows = dtu_rows + G * kChunk * block_pitch;   // [g][k][d]
-  T* column = y_rows + G * kChunk * block_pitch;     // one channel's [k] columns
+  T* column = y_rows + G * kChunk * block_pitch;     // the [j][k] columns of one channel vector
 
   const bool nonpositive = load_block_A(a, task, block_pitch, A_block);
   for (int64_t i = 0; i < N * block_pitch; ++i) state_sum[i] = T(0);
@@ -166,7 +168,7 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
   T* dt_rows = decays + M * N * w;               // [m][k][d]
   T* dtu_rows = dt_rows + M * kChunk * block_pitch;  // [m][k][d]: dt * u
   T* y_rows = dtu_rows + M * kChunk * block_pitch;   // [m][k][d]
-  T* column = y_rows + M * kChunk * block_pitch;     // one channel's [k] columns
+  T* column = y_rows + M * kChunk * block_pitch;     // the [j][k] columns of one channel vector
 
   const bool nonpositive = load_block_A(a, task, block_pitch, A_block);
   for (int64_t i = 0; i < M * N * block_pitch; ++i) states[i] = T(0);

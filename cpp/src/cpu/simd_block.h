@@ -314,25 +314,29 @@ CS_HD int64_t padded_block(int64_t channels) {
   return (cb + w - 1) / w * w;
 }
 
-// Gather the per-channel inputs of one chunk into [g][k][d] rows (padding channels get dt = 0,
-// which keeps their state at exactly zero), and A into [g][n][d], scaled by DecayBase<T>::scale
-// (once per task).
+// Gather the per-channel inputs of one chunk into [g][k][d] rows, a channel vector at a time: each
+// channel's steps into a column [j][k], then tile transposes into the rows (padding channels get
+// dt = 0, which keeps their state at exactly zero). columns: scratch of 3 * width * kChunk.
 template <typename T>
 CS_HD void load_block_steps(const ForwardArgs<T>& a, const Task& task, int64_t block_pitch, int64_t t0, int64_t kc,
-                            T* dt_rows, T* dtu_rows, T* column, T* slope_rows = nullptr) {
-  const int64_t G = task.m1 - task.m0;
+                            T* dt_rows, T* dtu_rows, T* columns, T* slope_rows = nullptr) {
+  const int64_t w = Simd<T>::width, G = task.m1 - task.m0;
+  T* cols[3] = {columns, columns + w * kChunk, columns + 2 * w * kChunk};  // dt, dt * u, slope
+  T* rows[3] = {dt_rows, dtu_rows, slope_rows};
+  const int64_t parts = slope_rows ? 3 : 2;
   for (int64_t g = 0; g < G; ++g)
-    for (int64_t j = 0; j < block_pitch; ++j) {
-      const int64_t d = task.d0 + j;
-      if (d < task.d1)
-        load_steps(a, task.b, task.m0 + g, d, t0, kc, column, column + kChunk,
-                   slope_rows ? column + 2 * kChunk : nullptr);
-      for (int64_t k = 0; k < kc; ++k) {
-        const int64_t at = (g * kChunk + k) * block_pitch + j;
-        dt_rows[at] = d < task.d1 ? column[k] : T(0);
-        dtu_rows[at] = d < task.d1 ? column[kChunk + k] : T(0);
-        if (slope_rows) slope_rows[at] = d < task.d1 ? column[2 * kChunk + k] : T(0);
+    for (int64_t v0 = 0; v0 < block_pitch; v0 += w) {
+      for (int64_t j = 0; j < w; ++j) {
+        const int64_t d = task.d0 + v0 + j;
+        if (d < task.d1)
+          load_steps(a, task.b, task.m0 + g, d, t0, kc, cols[0] + j * kChunk, cols[1] + j * kChunk,
+                     slope_rows ? cols[2] + j * kChunk : nullptr);
+        else
+          for (int64_t i = 0; i < parts; ++i)
+            for (int64_t k = 0; k < kc; ++k) cols[i][j * kChunk + k] = T(0);
       }
+      for (int64_t i = 0; i < parts; ++i)
+        transpose_rows(cols[i], kChunk, w, kc, rows[i] + g * kChunk * block_pitch + v0, block_pitch);
     }
 }
 
