@@ -32,7 +32,7 @@ int64_t backward_scratch(const Sizes& s, CouplingKind kind) {
   const int64_t G = modality_grouping(kind, s.modalities).width;
   const int64_t N = s.state, Np = padded_state(N), block_pitch = padded_block<T>(s.channels), w = Simd<T>::width;
   const int64_t carried = kind == CouplingKind::kGeneral ? G : 1;  // carried state rows per channel
-  return 4 * G * kChunk * Np               // B, C of the chunk as [g][k][n] and their gradient sums
+  return 2 * G * kChunk * Np               // B, C of the chunk as [g][k][n]
          + 2 * G * N * block_pitch         // A as [g][n][d] and its gradient sums
          + 7 * G * kChunk * block_pitch    // dt, dt u, slope, y, dy, sum_n lambda B, sum_n mu g A: [g][k][d]
          + carried * N * block_pitch       // the reverse carry of every channel of the block
@@ -106,18 +106,13 @@ CS_HD void input_grads(const BackwardArgs<T>& a, const BackwardPartials<T>& p, i
   p.dbias[pm] += sum_bias;
 }
 
-// Copy the chunk's dB, dC sums of this block ([g][k][n], rows of Np) into the per-block slots, in
-// the same layout: contiguous copies; the reduction over the blocks transposes once, at the end.
+// The chunk's rows of this block's dB (or dC) partial sums, [g][k][n] with modalities L * Np apart:
+// the reverse steps add their channel sums straight into them (BackwardPartials: (Bt, blocks, M,
+// L, Np)), and the reduction over the blocks transposes them once, at the end.
 template <typename T>
-CS_HD void store_chunk_sums(const Sizes& s, const BackwardPartials<T>& p, const Task& task,
-                            int64_t t0, int64_t kc, const T* dB_chunk, const T* dC_chunk) {
-  const int64_t Np = padded_state(s.state), L = s.length;
-  for (int64_t m = task.m0; m < task.m1; ++m) {
-    const int64_t g = m - task.m0;
-    const int64_t at = (((task.b * p.blocks + task.block) * s.modalities + m) * L + t0) * Np;
-    std::memcpy(p.dB + at, dB_chunk + g * kChunk * Np, sizeof(T) * kc * Np);
-    std::memcpy(p.dC + at, dC_chunk + g * kChunk * Np, sizeof(T) * kc * Np);
-  }
+CS_HD T* chunk_sums(T* partial, const Sizes& s, const BackwardPartials<T>& p, const Task& task, int64_t t0) {
+  return partial + (((task.b * p.blocks + task.block) * s.modalities + task.m0) * s.length + t0) *
+                       padded_state(s.state);
 }
 
 // Per-channel work of one chunk for the real channels of channel vector v: the gate (dy, dz)
@@ -225,16 +220,18 @@ CS_HD StepRows<T> step_rows(T* base, int64_t chunk_row_elems) {
   return r;
 }
 
-// Start of a chunk: B, C in [g][k][n], their gradient sums and dy zeroed, dt / dt u / slope rows.
+// Start of a chunk: B, C in [g][k][n], the chunk's rows of the dB, dC sums (chunk_sums) and dy
+// zeroed, dt / dt u / slope rows.
 template <typename T>
 CS_HD void begin_backward_chunk(const ForwardArgs<T>& f, const Task& task, int64_t block_pitch, int64_t t0,
                                 int64_t kc, T* B_chunk, T* C_chunk, T* dB_chunk, T* dC_chunk, const StepRows<T>& r,
                                 T* columns) {
-  const int64_t G = task.m1 - task.m0, chunk_bc_elems = G * kChunk * padded_state(f.size.state);
+  const int64_t G = task.m1 - task.m0, Np = padded_state(f.size.state), L = f.size.length;
   const int64_t chunk_row_elems = G * kChunk * block_pitch;
   load_transposed(f.B, task.b, task.m0, task.m1, f.size.state, t0, kc, B_chunk);
   load_transposed(f.C, task.b, task.m0, task.m1, f.size.state, t0, kc, C_chunk);
-  for (int64_t i = 0; i < chunk_bc_elems; ++i) dB_chunk[i] = dC_chunk[i] = T(0);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t i = 0; i < kc * Np; ++i) dB_chunk[g * L * Np + i] = dC_chunk[g * L * Np + i] = T(0);
   for (int64_t i = 0; i < chunk_row_elems; ++i) r.dy[i] = T(0);
   load_block_steps(f, task, block_pitch, t0, kc, r.dt, r.dtu, columns, r.slope);
 }
@@ -265,9 +262,7 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
   const int64_t chunk_bc_elems = G * kChunk * Np, chunk_row_elems = G * kChunk * block_pitch;
   T* B_chunk = scratch;                         // [g][k][n]
   T* C_chunk = B_chunk + chunk_bc_elems;        // [g][k][n]
-  T* dB_chunk = C_chunk + chunk_bc_elems;       // [g][k][n]: dB summed over the block's channels
-  T* dC_chunk = dB_chunk + chunk_bc_elems;      // [g][k][n]
-  T* A_block = dC_chunk + chunk_bc_elems;       // [g][n][d]
+  T* A_block = C_chunk + chunk_bc_elems;        // [g][n][d]
   T* dA_block = A_block + G * N * block_pitch;  // [g][n][d]
   const StepRows<T> rows = step_rows(dA_block + G * N * block_pitch, chunk_row_elems);
   T* block_carry = rows.end;                    // [v][n][lane]: alpha * rho_{t+1} of every channel vector
@@ -283,6 +278,8 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
   for (int64_t c = chunks - 1; c >= 0; --c) {
     const int64_t t0 = c * kChunk, kc = steps - t0 < kChunk ? steps - t0 : kChunk;
     const bool final_chunk = c == chunks - 1;
+    T* dB_chunk = chunk_sums(p.dB, s, p, task, t0);  // [g][k][n], modalities L * Np apart
+    T* dC_chunk = chunk_sums(p.dC, s, p, task, t0);
     begin_backward_chunk(f, task, block_pitch, t0, kc, B_chunk, C_chunk, dB_chunk, dC_chunk, rows, columns);
 
     for (int64_t v = 0; v < vectors; ++v) {
@@ -317,11 +314,11 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
       for (int64_t k = kc - 1; k >= 0; --k) {
         for (int64_t g = 0; g < G; ++g) {
           const int64_t row = (g * kChunk + k) * block_pitch + v * w, bc = (g * kChunk + k) * Np;
-          const int64_t a_at = g * N * block_pitch + v * w;
+          const int64_t sums = (g * s.length + k) * Np, a_at = g * N * block_pitch + v * w;
           // d last_state enters lambda at the final step, where the carry is still zero.
           const T* carry_in = final_chunk && k == kc - 1 && a.dlast_state ? dlast_lanes + g * N * w : carry;
           reverse_channel_step(A_block + a_at, block_pitch, dA_block + a_at, prev_states + k * N * w, alpha,
-                               B_chunk + bc, C_chunk + bc, dB_chunk + bc, dC_chunk + bc, decays + (k * G + g) * N * w,
+                               B_chunk + bc, C_chunk + bc, dB_chunk + sums, dC_chunk + sums, decays + (k * G + g) * N * w,
                                carry_in, mu_sum, g > 0, load_block<V>(rows.dt + row), load_block<V>(rows.dtu + row),
                                load_block<V>(rows.dy + row), N, rows.lambda_B + row, rows.mu_g_A + row);
         }
@@ -333,7 +330,6 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
           for (int64_t m = task.m0; m < task.m1; ++m)
             lane_to_row(carry, j, N, a.dinitial_state + bmd_offset(s, task.b, m, task.d0 + v * w + j, N));
     }
-    store_chunk_sums(s, p, task, t0, kc, dB_chunk, dC_chunk);
   }
   if (steps == 0) pass_through_dlast_state(a, task);
   for (int64_t g = 0; g < G; ++g)  // dA of the block's channels, rows padded to Np
@@ -357,9 +353,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
   const int64_t vector_states = M * N * w;       // the M-vector of states of one channel vector
   T* B_chunk = scratch;                          // [m][k][n]
   T* C_chunk = B_chunk + chunk_bc_elems;         // [m][k][n]
-  T* dB_chunk = C_chunk + chunk_bc_elems;        // [m][k][n]: dB summed over the block's channels
-  T* dC_chunk = dB_chunk + chunk_bc_elems;       // [m][k][n]
-  T* A_block = dC_chunk + chunk_bc_elems;        // [m][n][d]
+  T* A_block = C_chunk + chunk_bc_elems;         // [m][n][d]
   T* dA_block = A_block + M * N * block_pitch;   // [m][n][d]
   const StepRows<T> rows = step_rows(dA_block + M * N * block_pitch, chunk_row_elems);
   T* block_carry = rows.end;                     // [v][m][n][lane]: the carry of every channel vector
@@ -380,6 +374,8 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
   const int64_t chunks = num_chunks(steps);
   for (int64_t c = chunks - 1; c >= 0; --c) {
     const int64_t t0 = c * kChunk, kc = steps - t0 < kChunk ? steps - t0 : kChunk;
+    T* dB_chunk = chunk_sums(p.dB, s, p, task, t0);  // [g][k][n], modalities L * Np apart
+    T* dC_chunk = chunk_sums(p.dC, s, p, task, t0);
     begin_backward_chunk(f, task, block_pitch, t0, kc, B_chunk, C_chunk, dB_chunk, dC_chunk, rows, columns);
 
     for (int64_t v = 0; v < vectors; ++v) {
@@ -418,9 +414,9 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
         couple_states(f.W, M, N, prev, coupled);
         for (int64_t m = 0; m < M; ++m) {
           const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;
-          const int64_t a_at = m * N * block_pitch + v * w;
+          const int64_t sums = (m * s.length + k) * Np, a_at = m * N * block_pitch + v * w;
           reverse_channel_step(A_block + a_at, block_pitch, dA_block + a_at, coupled + m * N * w, T(1), B_chunk + bc,
-                               C_chunk + bc, dB_chunk + bc, dC_chunk + bc, decays + (k * M + m) * N * w,
+                               C_chunk + bc, dB_chunk + sums, dC_chunk + sums, decays + (k * M + m) * N * w,
                                carry + m * N * w, mu + m * N * w, false, load_block<V>(rows.dt + row),
                                load_block<V>(rows.dtu + row), load_block<V>(rows.dy + row), N, rows.lambda_B + row,
                                rows.mu_g_A + row);
@@ -434,7 +430,6 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
           for (int64_t m = 0; m < M; ++m)
             lane_to_row(carry + m * N * w, j, N, a.dinitial_state + bmd_offset(s, task.b, m, task.d0 + v * w + j, N));
     }
-    store_chunk_sums(s, p, task, t0, kc, dB_chunk, dC_chunk);
   }
   if (steps == 0) pass_through_dlast_state(a, task);
   for (int64_t m = 0; m < M; ++m)
