@@ -105,22 +105,25 @@ CS_HD F fast_exp2_clamped(F xc) {
   return p * scale;
 }
 
+// x clamped to [low, high] by comparisons, for scalars and compiler vectors alike (NaN passes
+// through: both comparisons are false).
+template <typename F>
+CS_HD F clamp_by_comparison(F x, float low, float high) {
+  const F lo = F{} + low, hi = F{} + high;
+  const F xc = x < lo ? lo : x;
+  return xc > hi ? hi : xc;
+}
+
 template <typename F, typename U>
 CS_HD F fast_exp2_impl(F x) {
-  const F lo = F{} + kFastExp2Low, hi = F{} + kFastExp2High;
-  F xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
-  return fast_exp2_clamped<F, U>(xc);
+  return fast_exp2_clamped<F, U>(clamp_by_comparison(x, kFastExp2Low, kFastExp2High));
 }
 
 CS_HD float fast_exp2f(float x) { return fast_exp2_impl<float, std::uint32_t>(x); }
 
 template <typename F, typename U>
 CS_HD F fast_exp_impl(F x) {
-  const F lo = F{} + kFastExpLow, hi = F{} + kFastExpHigh;
-  F xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
-  return fast_exp_clamped<F, U>(xc);
+  return fast_exp_clamped<F, U>(clamp_by_comparison(x, kFastExpLow, kFastExpHigh));
 }
 
 CS_HD float fast_expf(float x) { return fast_exp_impl<float, std::uint32_t>(x); }
