@@ -10,8 +10,6 @@
 // order, so the result is deterministic.
 #pragma once
 
-#include <cstring>
-
 #include "backward_partials.h"
 #include "chunk_inputs.h"
 #include "simd_block.h"
