@@ -1,5 +1,6 @@
 // CPU entry points: argument checks, instruction-set dispatch, threading, the L = 0 case and
 // the fixed-order reductions of the backward's per-task partial sums.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -191,46 +192,74 @@ Status run_backward(const BackwardArgs<T>& given) {
     }
     const int64_t cb = channel_block(D), blocks = (D + cb - 1) / cb;
     const int64_t Np = padded_state(N);
-    // The tasks write every slot of dB, dC, dA and dW, so those need no zero fill (tens of MB at
-    // the paper's sizes); dD and d delta_bias are accumulated into.
-    const int64_t nbc = s.batch * blocks * M * L * Np;
-    // Reused across calls (workspace.h): allocated per call they were faulted in page by page.
-    T* dB = thread_buffer<T>(BufferSlot::kPartialB, nbc);
-    T* dC = thread_buffer<T>(BufferSlot::kPartialC, nbc);
+    const int64_t sample_slots = blocks * M * L * Np;  // one sample's dB (or dC) partial sums
+    // The tasks write every slot of dA and dW, so those need no zero fill; dD and d delta_bias are
+    // accumulated into. Reused across calls (workspace.h): allocated per call they were faulted in
+    // page by page.
     T* dA = thread_buffer<T>(BufferSlot::kPartialA, bmd * Np);
     T* dW = thread_buffer<T>(BufferSlot::kPartialW, general ? s.batch * blocks * M * M : 1);
     std::vector<T> dD(bmd), dbias(bmd);
-    BackwardPartials<T> p{dB, dC, dA, dD.data(), dbias.data(), dW, blocks};
-    run_tasks<T>(num_tasks(s, f.coupling), f.num_threads, k.backward_scratch(s, f.coupling),
-                 [&](int64_t task, T* scratch) { k.backward(args, p, task, scratch); });
+    BackwardPartials<T> p{nullptr, nullptr, dA, dD.data(), dbias.data(), dW, blocks};
+    const int64_t scratch = k.backward_scratch(s, f.coupling);
+    const int64_t tasks = num_tasks(s, f.coupling), tasks_per_sample = tasks / s.batch;
 
-    // Fixed-order reductions: over channel blocks for dB, dC; over the batch for the rest. The
-    // tasks leave the partial sums of steps past a sample's length unwritten; those are zero.
-    // dB, dC partials are [t][n] (rows of Np): summed over the blocks row by row (contiguous), then
-    // transposed once into the (n, t) output rows.
-    run_tasks<T>(s.batch * M, f.num_threads, 2 * L * Np, [&](int64_t bm, T* sums) {
-      const int64_t b = bm / M, m = bm % M, valid = sample_length(f.lengths, b, L);
-      T* sb = sums;
-      T* sc = sums + L * Np;
-      for (int64_t i = 0; i < valid * Np; ++i) sb[i] = sc[i] = T(0);
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const T* pb = dB + ((b * blocks + blk) * M + m) * L * Np;
-        const T* pc = dC + ((b * blocks + blk) * M + m) * L * Np;
-        for (int64_t i = 0; i < valid * Np; ++i) {
-          sb[i] += pb[i];
-          sc[i] += pc[i];
+    // dB, dC: sums over the channel blocks of per-block partial sums [t][n] (rows of Np), in block
+    // order, then transposed once into the (n, t) output rows. Steps past a sample's length are
+    // not scanned: their partial rows are left unwritten and their gradients are zero.
+    auto sum_blocks = [&](int64_t b, const T* pB, const T* pC, T* sums) {  // pB, pC: sample b's slots
+      const int64_t valid = sample_length(f.lengths, b, L);
+      for (int64_t m = 0; m < M; ++m) {
+        T* sb = sums;
+        T* sc = sums + L * Np;
+        for (int64_t i = 0; i < valid * Np; ++i) sb[i] = sc[i] = T(0);
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          const T* qb = pB + (blk * M + m) * L * Np;
+          const T* qc = pC + (blk * M + m) * L * Np;
+          for (int64_t i = 0; i < valid * Np; ++i) {
+            sb[i] += qb[i];
+            sc[i] += qc[i];
+          }
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          T* ob = a.dB_rows.row(b, m, n);
+          T* oc = a.dC_rows.row(b, m, n);
+          for (int64_t t = 0; t < valid; ++t) {
+            ob[t] = sb[t * Np + n];
+            oc[t] = sc[t * Np + n];
+          }
+          for (int64_t t = valid; t < L; ++t) ob[t] = oc[t] = T(0);
         }
       }
-      for (int64_t n = 0; n < N; ++n) {
-        T* ob = a.dB_rows.row(b, m, n);
-        T* oc = a.dC_rows.row(b, m, n);
-        for (int64_t t = 0; t < valid; ++t) {
-          ob[t] = sb[t * Np + n];
-          oc[t] = sc[t * Np + n];
-        }
-        for (int64_t t = valid; t < L; ++t) ob[t] = oc[t] = T(0);
-      }
-    });
+    };
+
+    // With enough samples per worker, a worker runs all the tasks of one sample in turn into
+    // partial sums of that sample alone (a few hundred kB, cache resident), and sums them at once;
+    // otherwise every task of every sample runs in parallel into partial sums of the whole batch
+    // (tens of MB at the model's sizes), summed afterwards. Both add the same numbers in the same
+    // order: the results are the same bits either way.
+    const int parallel = task_workers(tasks, f.num_threads);
+    if (parallel == 1 || s.batch >= 4 * parallel) {
+      const int workers = task_workers(s.batch, f.num_threads);
+      T* own_sums = thread_buffer<T>(BufferSlot::kPartialB, workers * (2 * sample_slots + 2 * L * Np));
+      run_worker_tasks<T>(s.batch, f.num_threads, scratch, [&](int64_t b, int worker, T* buf) {
+        BackwardPartials<T> own = p;
+        own.dB = own_sums + worker * (2 * sample_slots + 2 * L * Np);
+        own.dC = own.dB + sample_slots;
+        own.first_sample = b;
+        for (int64_t task = b * tasks_per_sample; task < (b + 1) * tasks_per_sample; ++task)
+          k.backward(args, own, task, buf);
+        sum_blocks(b, own.dB, own.dC, own.dC + sample_slots);
+      });
+    } else {
+      p.dB = thread_buffer<T>(BufferSlot::kPartialB, s.batch * sample_slots);
+      p.dC = thread_buffer<T>(BufferSlot::kPartialC, s.batch * sample_slots);
+      run_tasks<T>(tasks, f.num_threads, scratch, [&](int64_t task, T* buf) { k.backward(args, p, task, buf); });
+      run_tasks<T>(s.batch, f.num_threads, 2 * L * Np, [&](int64_t b, T* sums) {
+        sum_blocks(b, p.dB + b * sample_slots, p.dC + b * sample_slots, sums);
+      });
+    }
+
+    // Over the batch, in batch order, for the rest.
     run_tasks<T>(M * D, f.num_threads, 0, [&](int64_t md, T*) {
       T* oa = a.dA + md * N;
       T sd = T(0), sb = T(0);

@@ -227,23 +227,36 @@ static void finite_difference_case(const std::string& coupling) {
   }
 }
 
+// Bitwise equality across thread counts. The backward runs either every task of the batch in
+// parallel (partial sums of the whole batch) or all tasks of one sample per worker (partial sums
+// of that sample); which one depends on the batch and the workers, never the bits. Bt = 3 takes
+// the first path with 2 or more workers, Bt = 9 the second (also with lengths, whose steps past a
+// sample's end leave a worker's partial rows of an earlier sample in place), 1 thread the second.
+static std::vector<int64_t> random_lengths(int64_t Bt, int64_t L, std::mt19937_64& rng);
+
 static void determinism_case() {
-  const Case c{3, 3, 40, 19, 150, "general", true};
-  std::mt19937_64 rng(5);
-  naive::Problem p = make_problem(c, rng);
-  Vec dout(p.u.size(), 0.0), dlast(c.Bt * c.M * c.D * c.N);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  for (auto& x : dout) x = normal(rng);
-  for (auto& x : dlast) x = normal(rng);
-  for (const char* mode : {"general", "mean", "none"}) {
-    const CouplingKind kind = kind_of(mode);
-    const KernelResult<float> one = run_kernel<float>(p, kind, 1.0 / 3, dout, dlast, 1);
-    const KernelResult<float> three = run_kernel<float>(p, kind, 1.0 / 3, dout, dlast, 3);
-    const bool same = one.out == three.out && one.last == three.last && one.dB == three.dB &&
-                      one.dC == three.dC && one.dA == three.dA && one.dW == three.dW && one.dbias == three.dbias &&
-                      one.du == three.du && one.ddelta == three.ddelta && one.dD == three.dD &&
-                      one.dz == three.dz && one.dinit == three.dinit;
-    check(same, std::string("backward bitwise identical with 1 and 3 threads (") + mode + ")");
+  for (const int64_t Bt : {3, 9}) {
+    const Case c{Bt, 3, 40, 19, 150, "general", true};
+    std::mt19937_64 rng(5 + Bt);
+    naive::Problem p = make_problem(c, rng);
+    if (Bt == 9) p.lengths = random_lengths(c.Bt, c.L, rng);
+    Vec dout(p.u.size(), 0.0), dlast(c.Bt * c.M * c.D * c.N);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    for (auto& x : dout) x = normal(rng);
+    for (auto& x : dlast) x = normal(rng);
+    for (const char* mode : {"general", "mean", "none"}) {
+      const CouplingKind kind = kind_of(mode);
+      const KernelResult<float> one = run_kernel<float>(p, kind, 1.0 / 3, dout, dlast, 1);
+      for (const int threads : {2, 3}) {
+        const KernelResult<float> more = run_kernel<float>(p, kind, 1.0 / 3, dout, dlast, threads);
+        const bool same = one.out == more.out && one.last == more.last && one.dB == more.dB &&
+                          one.dC == more.dC && one.dA == more.dA && one.dW == more.dW && one.dbias == more.dbias &&
+                          one.du == more.du && one.ddelta == more.ddelta && one.dD == more.dD &&
+                          one.dz == more.dz && one.dinit == more.dinit;
+        check(same, std::string("backward bitwise identical with 1 and ") + std::to_string(threads) +
+                        " threads (" + mode + ", Bt=" + std::to_string(Bt) + ")");
+      }
+    }
   }
 }
 

@@ -105,11 +105,11 @@ CS_HD void input_grads(const BackwardArgs<T>& a, const BackwardPartials<T>& p, i
 }
 
 // The chunk's rows of this block's dB (or dC) partial sums, [g][k][n] with modalities L * Np apart:
-// the reverse steps add their channel sums straight into them (BackwardPartials: (Bt, blocks, M,
-// L, Np)), and the reduction over the blocks transposes them once, at the end.
+// the reverse steps add their channel sums straight into them (BackwardPartials: (samples, blocks,
+// M, L, Np)), and the reduction over the blocks transposes them once, at the end.
 template <typename T>
 CS_HD T* chunk_sums(T* partial, const Sizes& s, const BackwardPartials<T>& p, const Task& task, int64_t t0) {
-  return partial + (((task.b * p.blocks + task.block) * s.modalities + task.m0) * s.length + t0) *
+  return partial + ((((task.b - p.first_sample) * p.blocks + task.block) * s.modalities + task.m0) * s.length + t0) *
                        padded_state(s.state);
 }
 

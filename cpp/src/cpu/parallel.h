@@ -13,20 +13,26 @@
 namespace coupled_scan {
 namespace cpu {
 
-// body(task, scratch) is called once for every task in [0, num_tasks).
+// How many workers run num_tasks tasks with num_threads threads allowed.
+inline int task_workers(int64_t num_tasks, int num_threads) {
+  const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({num_threads, num_tasks, hw})));
+}
+
+// body(task, worker, scratch) is called once for every task in [0, num_tasks); worker is the index
+// (below num_threads) of the worker running it, for per-worker buffers the caller owns.
 template <typename T, typename Body>
-void run_tasks(int64_t num_tasks, int num_threads, size_t scratch_elems, const Body& body) {
+void run_worker_tasks(int64_t num_tasks, int num_threads, size_t scratch_elems, const Body& body) {
   if (num_tasks <= 0) return;
   // More workers than tasks or than hardware threads only costs thread starts.
-  const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({num_threads, num_tasks, hw})));
+  const int workers = task_workers(num_tasks, num_threads);
   std::atomic<int64_t> next{0};
   std::exception_ptr error;
   std::atomic<bool> failed{false};
-  auto work = [&]() {
+  auto work = [&](int worker) {
     try {
       std::vector<T> scratch(scratch_elems);
-      for (int64_t task = next++; task < num_tasks && !failed; task = next++) body(task, scratch.data());
+      for (int64_t task = next++; task < num_tasks && !failed; task = next++) body(task, worker, scratch.data());
     } catch (...) {
       if (!failed.exchange(true)) error = std::current_exception();
     }
@@ -34,14 +40,21 @@ void run_tasks(int64_t num_tasks, int num_threads, size_t scratch_elems, const B
   std::vector<std::thread> threads;
   try {
     threads.reserve(workers - 1);
-    for (int i = 1; i < workers; ++i) threads.emplace_back(work);
+    for (int i = 1; i < workers; ++i) threads.emplace_back(work, i);
   } catch (const std::exception&) {
     // Could not start another thread (resource limits): the ones running, and this one, still
     // drain every task.
   }
-  work();
+  work(0);
   for (auto& t : threads) t.join();
   if (error) std::rethrow_exception(error);
+}
+
+// body(task, scratch) is called once for every task in [0, num_tasks).
+template <typename T, typename Body>
+void run_tasks(int64_t num_tasks, int num_threads, size_t scratch_elems, const Body& body) {
+  run_worker_tasks<T>(num_tasks, num_threads, scratch_elems,
+                      [&](int64_t task, int, T* scratch) { body(task, scratch); });
 }
 
 }  // namespace cpu
