@@ -18,8 +18,8 @@ typedef float F16 __attribute__((vector_size(64)));
 typedef std::uint32_t U16 __attribute__((vector_size(64)));
 
 int main() {
-  double exp_err = 0, exp2_err = 0, sp_err = 0, sig_err = 0, log_err = 0;
-  bool vector_matches = true;
+  double exp_err = 0, exp2_err = 0, sp_err = 0, sig_err = 0, sig2_err = 0, log_err = 0;
+  bool vector_matches = true, softplus_shared_matches = true;
   // 2^x over [-125, 128) on a fine grid, and every float of [-1, 1) with a stride (the
   // polynomial's interval and its neighbours: f = x - round(x) covers [-1/2, 1/2] in both).
   for (double x = -125.0; x < 128.0; x += 0.000437) {
@@ -39,6 +39,9 @@ int main() {
     if (sp > 2e-38) sp_err = std::fmax(sp_err, std::fabs(fast_softplusf(xf) - sp) / sp);
     const double sg = 1.0 / (1.0 + std::exp(-static_cast<double>(xf)));
     if (sg > 2e-38) sig_err = std::fmax(sig_err, std::fabs(fast_sigmoidf(xf) - sg) / sg);
+    float sig2 = -1.0f;  // the softplus + sigmoid pair: the same softplus bits, a sigmoid as accurate
+    softplus_shared_matches &= fast_softplus_sigmoidf(xf, &sig2) == fast_softplusf(xf);
+    if (sg > 2e-38) sig2_err = std::fmax(sig2_err, std::fabs(sig2 - sg) / sg);
   }
   for (double w = 1e-37; w < 3e38; w *= 1.0007) {
     const float wf = static_cast<float>(w);
@@ -58,6 +61,8 @@ int main() {
   check(exp2_err < 2e-7, "fast_exp2f relative error < 2e-7");
   check(sp_err < 5e-7, "fast_softplusf relative error < 5e-7");
   check(sig_err < 5e-7, "fast_sigmoidf relative error < 5e-7");
+  check(sig2_err < 5e-7, "fast_softplus_sigmoidf's sigmoid relative error < 5e-7");
+  check(softplus_shared_matches, "fast_softplus_sigmoidf's softplus equals fast_softplusf bit for bit");
   check(log_err < 3e-7, "fast_logf error < 3e-7");
   check(vector_matches, "vector fast exp equals the scalar one bit for bit");
   check(std::isnan(fast_expf(NAN)) && std::isnan(fast_softplusf(NAN)) && std::isnan(fast_sigmoidf(NAN)),
@@ -73,6 +78,13 @@ int main() {
   check(fast_softplusf(25.0f) == 25.0f && fast_softplusf(-INFINITY) == 0.0f && fast_softplusf(INFINITY) == INFINITY,
         "softplus above 20 is x; limits");
   check(fast_sigmoidf(-INFINITY) == 0.0f && fast_sigmoidf(INFINITY) == 1.0f, "sigmoid limits");
+  {
+    float lo = -1.0f, hi = -1.0f, nan_sig = 0.0f;
+    const float sp_lo = fast_softplus_sigmoidf(-INFINITY, &lo), sp_hi = fast_softplus_sigmoidf(INFINITY, &hi);
+    const float sp_nan = fast_softplus_sigmoidf(NAN, &nan_sig);
+    check(sp_lo == 0.0f && lo == 0.0f && sp_hi == INFINITY && hi == 1.0f, "softplus + sigmoid pair: limits");
+    check(std::isnan(sp_nan) && std::isnan(nan_sig), "softplus + sigmoid pair: NaN propagates to both");
+  }
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

@@ -169,6 +169,18 @@ CS_HD float fast_softplusf(float x) {
 
 CS_HD float fast_sigmoidf(float x) { return 1.0f / (1.0f + fast_expf(-x)); }
 
+// softplus(x) and sigmoid(x) from one exponential, e = exp(-|x|): the softplus as fast_softplusf
+// (the same bits), the sigmoid as 1 / (1 + e) for x >= 0 and e / (1 + e) below.
+CS_HD float fast_softplus_sigmoidf(float x, float* sig) {
+  const float ax = x < 0.0f ? -x : x;
+  const float e = fast_expf(-ax);
+  const float w = 1.0f + e;
+  const float lp = w == 1.0f ? e : fast_logf(w) * (e / (w - 1.0f));
+  const float r = (x > 0.0f ? x : 0.0f) + lp;
+  *sig = (x < 0.0f ? e : 1.0f) / w;
+  return x > 20.0f ? x : r;
+}
+
 // The functions each precision uses in the kernels: fast and vectorisable for float32, libm for
 // float64 (whose 1e-10 tolerance needs full accuracy).
 // On the GPU the hardware exp (ex2.approx: about 2 + 1.2|x| ulp) replaces the polynomial; the
@@ -185,5 +197,11 @@ CS_HD float scan_softplus(float x) { return fast_softplusf(x); }
 CS_HD double scan_softplus(double x) { return softplus(x); }
 CS_HD float scan_sigmoid(float x) { return fast_sigmoidf(x); }
 CS_HD double scan_sigmoid(double x) { return sigmoid(x); }
+// softplus(x), with sigmoid(x) (its derivative) into *sig.
+CS_HD float scan_softplus_sigmoid(float x, float* sig) { return fast_softplus_sigmoidf(x, sig); }
+CS_HD double scan_softplus_sigmoid(double x, double* sig) {
+  *sig = sigmoid(x);
+  return softplus(x);
+}
 
 }  // namespace coupled_scan

@@ -66,16 +66,20 @@ CS_HD void load_steps(const ForwardArgs<T>& a, int64_t b, int64_t m, int64_t d, 
   const T* u = a.u.row(b, m, d) + t0;
   const T* dl = a.delta.row(b, m, d) + t0;
   const T bias = a.delta_bias ? a.delta_bias[m * a.size.channels + d] : T(0);
-  if (a.delta_softplus) {
+  if (a.delta_softplus && slope) {  // the backward: softplus and its slope share one exponential
+#pragma omp simd
+    for (int64_t k = 0; k < kc; ++k) {
+      const T v = scan_softplus_sigmoid(dl[k] + bias, slope + k);
+      dt[k] = v;
+      dtu[k] = v * u[k];
+    }
+  } else if (a.delta_softplus) {
 #pragma omp simd
     for (int64_t k = 0; k < kc; ++k) {
       const T v = scan_softplus(dl[k] + bias);
       dt[k] = v;
       dtu[k] = v * u[k];
     }
-    if (slope)
-#pragma omp simd
-      for (int64_t k = 0; k < kc; ++k) slope[k] = scan_sigmoid(dl[k] + bias);
   } else {
 #pragma omp simd
     for (int64_t k = 0; k < kc; ++k) {
