@@ -62,3 +62,15 @@ def test_train_benchmark_runs(tmp_path):
     assert all(0 < r["matmul_share"] < 1 and r["scan_share"] + r["matmul_share"] <= 1
                for r in ok if r["model"] == "coupled-mean")
     assert all(r["status"] == "ok" or "mambapy" in r["status"] for r in report["rows"])
+
+
+def test_step_matmuls_benchmark_runs(tmp_path):
+    from pathlib import Path
+
+    out = tmp_path / "matmuls.json"
+    tool = Path(__file__).resolve().parents[2] / "tools" / "step_matmuls_bench.py"
+    subprocess.run([sys.executable, str(tool), "--repeats", "1", "--out", str(out)], check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert len(report["rows"]) == 12 and all(r["warm_ms"] > 0 and r["cold_ms"] > 0 for r in report["rows"])
+    # The layers' matmuls of one step: 3 layers of in_proj, x_proj, dt_proj and out_proj, forward and backward.
+    assert abs(report["per_step"]["gflop"] - 11.68) < 0.01

@@ -113,7 +113,9 @@ SCAN_OPS = "coupled_mamba::scan_"
 CONV_OPS = "coupled_mamba::causal_conv_silu_"
 # The dense projections: bound by their arithmetic, so the part of a step that is neither scan nor
 # matmul is what overhead there is left to remove.
-MATMUL_OPS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm", "aten::addbmm")
+# The in-place forms (addmm_, baddbmm_) are the ones the layer's projections accumulate with.
+MATMUL_OPS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::addmm_", "aten::baddbmm", "aten::baddbmm_",
+              "aten::addbmm")
 
 
 def _inside_op(e, prefix: str = SCAN_OPS) -> bool:
