@@ -157,29 +157,24 @@ CS_HD float fast_logf(float w) {
 }
 
 // softplus for float32 without libm calls: max(x, 0) + log1p(exp(-|x|)), where log1p(e) is
-// evaluated as log(1 + e) * e / ((1 + e) - 1) to keep full relative accuracy for tiny e.
-CS_HD float fast_softplusf(float x) {
+// evaluated as log(1 + e) * e / ((1 + e) - 1) to keep full relative accuracy for tiny e. With
+// kWithSigmoid, also sigmoid(x) into *sig from the same e = exp(-|x|): 1 / (1 + e) for x >= 0,
+// e / (1 + e) below (the backward needs both; one exponential instead of two).
+template <bool kWithSigmoid>
+CS_HD float fast_softplus_impl(float x, float* sig) {
   const float ax = x < 0.0f ? -x : x;
   const float e = fast_expf(-ax);
   const float w = 1.0f + e;
   const float lp = w == 1.0f ? e : fast_logf(w) * (e / (w - 1.0f));
   const float r = (x > 0.0f ? x : 0.0f) + lp;
+  if (kWithSigmoid) *sig = (x < 0.0f ? e : 1.0f) / w;
   return x > 20.0f ? x : r;
 }
+
+CS_HD float fast_softplusf(float x) { return fast_softplus_impl<false>(x, nullptr); }
+CS_HD float fast_softplus_sigmoidf(float x, float* sig) { return fast_softplus_impl<true>(x, sig); }
 
 CS_HD float fast_sigmoidf(float x) { return 1.0f / (1.0f + fast_expf(-x)); }
-
-// softplus(x) and sigmoid(x) from one exponential, e = exp(-|x|): the softplus as fast_softplusf
-// (the same bits), the sigmoid as 1 / (1 + e) for x >= 0 and e / (1 + e) below.
-CS_HD float fast_softplus_sigmoidf(float x, float* sig) {
-  const float ax = x < 0.0f ? -x : x;
-  const float e = fast_expf(-ax);
-  const float w = 1.0f + e;
-  const float lp = w == 1.0f ? e : fast_logf(w) * (e / (w - 1.0f));
-  const float r = (x > 0.0f ? x : 0.0f) + lp;
-  *sig = (x < 0.0f ? e : 1.0f) / w;
-  return x > 20.0f ? x : r;
-}
 
 // The functions each precision uses in the kernels: fast and vectorisable for float32, libm for
 // float64 (whose 1e-10 tolerance needs full accuracy).
