@@ -203,59 +203,61 @@ Status run_backward(const BackwardArgs<T>& given) {
     const int64_t scratch = k.backward_scratch(s, f.coupling);
     const int64_t tasks = num_tasks(s, f.coupling), tasks_per_sample = tasks / s.batch;
 
-    // dB, dC: sums over the channel blocks of per-block partial sums [t][n] (rows of Np), in block
-    // order, then transposed once into the (n, t) output rows. Steps past a sample's length are
-    // not scanned: their partial rows are left unwritten and their gradients are zero.
-    auto sum_blocks = [&](int64_t b, const T* pB, const T* pC, T* sums) {  // pB, pC: sample b's slots
+    // dB, dC of sample b, modality m: sums over the channel blocks of per-block partial sums [t][n]
+    // (rows of Np), in block order, then transposed once into the (n, t) output rows. Steps past
+    // a sample's length are not scanned: their partial rows are left unwritten and their
+    // gradients are zero.
+    auto sum_blocks = [&](int64_t b, int64_t m, const T* pB, const T* pC, T* sums) {  // pB, pC: b's slots
       const int64_t valid = sample_length(f.lengths, b, L);
-      for (int64_t m = 0; m < M; ++m) {
-        T* sb = sums;
-        T* sc = sums + L * Np;
-        for (int64_t i = 0; i < valid * Np; ++i) sb[i] = sc[i] = T(0);
-        for (int64_t blk = 0; blk < blocks; ++blk) {
-          const T* qb = pB + (blk * M + m) * L * Np;
-          const T* qc = pC + (blk * M + m) * L * Np;
-          for (int64_t i = 0; i < valid * Np; ++i) {
-            sb[i] += qb[i];
-            sc[i] += qc[i];
-          }
+      T* sb = sums;
+      T* sc = sums + L * Np;
+      for (int64_t i = 0; i < valid * Np; ++i) sb[i] = sc[i] = T(0);
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const T* qb = pB + (blk * M + m) * L * Np;
+        const T* qc = pC + (blk * M + m) * L * Np;
+        for (int64_t i = 0; i < valid * Np; ++i) {
+          sb[i] += qb[i];
+          sc[i] += qc[i];
         }
-        for (int64_t n = 0; n < N; ++n) {
-          T* ob = a.dB_rows.row(b, m, n);
-          T* oc = a.dC_rows.row(b, m, n);
-          for (int64_t t = 0; t < valid; ++t) {
-            ob[t] = sb[t * Np + n];
-            oc[t] = sc[t * Np + n];
-          }
-          for (int64_t t = valid; t < L; ++t) ob[t] = oc[t] = T(0);
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        T* ob = a.dB_rows.row(b, m, n);
+        T* oc = a.dC_rows.row(b, m, n);
+        for (int64_t t = 0; t < valid; ++t) {
+          ob[t] = sb[t * Np + n];
+          oc[t] = sc[t * Np + n];
         }
+        for (int64_t t = valid; t < L; ++t) ob[t] = oc[t] = T(0);
       }
     };
 
-    // With enough samples per worker, a worker runs all the tasks of one sample in turn into
-    // partial sums of that sample alone (a few hundred kB, cache resident), and sums them at once;
-    // otherwise every task of every sample runs in parallel into partial sums of the whole batch
-    // (tens of MB at the model's sizes), summed afterwards. Both add the same numbers in the same
-    // order: the results are the same bits either way.
-    const int parallel = task_workers(tasks, f.num_threads);
-    if (parallel == 1 || s.batch >= 4 * parallel) {
+    // With one thread, or at least 4 samples per thread, a worker runs all the tasks of one sample
+    // in turn into partial sums of that sample alone (a few hundred kB, cache resident), and sums
+    // them at once; otherwise every task of every sample runs in parallel into partial sums of the
+    // whole batch (tens of MB at the model's sizes), summed afterwards. Both add the same numbers in
+    // the same order: the results are the same bits either way. The choice depends on the threads
+    // asked for and the batch only (not on the machine), so that tests can take either path.
+    const int64_t parallel = std::min<int64_t>(f.num_threads, tasks);
+    if (parallel <= 1 || s.batch >= 4 * parallel) {
       const int workers = task_workers(s.batch, f.num_threads);
-      T* own_sums = thread_buffer<T>(BufferSlot::kPartialB, workers * (2 * sample_slots + 2 * L * Np));
-      run_worker_tasks<T>(s.batch, f.num_threads, scratch, [&](int64_t b, int worker, T* buf) {
+      const int64_t per_worker = 2 * sample_slots + 2 * L * Np;
+      T* own_sums = thread_buffer<T>(BufferSlot::kPartialB, workers * per_worker);
+      run_worker_tasks<T>(s.batch, workers, scratch, [&](int64_t b, int worker, T* buf) {
         BackwardPartials<T> own = p;
-        own.dB = own_sums + worker * (2 * sample_slots + 2 * L * Np);
+        own.dB = own_sums + worker * per_worker;
         own.dC = own.dB + sample_slots;
         own.first_sample = b;
         for (int64_t task = b * tasks_per_sample; task < (b + 1) * tasks_per_sample; ++task)
           k.backward(args, own, task, buf);
-        sum_blocks(b, own.dB, own.dC, own.dC + sample_slots);
+        for (int64_t m = 0; m < M; ++m) sum_blocks(b, m, own.dB, own.dC, own.dC + sample_slots);
       });
     } else {
       p.dB = thread_buffer<T>(BufferSlot::kPartialB, s.batch * sample_slots);
       p.dC = thread_buffer<T>(BufferSlot::kPartialC, s.batch * sample_slots);
       run_tasks<T>(tasks, f.num_threads, scratch, [&](int64_t task, T* buf) { k.backward(args, p, task, buf); });
-      run_tasks<T>(s.batch, f.num_threads, 2 * L * Np, [&](int64_t b, T* sums) {
-        sum_blocks(b, p.dB + b * sample_slots, p.dC + b * sample_slots, sums);
+      run_tasks<T>(s.batch * M, f.num_threads, 2 * L * Np, [&](int64_t bm, T* sums) {
+        const int64_t b = bm / M;
+        sum_blocks(b, bm % M, p.dB + b * sample_slots, p.dC + b * sample_slots, sums);
       });
     }
 

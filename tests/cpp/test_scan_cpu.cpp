@@ -229,9 +229,11 @@ static void finite_difference_case(const std::string& coupling) {
 
 // Bitwise equality across thread counts. The backward runs either every task of the batch in
 // parallel (partial sums of the whole batch) or all tasks of one sample per worker (partial sums
-// of that sample); which one depends on the batch and the workers, never the bits. Bt = 3 takes
-// the first path with 2 or more workers, Bt = 9 the second (also with lengths, whose steps past a
-// sample's end leave a worker's partial rows of an earlier sample in place), 1 thread the second.
+// of that sample); which one depends on the threads asked for and the batch, never the bits. One
+// thread takes the per-sample path; Bt = 3 takes the batch-wide one with 2 and 3 threads; Bt = 9
+// (with lengths, whose steps past a sample's end leave a worker's partial rows of an earlier
+// sample in place) the per-sample one with 2 threads (2 workers where the machine has 2 cores)
+// and the batch-wide one with 3.
 static std::vector<int64_t> random_lengths(int64_t Bt, int64_t L, std::mt19937_64& rng);
 
 static void determinism_case() {

@@ -19,13 +19,13 @@ inline int task_workers(int64_t num_tasks, int num_threads) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({num_threads, num_tasks, hw})));
 }
 
-// body(task, worker, scratch) is called once for every task in [0, num_tasks); worker is the index
-// (below num_threads) of the worker running it, for per-worker buffers the caller owns.
+// body(task, worker, scratch) is called once for every task in [0, num_tasks) by at most `workers`
+// workers (the caller's count, from task_workers); worker is the index, below `workers`, of the
+// one running it, for per-worker buffers the caller sized with the same count.
 template <typename T, typename Body>
-void run_worker_tasks(int64_t num_tasks, int num_threads, size_t scratch_elems, const Body& body) {
+void run_worker_tasks(int64_t num_tasks, int workers, size_t scratch_elems, const Body& body) {
   if (num_tasks <= 0) return;
-  // More workers than tasks or than hardware threads only costs thread starts.
-  const int workers = task_workers(num_tasks, num_threads);
+  workers = std::max(1, workers);
   std::atomic<int64_t> next{0};
   std::exception_ptr error;
   std::atomic<bool> failed{false};
@@ -53,7 +53,8 @@ void run_worker_tasks(int64_t num_tasks, int num_threads, size_t scratch_elems, 
 // body(task, scratch) is called once for every task in [0, num_tasks).
 template <typename T, typename Body>
 void run_tasks(int64_t num_tasks, int num_threads, size_t scratch_elems, const Body& body) {
-  run_worker_tasks<T>(num_tasks, num_threads, scratch_elems,
+  // More workers than tasks or than hardware threads only costs thread starts.
+  run_worker_tasks<T>(num_tasks, task_workers(num_tasks, num_threads), scratch_elems,
                       [&](int64_t task, int, T* scratch) { body(task, scratch); });
 }
 
