@@ -24,15 +24,19 @@ inline void check(bool ok, const std::string& what) {
   }
 }
 
-inline double rel_err(const Vec& x, const Vec& ref) {
+// Error of x against ref relative to the size of scale: sqrt(sum (x - ref)^2 / sum scale^2), or the
+// absolute error where scale is all zero; infinite if x has a non-finite value.
+inline double scaled_err(const Vec& x, const Vec& ref, const Vec& scale) {
   double num = 0, den = 0;
   for (size_t i = 0; i < ref.size(); ++i) {
     if (!std::isfinite(x[i])) return INFINITY;
     num += (x[i] - ref[i]) * (x[i] - ref[i]);
-    den += ref[i] * ref[i];
+    den += scale[i] * scale[i];
   }
   return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
 }
+
+inline double rel_err(const Vec& x, const Vec& ref) { return scaled_err(x, ref, ref); }
 
 struct Case {
   int64_t Bt, M, D, N, L;
