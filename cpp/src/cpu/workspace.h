@@ -15,6 +15,8 @@
 namespace coupled_scan {
 namespace cpu {
 
+// kPartialB holds the batch's dB partial sums, or on the per-sample path (scan_cpu.cpp) every
+// worker's dB and dC sums of one sample; kPartialC is used on the batch-wide path only.
 enum class BufferSlot { kPartialB, kPartialC, kPartialA, kPartialW, kCount };
 
 // At least `elems` uninitialised elements, valid until this thread's next call for the same slot.
