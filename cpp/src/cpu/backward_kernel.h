@@ -157,11 +157,14 @@ CS_HD void input_grad_columns(const BackwardArgs<T>& a, const BackwardPartials<T
 // state, and this step's terms of dC, dB (summed over the channels), dA, sum_n lambda B, sum_n mu g A
 // (A as the kernels keep it, scaled by DecayBase<T>::scale; the sum is scaled back).
 // The channel sums of dC and dB are taken `width` states at a time (lane_sums).
+// Rank-one groups pass, for their last modality, carry_out: the next carry gscale * (mu sum)
+// goes there instead of into mu (carry_out may be carry: each state reads its carry first).
+// h, when given, is this step's state a g + dt u B (a group of one keeps it from the recompute).
 template <typename T>
 CS_HD void reverse_channel_step(const T* A, int64_t a_stride, T* dA, const T* g, T gscale, const T* B, const T* C,
                                 T* dB, T* dC, const T* decay, const T* carry, T* mu, bool accumulate,
                                 typename Simd<T>::V dtv, typename Simd<T>::V dtuv, typename Simd<T>::V dyv,
-                                int64_t N, T* lambda_B, T* mu_g_A) {
+                                int64_t N, T* lambda_B, T* mu_g_A, T* carry_out = nullptr, const T* h = nullptr) {
   typedef typename Simd<T>::V V;
   constexpr int64_t w = Simd<T>::width;
   V sum_lambda_B = V{}, sum_mu_g_A = V{};
@@ -171,8 +174,12 @@ CS_HD void reverse_channel_step(const T* A, int64_t a_stride, T* dA, const T* g,
     const V lambda_v = dyv * C[n] + load_block<V>(carry + n * w);
     const V mu_v = decay_v * lambda_v;
     const V g_v = gscale * load_block<V>(g + n * w);
-    store_block(mu + n * w, accumulate ? load_block<V>(mu + n * w) + mu_v : mu_v);
-    dC_term = dyv * (decay_v * g_v + dtuv * B[n]);
+    const V mu_total = accumulate ? load_block<V>(mu + n * w) + mu_v : mu_v;
+    if (carry_out)
+      store_block(carry_out + n * w, gscale * mu_total);
+    else
+      store_block(mu + n * w, mu_total);
+    dC_term = dyv * (h ? load_block<V>(h + n * w) : decay_v * g_v + dtuv * B[n]);
     dB_term = lambda_v * dtuv;
     sum_lambda_B += lambda_v * B[n];
     const V mu_g = mu_v * g_v;
@@ -234,6 +241,17 @@ CS_HD void begin_backward_chunk(const ForwardArgs<T>& f, const Task& task, int64
   load_block_steps(f, task, block_pitch, t0, kc, r.dt, r.dtu, columns, r.slope);
 }
 
+// The task's dA sums, [g][n][d] rows of block_pitch, into its rows (b, m, d) of the per-sample dA
+// partials (padded to Np), by tile transposes.
+template <typename T>
+CS_HD void store_dA_block(const Sizes& s, const BackwardPartials<T>& p, const Task& task, int64_t block_pitch,
+                          const T* dA_block) {
+  const int64_t N = s.state, Np = padded_state(N);
+  for (int64_t m = task.m0; m < task.m1; ++m)
+    transpose_rows(dA_block + (m - task.m0) * N * block_pitch, block_pitch, N, task.d1 - task.d0,
+                   p.dA + bmd_offset(s, task.b, m, task.d0, Np), Np);
+}
+
 // A sample of length 0 has no step: d initial_state is d last_state (or 0), row by row.
 template <typename T>
 void pass_through_dlast_state(const BackwardArgs<T>& a, const Task& task) {
@@ -266,7 +284,7 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
   T* block_carry = rows.end;                    // [v][n][lane]: alpha * rho_{t+1} of every channel vector
   T* prev_states = block_carry + N * block_pitch;  // [k][n][lane]: s_{t-1} of each step (and the last s)
   T* decays = prev_states + (kChunk + 1) * N * w;  // [k][g][n][lane]: exp(dt A)
-  T* mu_sum = decays + kChunk * G * N * w;      // [n][lane]: rho = sum_g mu^g of one step
+  T* mu_sum = decays + kChunk * G * N * w;      // [n][lane]: sum of mu^g over a step's modalities but the last
   T* dlast_lanes = mu_sum + G * N * w;          // [g][n][lane]: d last_state
   T* columns = dlast_lanes + G * N * w;         // one channel's [k] columns
 
@@ -315,12 +333,13 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
           const int64_t sums = (g * s.length + k) * Np, a_at = g * N * block_pitch + v * w;
           // d last_state enters lambda at the final step, where the carry is still zero.
           const T* carry_in = final_chunk && k == kc - 1 && a.dlast_state ? dlast_lanes + g * N * w : carry;
+          // The last modality writes the next carry, alpha rho; with one modality, h_t = s_t.
           reverse_channel_step(A_block + a_at, block_pitch, dA_block + a_at, prev_states + k * N * w, alpha,
                                B_chunk + bc, C_chunk + bc, dB_chunk + sums, dC_chunk + sums, decays + (k * G + g) * N * w,
                                carry_in, mu_sum, g > 0, load_block<V>(rows.dt + row), load_block<V>(rows.dtu + row),
-                               load_block<V>(rows.dy + row), N, rows.lambda_B + row, rows.mu_g_A + row);
+                               load_block<V>(rows.dy + row), N, rows.lambda_B + row, rows.mu_g_A + row,
+                               g == G - 1 ? carry : nullptr, G == 1 ? prev_states + (k + 1) * N * w : nullptr);
         }
-        for (int64_t i = 0; i < N * w; ++i) carry[i] = alpha * mu_sum[i];
       }
       input_grad_columns(a, p, task, block_pitch, v, t0, kc, rows, columns);
       if (c == 0 && a.dinitial_state)  // d h^i_{-1} = sum_m W[m, i] mu^m_0 = alpha rho_0
@@ -330,11 +349,7 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
     }
   }
   if (steps == 0) pass_through_dlast_state(a, task);
-  for (int64_t g = 0; g < G; ++g)  // dA of the block's channels, rows padded to Np
-    for (int64_t d = task.d0; d < task.d1; ++d) {
-      T* dst = p.dA + bmd_offset(s, task.b, task.m0 + g, d, Np);
-      for (int64_t n = 0; n < N; ++n) dst[n] = dA_block[(g * N + n) * block_pitch + (d - task.d0)];
-    }
+  store_dA_block(s, p, task, block_pitch, dA_block);
 }
 
 // General coupling: an M-vector of states per (b, d, n); g^m = sum_i W[m, i] h^i, and the carry
@@ -430,11 +445,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
     }
   }
   if (steps == 0) pass_through_dlast_state(a, task);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t d = task.d0; d < task.d1; ++d) {
-      T* dst = p.dA + bmd_offset(s, task.b, m, d, Np);
-      for (int64_t n = 0; n < N; ++n) dst[n] = dA_block[(m * N + n) * block_pitch + (d - task.d0)];
-    }
+  store_dA_block(s, p, task, block_pitch, dA_block);
   T* slot = p.dW + (task.b * p.blocks + task.block) * M * M;
   for (int64_t i = 0; i < M * M; ++i) slot[i] = block_sum<T>(load_block<V>(dW_lanes + i * w));
 }
