@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -90,8 +91,15 @@ def main() -> None:
         print(f"{name:42s} {calls:>10} {warm:8.2f} {gflop / warm * 1e3:8.1f} {cold:8.2f} {gflop / cold * 1e3:8.1f}")
     print(f"per step (3 layers, without the front end's input projections): {total['gflop']:.2f} GFLOP, "
           f"warm {total['warm_ms']:.0f} ms, cold {total['cold_ms']:.0f} ms")
+    try:  # the machine's description as the package's benchmarks record it
+        from coupled_mamba.bench.train_bench import machine
+        host = machine()
+    except ImportError:  # the timings themselves need torch only
+        host = {"torch": torch.__version__}
+    record = {"command": " ".join(["python tools/step_matmuls_bench.py", *sys.argv[1:]]), "machine": host,
+              "threads": args.threads, "torch": torch.__version__, "rows": rows, "per_step": total}
     with open(args.out, "w") as f:
-        json.dump({"threads": args.threads, "torch": torch.__version__, "rows": rows, "per_step": total}, f, indent=1)
+        json.dump(record, f, indent=1)
     print(f"wrote {args.out}")
 
 

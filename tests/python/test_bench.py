@@ -74,3 +74,4 @@ def test_step_matmuls_benchmark_runs(tmp_path):
     assert len(report["rows"]) == 12 and all(r["warm_ms"] > 0 and r["cold_ms"] > 0 for r in report["rows"])
     # The layers' matmuls of one step: 3 layers of in_proj, x_proj, dt_proj and out_proj, forward and backward.
     assert abs(report["per_step"]["gflop"] - 11.68) < 0.01
+    assert report["command"].endswith(f"--repeats 1 --out {out}") and "torch" in report["machine"]
