@@ -252,6 +252,20 @@ CS_HD void store_dA_block(const Sizes& s, const BackwardPartials<T>& p, const Ta
                    p.dA + bmd_offset(s, task.b, m, task.d0, Np), Np);
 }
 
+// The rows a backward chunk reads (B, C, delta, u, z, dout) and writes (du, d delta, dz).
+template <typename T>
+CS_HD void prefetch_backward_rows(const BackwardArgs<T>& a, const Task& task, int64_t t0, int64_t kc) {
+  prefetch_rows(a.fwd.B, task, t0, kc, false, 0, a.fwd.size.state);
+  prefetch_rows(a.fwd.C, task, t0, kc, false, 0, a.fwd.size.state);
+  prefetch_rows(a.fwd.delta, task, t0, kc, false);
+  prefetch_rows(a.fwd.u, task, t0, kc, false);
+  prefetch_rows(a.fwd.z, task, t0, kc, false);
+  prefetch_rows(a.dout, task, t0, kc, false);
+  prefetch_rows(a.du_rows, task, t0, kc, true);
+  prefetch_rows(a.ddelta_rows, task, t0, kc, true);
+  prefetch_rows(a.dz_rows, task, t0, kc, true);
+}
+
 // A sample of length 0 has no step: d initial_state is d last_state (or 0), row by row.
 template <typename T>
 void pass_through_dlast_state(const BackwardArgs<T>& a, const Task& task) {
@@ -296,6 +310,7 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
     const bool final_chunk = c == chunks - 1;
     T* dB_chunk = chunk_sums(p.dB, s, p, task, t0);  // [g][k][n], modalities L * Np apart
     T* dC_chunk = chunk_sums(p.dC, s, p, task, t0);
+    prefetch_backward_rows(a, task, t0, kc);
     begin_backward_chunk(f, task, block_pitch, t0, kc, B_chunk, C_chunk, dB_chunk, dC_chunk, rows, columns);
 
     for (int64_t v = 0; v < vectors; ++v) {
@@ -389,6 +404,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
     const int64_t t0 = c * kChunk, kc = steps - t0 < kChunk ? steps - t0 : kChunk;
     T* dB_chunk = chunk_sums(p.dB, s, p, task, t0);  // [g][k][n], modalities L * Np apart
     T* dC_chunk = chunk_sums(p.dC, s, p, task, t0);
+    prefetch_backward_rows(a, task, t0, kc);
     begin_backward_chunk(f, task, block_pitch, t0, kc, B_chunk, C_chunk, dB_chunk, dC_chunk, rows, columns);
 
     for (int64_t v = 0; v < vectors; ++v) {

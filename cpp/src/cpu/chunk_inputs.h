@@ -91,6 +91,46 @@ CS_HD void load_steps(const ForwardArgs<T>& a, int64_t b, int64_t m, int64_t d, 
   }
 }
 
+// Asks the caches for the rows (b, m, d) of X over steps t0 .. t0+kc of the task's modalities
+// and channels, ahead of their use (write: rows the chunk will store into). In a model the rows
+// of one task lie far apart (the layer's (M, channels, batch, L) layout puts a sample's channels
+// batch * L apart) and each is a few cache lines, so loaded as they are needed they miss one after
+// the other; asked for together at the start of the chunk, the misses overlap.
+// Rows r0 .. r1 of each modality (default: the task's channels).
+template <typename T>
+CS_HD void prefetch_rows(const SeqTensor<T>& X, const Task& task, int64_t t0, int64_t kc, bool write,
+                         int64_t r0 = -1, int64_t r1 = -1) {
+#if defined(__GNUC__) && !defined(__CUDA_ARCH__)
+  if (!X.data || kc <= 0) return;
+  constexpr std::uintptr_t kLine = 64;
+  if (r0 < 0) r0 = task.d0, r1 = task.d1;
+  for (int64_t m = task.m0; m < task.m1; ++m)
+    for (int64_t d = r0; d < r1; ++d) {
+      const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(X.row(task.b, m, d) + t0);
+      const std::uintptr_t end = first + static_cast<std::uintptr_t>(kc) * sizeof(T);
+      for (std::uintptr_t line = first & ~(kLine - 1); line < end; line += kLine) {
+        if (write)
+          __builtin_prefetch(reinterpret_cast<const void*>(line), 1, 3);
+        else
+          __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 3);
+      }
+    }
+#else
+  (void)X, (void)task, (void)t0, (void)kc, (void)write, (void)r0, (void)r1;
+#endif
+}
+
+// The rows a forward chunk reads (B, C, delta, u, z) and writes (out).
+template <typename T>
+CS_HD void prefetch_forward_rows(const ForwardArgs<T>& a, const Task& task, int64_t t0, int64_t kc) {
+  prefetch_rows(a.B, task, t0, kc, false, 0, a.size.state);
+  prefetch_rows(a.C, task, t0, kc, false, 0, a.size.state);
+  prefetch_rows(a.delta, task, t0, kc, false);
+  prefetch_rows(a.u, task, t0, kc, false);
+  prefetch_rows(a.z, task, t0, kc, false);
+  prefetch_rows(a.out_rows, task, t0, kc, true);
+}
+
 // Offset of the (b, m, d) row of a contiguous (Bt, M, D, X) tensor.
 CS_HD int64_t bmd_offset(const Sizes& s, int64_t b, int64_t m, int64_t d, int64_t x) {
   return ((b * s.modalities + m) * s.channels + d) * x;

@@ -116,6 +116,7 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, 
     // B and C rows are L apart (often a power of two: cache-set conflicts), so copy the chunk.
     load_transposed(a.B, task.b, task.m0, task.m1, N, t0, kc, B_chunk);
     load_transposed(a.C, task.b, task.m0, task.m1, N, t0, kc, C_chunk);
+    prefetch_forward_rows(a, task, t0, kc);
     load_block_steps(a, task, block_pitch, t0, kc, dt_rows, dtu_rows, column);
     if (a.checkpoints) save_checkpoint(c);
     for (int64_t k = 0; k < kc; ++k) {
@@ -195,6 +196,7 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
     const int64_t t0 = c * kChunk, kc = steps - t0 < kChunk ? steps - t0 : kChunk;
     load_transposed(a.B, task.b, 0, M, N, t0, kc, B_chunk);
     load_transposed(a.C, task.b, 0, M, N, t0, kc, C_chunk);
+    prefetch_forward_rows(a, task, t0, kc);
     load_block_steps(a, task, block_pitch, t0, kc, dt_rows, dtu_rows, column);
     if (a.checkpoints) scatter_states(c, false);
     for (int64_t k = 0; k < kc; ++k) {
