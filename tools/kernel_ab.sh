@@ -5,16 +5,19 @@
 # (on a shared machine the load drifts; alternating exposes both builds to the same drift).
 # Prints, per coupling and size, each build's best forward and backward time, the ratio working
 # tree / base of those and the median of the rounds' paired ratios, and writes the runs and the
-# summary as JSON. --clock cpu compares the process CPU time instead of the wall time.
+# summary as JSON. --clock cpu compares the process CPU time instead of the wall time; --layout
+# model stores every sequence tensor as a Coupled Mamba layer does ((M, rows, Bt, L), strided).
 #
 #   tools/kernel_ab.sh BASE_REV [--rounds 5] [--repeats 5] [--threads 1] [--clock wall|cpu]
-#                      [--couplings "mean none general"] [--sizes "paper long"] [--out kernel_ab.json]
+#                      [--couplings "mean none general"] [--sizes "paper long"] [--layout contiguous|model]
+#                      [--out kernel_ab.json]
 set -euo pipefail
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [[ $# -ge 1 && $1 != -* ]] || usage
 base_rev=$1; shift
-rounds=5 repeats=5 threads=1 clock=wall couplings="mean none general" sizes="paper long" out=kernel_ab.json
+rounds=5 repeats=5 threads=1 clock=wall couplings="mean none general" sizes="paper long" layout=contiguous
+out=kernel_ab.json
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rounds) rounds=$2; shift 2 ;;
@@ -23,11 +26,14 @@ while [[ $# -gt 0 ]]; do
     --clock) clock=$2; shift 2 ;;
     --couplings) couplings=$2; shift 2 ;;
     --sizes) sizes=$2; shift 2 ;;
+    --layout) layout=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     *) echo "kernel_ab.sh: unknown option $1" >&2; usage ;;
   esac
 done
 [[ $clock == wall || $clock == cpu ]] || { echo "kernel_ab.sh: --clock: expected wall or cpu, got $clock" >&2; exit 2; }
+[[ $layout == contiguous || $layout == model ]] || {
+  echo "kernel_ab.sh: --layout: expected contiguous or model, got $layout" >&2; exit 2; }
 
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 base_sha=$(git -C "$root" rev-parse --verify "$base_rev^{commit}")
@@ -58,7 +64,7 @@ for ((r = 1; r <= rounds; r++)); do
   for c in $couplings; do
     for s in $sizes; do
       for name in base head; do
-        line=$("$work/$name/scan_kernel_bench" "$c" "$s" "$repeats" "$threads")
+        line=$("$work/$name/scan_kernel_bench" "$c" "$s" "$repeats" "$threads" "$layout")
         echo "{\"build\": \"$name\", \"round\": $r, \"run\": $line}" >> "$runs"
       done
     done
@@ -66,9 +72,9 @@ for ((r = 1; r <= rounds; r++)); do
   echo "round $r of $rounds done" >&2
 done
 
-python3 - "$runs" "$out" "$base_rev" "$base_sha" "$(git -C "$root" rev-parse HEAD)" "$tree_changes" "$clock" <<'EOF'
+python3 - "$runs" "$out" "$base_rev" "$base_sha" "$(git -C "$root" rev-parse HEAD)" "$tree_changes" "$clock" "$layout" <<'EOF'
 import json, platform, subprocess, sys
-runs_path, out, base_rev, base_sha, head_sha, tree_changes, clock = sys.argv[1:]
+runs_path, out, base_rev, base_sha, head_sha, tree_changes, clock, layout = sys.argv[1:]
 suffix = "_cpu_ms" if clock == "cpu" else "_ms"
 runs = [json.loads(line) for line in open(runs_path)]
 best = {}
@@ -79,7 +85,7 @@ for r in runs:
     b["bwd_ms"] = min(b["bwd_ms"], r["run"]["bwd" + suffix])
     b["checksums"].add(r["run"]["checksum"])
 rows = []
-print(f"best of each build, {clock} clock, ms")
+print(f"best of each build, {clock} clock, {layout} layout, ms")
 # Each round runs base then tree back to back: the median of the rounds' tree / base ratios
 # (paired) is steadier than the ratio of the best times when the machine's speed drifts.
 paired = {}
@@ -117,7 +123,7 @@ except Exception:
     pass
 with open(out, "w") as f:
     json.dump({"base_rev": base_rev, "base_sha": base_sha, "tree_head_sha": head_sha,
-               "tree_differs_from_head": int(tree_changes) > 0, "clock": clock, "machine": model,
+               "tree_differs_from_head": int(tree_changes) > 0, "clock": clock, "layout": layout, "machine": model,
                "platform": platform.platform(), "isa": runs[0]["run"]["isa"], "summary": rows, "runs": runs}, f, indent=1)
 print(f"wrote {out}")
 EOF

@@ -1,12 +1,15 @@
 // Times the CPU library's forward and backward scan directly through its C++ API (no Python, no
 // PyTorch), so that two builds of the library can be compared run against run
 // (tools/kernel_ab.sh). Prints one JSON object per run:
-//   scan_kernel_bench [mean|sum|none|general] [paper|long|Bt,M,D,N,L] [repeats] [threads]
+//   scan_kernel_bench [mean|sum|none|general] [paper|long|Bt,M,D,N,L] [repeats] [threads] [contiguous|model]
 // Inputs are random, as in a model: dt = softplus(delta) in about [0.02, 0.3], A = -(1..N),
 // the gate z, D and delta_bias present; the backward gets a random dout and its checkpoints from
 // the timed forward. Times are the minimum over the repeats after one warm-up call, as wall time
 // (fwd_ms, bwd_ms) and as the process's CPU time (fwd_cpu_ms, bwd_cpu_ms: with one thread, the time
 // the kernel ran, which other work on a shared machine inflates less than it does the wall time).
+// Layout "model": every sequence tensor, inputs and results, is stored as (M, rows, Bt, L) and
+// passed as strided rows, as a Coupled Mamba layer passes them (its branch's (M, channels, batch,
+// L) layout): a task's rows then lie Bt * L apart instead of L.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -15,6 +18,7 @@
 #include <ctime>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "coupled_scan/coupled_scan.h"
@@ -59,6 +63,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "repeats and threads must be at least 1\n");
     return 2;
   }
+  const std::string layout = argc > 5 ? argv[5] : "contiguous";
+  if (layout != "contiguous" && layout != "model") {
+    std::fprintf(stderr, "layout: expected contiguous or model; got %s\n", layout.c_str());
+    return 2;
+  }
+  const bool model_layout = layout == "model";
   const int64_t Bt = sh.Bt, M = sh.M, D = sh.D, N = sh.N, L = sh.L;
 
   std::mt19937 gen(0);
@@ -78,7 +88,13 @@ int main(int argc, char** argv) {
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < M; ++j) W[i * M + j] = i == j ? 0.6f : 0.4f / float(M > 1 ? M - 1 : 1);
 
-  auto rows = [&](const std::vector<float>& v, int64_t R) { return SeqTensor<const float>{v.data(), M * R * L, R * L, L}; };
+  // (batch, modality, row) strides of a (Bt, M, R, L) tensor, or of an (M, R, Bt, L) one in the model layout.
+  auto strided = [&](auto* data, int64_t R) {
+    typedef std::remove_const_t<std::remove_pointer_t<decltype(data)>> T;
+    typedef std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(data)>>, const T, T> E;
+    return model_layout ? SeqTensor<E>{data, L, R * Bt * L, Bt * L} : SeqTensor<E>{data, M * R * L, R * L, L};
+  };
+  auto rows = [&](const std::vector<float>& v, int64_t R) { return strided(v.data(), R); };
   ForwardArgs<float> f;
   f.size = {Bt, M, D, N, L};
   f.u = rows(u, D);
@@ -105,6 +121,7 @@ int main(int argc, char** argv) {
   }
   std::vector<float> out(seq), checkpoints(Bt * D * num_chunks(L) * checkpoint_width(f.coupling, M, N));
   f.out = out.data();
+  if (model_layout) f.out_rows = strided(out.data(), D);
   f.checkpoints = checkpoints.data();
 
   std::vector<float> du(seq), ddelta(seq), dA(M * D * N), dB(bc), dC(bc), dD(M * D), dz(seq), dbias(M * D), dW(M * M);
@@ -121,6 +138,13 @@ int main(int argc, char** argv) {
   b.dz = dz.data();
   b.ddelta_bias = dbias.data();
   if (f.coupling == CouplingKind::kGeneral) b.dW = dW.data();
+  if (model_layout) {
+    b.du_rows = strided(du.data(), D);
+    b.ddelta_rows = strided(ddelta.data(), D);
+    b.dz_rows = strided(dz.data(), D);
+    b.dB_rows = strided(dB.data(), N);
+    b.dC_rows = strided(dC.data(), N);
+  }
 
   double fwd_ms = 1e300, bwd_ms = 1e300, fwd_cpu_ms = 1e300, bwd_cpu_ms = 1e300;
   for (int r = 0; r <= repeats; ++r) {
@@ -152,8 +176,8 @@ int main(int argc, char** argv) {
   for (float x : out) checksum += x;
   for (float x : ddelta) checksum += x;
   for (float x : dA) checksum += x;
-  std::printf("{\"coupling\": \"%s\", \"size\": [%ld, %ld, %ld, %ld, %ld], \"threads\": %d, \"isa\": \"%s\", "
+  std::printf("{\"coupling\": \"%s\", \"size\": [%ld, %ld, %ld, %ld, %ld], \"threads\": %d, \"layout\": \"%s\", \"isa\": \"%s\", "
               "\"fwd_ms\": %.3f, \"bwd_ms\": %.3f, \"fwd_cpu_ms\": %.3f, \"bwd_cpu_ms\": %.3f, \"checksum\": %.9g}\n",
-              coupling.c_str(), Bt, M, D, N, L, threads, cpu_isa(), fwd_ms, bwd_ms, fwd_cpu_ms, bwd_cpu_ms, checksum);
+              coupling.c_str(), Bt, M, D, N, L, threads, layout.c_str(), cpu_isa(), fwd_ms, bwd_ms, fwd_cpu_ms, bwd_cpu_ms, checksum);
   return 0;
 }
