@@ -90,6 +90,10 @@ CS_HD F fast_exp_clamped(F xc) {
 // one ulp, in float32 over every input in range) times 2^(k-1), built in the exponent field as in
 // fast_exp_clamped. At the low end k = -126 gives a scale of exactly 0, as there.
 constexpr float kFastExp2Low = -126.0f, kFastExp2High = 128.0f;
+// The polynomial's coefficients, of f^0 to f^6 (the AVX-512 decay in cpu/simd_block.h uses their halves).
+constexpr float kExp2C0 = 2.0000000011083325f, kExp2C1 = 1.3862944114745053f, kExp2C2 = 0.48045293781279147f,
+                kExp2C3 = 0.11100657553995327f, kExp2C4 = 0.019236977913045582f, kExp2C5 = 0.002679986241894828f,
+                kExp2C6 = 0.00030691624317480366f;
 
 template <typename F, typename U>
 CS_HD F fast_exp2_clamped(F xc) {
@@ -97,10 +101,10 @@ CS_HD F fast_exp2_clamped(F xc) {
   const F t = xc + kRound;
   const F f = xc - (t - kRound);
   const F f2 = f * f;
-  const F p01 = f * 1.3862944114745053f + 2.0000000011083325f;
-  const F p23 = f * 0.11100657553995327f + 0.48045293781279147f;
-  const F p45 = f * 0.002679986241894828f + 0.019236977913045582f;
-  const F p = ((f2 * 0.00030691624317480366f + p45) * f2 + p23) * f2 + p01;
+  const F p01 = f * kExp2C1 + kExp2C0;
+  const F p23 = f * kExp2C3 + kExp2C2;
+  const F p45 = f * kExp2C5 + kExp2C4;
+  const F p = ((f2 * kExp2C6 + p45) * f2 + p23) * f2 + p01;
   const F scale = bit_cast<F>(U((bit_cast<U>(t) + 126u) << 23));
   return p * scale;
 }

@@ -110,11 +110,40 @@ struct DecayBase<double> {
 
 // NonPositive: the caller knows that x <= 0 or NaN in every lane (dt >= 0 from the softplus, A <= 0:
 // the model's case), so the upper clamp, one operation of about twenty per state, is left out.
+#if CS_VEC_BYTES == 64 && defined(__AVX512F__) && defined(__AVX512DQ__)
+// AVX-512 has the range reduction and the scaling as instructions: vreduceps gives f = x - round(x)
+// and vrndscaleps k = round(x) (one operation each instead of three), and vscalefps multiplies by
+// 2^k (one instead of three). The same polynomial with halved coefficients gives 2^f, exactly half
+// of fast_exp2_clamped's 2 * 2^f (halving is exact for normal numbers), and 2^f * 2^k equals its
+// 2 * 2^f * 2^(k-1), so the bits are fast_exp2_clamped's in every lane (tests/cpp/test_decay_isa.cpp):
+// k <= -126 (x below -125.5) gives exactly 0 as the clamp and the zero scale do there, by a zero
+// mask (no denormals); above 127.5 the product overflows to +inf as there, and NaN passes through
+// (the mask's comparison is true for it). No clamp is needed at either end.
+template <bool NonPositive>
+CS_HD Simd<float>::V block_decay(Simd<float>::V x) {
+  constexpr int kRoundToInt = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;  // 0 fraction bits, ties to even
+  const __m512 xv = x;
+  // The masked forms with every lane selected, as in max_block (GCC 12 warns about the others).
+  const __m512 f = _mm512_mask_reduce_ps(xv, 0xFFFF, xv, kRoundToInt);
+  const __m512 k = _mm512_mask_roundscale_ps(xv, 0xFFFF, xv, kRoundToInt);
+  const __m512 f2 = _mm512_mul_ps(f, f);
+  auto half_fma = [](__m512 a, float b, __m512 c) { return _mm512_fmadd_ps(a, _mm512_set1_ps(0.5f * b), c); };
+  auto half = [](float c) { return _mm512_set1_ps(0.5f * c); };
+  const __m512 p01 = half_fma(f, kExp2C1, half(kExp2C0));
+  const __m512 p23 = half_fma(f, kExp2C3, half(kExp2C2));
+  const __m512 p45 = half_fma(f, kExp2C5, half(kExp2C4));
+  const __m512 p6 = half_fma(f2, kExp2C6, p45);
+  const __m512 p = _mm512_fmadd_ps(_mm512_fmadd_ps(p6, f2, p23), f2, p01);
+  const __mmask16 live = _mm512_cmp_ps_mask(k, _mm512_set1_ps(kFastExp2Low), _CMP_NLE_UQ);  // k > -126 or NaN
+  return _mm512_maskz_scalef_ps(live, p, k);
+}
+#else
 template <bool NonPositive>
 CS_HD Simd<float>::V block_decay(Simd<float>::V x) {
   const Simd<float>::V xc = NonPositive ? max_block(kFastExp2Low, x) : clamp_block(x, kFastExp2Low, kFastExp2High);
   return fast_exp2_clamped<Simd<float>::V, BitsV>(xc);
 }
+#endif
 template <bool NonPositive>
 CS_HD Simd<double>::V block_decay(Simd<double>::V x) {
   return block_exp(x);
