@@ -156,7 +156,7 @@ CS_HD void input_grad_columns(const BackwardArgs<T>& a, const BackwardPartials<T
 // lambda = dy C + carry, mu = a lambda (into mu, or added to it when accumulate), g = gscale * prev
 // state, and this step's terms of dC, dB (summed over the channels), dA, sum_n lambda B, sum_n mu g A
 // (A as the kernels keep it, scaled by DecayBase<T>::scale; the sum is scaled back).
-// The channel sums of dC and dB are taken `width` states at a time (lane_sums).
+// The channel sums of dC and dB are taken `width` states at a time (lane_sums_depth_first).
 // Rank-one groups pass, for their last modality, carry_out: the next carry gscale * (mu sum)
 // goes there instead of into mu (carry_out may be carry: each state reads its carry first).
 // h, when given, is this step's state a g + dt u B (a group of one keeps it from the recompute).
@@ -169,7 +169,7 @@ CS_HD void reverse_channel_step(const T* A, int64_t a_stride, T* dA, const T* g,
   constexpr int64_t w = Simd<T>::width;
   V sum_lambda_B = V{}, sum_mu_g_A = V{};
   // State n's terms; returns its dC and dB terms before the sum over the channels.
-  auto state_terms = [&](int64_t n, V& dC_term, V& dB_term) {
+  auto state_terms = [&](int64_t n, V& dC_term, V& dB_term) __attribute__((always_inline)) {
     const V decay_v = load_block<V>(decay + n * w);
     const V lambda_v = dyv * C[n] + load_block<V>(carry + n * w);
     const V mu_v = decay_v * lambda_v;
@@ -188,10 +188,13 @@ CS_HD void reverse_channel_step(const T* A, int64_t a_stride, T* dA, const T* g,
   };
   int64_t n0 = 0;
   for (; n0 + w <= N; n0 += w) {
-    V dC_terms[w], dB_terms[w];
-    for (int64_t j = 0; j < w; ++j) state_terms(n0 + j, dC_terms[j], dB_terms[j]);
-    store_block(dC + n0, load_block<V>(dC + n0) + lane_sums<T>(dC_terms));
-    store_block(dB + n0, load_block<V>(dB + n0) + lane_sums<T>(dB_terms));
+    const VecPair<V> sums = lane_sums_depth_first<T>([&](int j) __attribute__((always_inline)) {
+      VecPair<V> terms;
+      state_terms(n0 + j, terms.x, terms.y);
+      return terms;
+    });
+    store_block(dC + n0, load_block<V>(dC + n0) + sums.x);
+    store_block(dB + n0, load_block<V>(dB + n0) + sums.y);
   }
   for (int64_t n = n0; n < N; ++n) {
     V dC_term, dB_term;

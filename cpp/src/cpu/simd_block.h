@@ -124,6 +124,8 @@ CS_HD Simd<float>::V block_decay(Simd<float>::V x) {
   constexpr int kRoundToInt = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;  // 0 fraction bits, ties to even
   const __m512 xv = x;
   // The masked forms with every lane selected, as in max_block (GCC 12 warns about the others).
+  // (Unlike an add of 1.5 * 2^23, these builtins are not contracted with the caller's dt * A into
+  // an FMA, which would change the bits.)
   const __m512 f = _mm512_mask_reduce_ps(xv, 0xFFFF, xv, kRoundToInt);
   const __m512 k = _mm512_mask_roundscale_ps(xv, 0xFFFF, xv, kRoundToInt);
   const __m512 f2 = _mm512_mul_ps(f, f);
@@ -170,10 +172,10 @@ CS_HD T block_sum(typename Simd<T>::V v) {
   return block_sum<T, CS_VEC_BYTES>(v);
 }
 
-// Lane sums of `width` vectors at once: lane j of lane_sums(x) is block_sum(x[j]), added in the
-// same order (each level adds the low and high half of every segment), so the bits agree. Each
-// level pairs vector i with vector i + Seg / 2 and interleaves their halved segments; after the
-// last level the sums are in natural order. About 3 operations per vector instead of 2 log2(width).
+// Lane sums of `width` vectors at once: lane j of the result is block_sum(x_j), added in the same
+// order (each level adds the low and high half of every segment), so the bits agree. Each level
+// pairs vector i with vector i + Seg / 2 and interleaves their halved segments; after the last
+// level the sums are in natural order. About 3 operations per vector instead of 2 log2(width).
 template <int W>
 constexpr int lane_sums_index(int lane, int seg, bool high) {
   const int half = seg / 2, out_seg = lane / half;
@@ -184,20 +186,33 @@ CS_HD V lane_sums_pair(V a, V b, std::index_sequence<Lane...>) {
   return __builtin_shufflevector(a, b, lane_sums_index<W>(Lane, Seg, false)...) +
          __builtin_shufflevector(a, b, lane_sums_index<W>(Lane, Seg, true)...);
 }
-template <typename V, int W, int Seg>
-CS_HD V lane_sums_level(V* x) {
-  if constexpr (Seg == 1) {
-    return x[0];
+// Two sets of lane sums at once, vector x_j of both coming from leaf(j) as a VecPair, evaluated
+// depth first: a pair is combined as soon as both of its halves exist, so about log2(width)
+// partial vectors of each set are live instead of width (with all 2 x 16 terms of the reverse step
+// computed first, they spilled: 48 stack stores and loads per 16 states). leaf(j) runs in the
+// bit-reversed order of j (0, 8, 4, 12, ... for 16).
+template <typename V>
+struct VecPair {
+  V x, y;
+};
+template <typename V, int W, int Seg, int I, typename Leaf>
+CS_HD VecPair<V> lane_sums_node(Leaf& leaf) {
+  VecPair<V> a, b;
+  if constexpr (Seg == W) {
+    a = leaf(I);
+    b = leaf(I + Seg / 2);
   } else {
-    for (int i = 0; i < Seg / 2; ++i)
-      x[i] = lane_sums_pair<V, W, Seg>(x[i], x[i + Seg / 2], std::make_index_sequence<W>());
-    return lane_sums_level<V, W, Seg / 2>(x);
+    a = lane_sums_node<V, W, Seg * 2, I>(leaf);
+    b = lane_sums_node<V, W, Seg * 2, I + Seg / 2>(leaf);
   }
+  return {lane_sums_pair<V, W, Seg>(a.x, b.x, std::make_index_sequence<W>()),
+          lane_sums_pair<V, W, Seg>(a.y, b.y, std::make_index_sequence<W>())};
 }
-template <typename T>
-CS_HD typename Simd<T>::V lane_sums(typename Simd<T>::V* x) {  // x: width vectors, overwritten
+template <typename T, typename Leaf>
+CS_HD VecPair<typename Simd<T>::V> lane_sums_depth_first(Leaf&& leaf) {
   constexpr int W = static_cast<int>(Simd<T>::width);
-  return lane_sums_level<typename Simd<T>::V, W, W>(x);
+  static_assert(W >= 2, "lane sums of one lane");
+  return lane_sums_node<typename Simd<T>::V, W, 2, 0>(leaf);
 }
 
 // Calls f(std::integral_constant<int, K>()) with K = size for the sizes the kernels fix at compile
