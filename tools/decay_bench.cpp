@@ -1,6 +1,6 @@
 // Times the AVX-512 kernels' decay (block_decay in cpp/src/cpu/simd_block.h: vreduceps,
-// vrndscaleps, a zero-masked vscalefps) against the portable formula it replaced (the clamp and
-// fast_exp2_clamped), each as exp(dt A) over one step's 3 x 64 state vectors of one channel
+// vrndscaleps, a zero-masked vscalefps) against the portable formula it replaced
+// (portable_block_decay: the clamp, then fast_exp2_clamped), each as exp(dt A) over one step's 3 x 64 state vectors of one channel
 // vector (12 kB, in L1), the forward's inner loop without the rest of the scan. The two run in
 // turns, 9 rounds; prints ns per 16 decays (best and median over the rounds) and their ratio,
 // and writes JSON. Needs an AVX-512 CPU.
@@ -29,7 +29,7 @@ constexpr int kSteps = 20000;
 __attribute__((noinline)) void portable_step(const float* A, float dt, float* out) {
   for (int i = 0; i < kVectors; ++i) {
     const V x = load_block<V>(A + i * 16) * dt;
-    store_block(out + i * 16, fast_exp2_clamped<V, BitsV>(max_block(kFastExp2Low, x)));
+    store_block(out + i * 16, portable_block_decay<true>(x));
   }
 }
 __attribute__((noinline)) void avx512_step(const float* A, float dt, float* out) {

@@ -1,8 +1,9 @@
 // The AVX-512 kernels' decay (block_decay in cpu/simd_block.h: vreduceps, vrndscaleps, vscalefps)
-// against the portable formula it replaces (clamps + fast_exp2_clamped), compiled here with the
-// AVX-512 kernels' flags: the bits must agree in every lane, over float bit patterns spread across
-// every exponent (one in 29) and the edge values (the zero cut near -126, the overflow near 128,
-// infinities, NaN, signed zeros, denormals). Skipped (77) on a CPU without AVX-512.
+// against the portable formula it replaces (portable_block_decay: the clamps, then
+// fast_exp2_clamped), compiled with the AVX-512 kernels' flags: the bits must agree in every lane,
+// over float bit patterns spread across every exponent (one in 29) and the edge values (the zero
+// cut near -126, the overflow near 128, infinities, NaN, signed zeros, denormals). Skipped (77) on
+// a CPU without AVX-512.
 #define CS_ISA avx512
 #define CS_VEC_BYTES 64
 #include <cmath>
@@ -16,12 +17,6 @@ using namespace coupled_scan;
 using namespace coupled_scan::cpu::avx512;
 typedef Simd<float>::V V;
 
-template <bool NonPositive>
-static V portable_decay(V x) {
-  const V xc = NonPositive ? max_block(kFastExp2Low, x) : clamp_block(x, kFastExp2Low, kFastExp2High);
-  return fast_exp2_clamped<V, BitsV>(xc);
-}
-
 static long g_checked = 0, g_mismatches = 0;
 
 static bool same(float a, float b) {
@@ -32,8 +27,8 @@ static bool same(float a, float b) {
 }
 
 static void check_lanes(V x) {
-  const V full = block_decay<false>(x), expect_full = portable_decay<false>(x);
-  const V nonpos = block_decay<true>(x), expect_nonpos = portable_decay<true>(x);
+  const V full = block_decay<false>(x), expect_full = portable_block_decay<false>(x);
+  const V nonpos = block_decay<true>(x), expect_nonpos = portable_block_decay<true>(x);
   for (int j = 0; j < 16; ++j) {
     ++g_checked;
     // The NonPositive form is only used (and only defined to agree) where x <= 0 or NaN.

@@ -110,12 +110,18 @@ struct DecayBase<double> {
 
 // NonPositive: the caller knows that x <= 0 or NaN in every lane (dt >= 0 from the softplus, A <= 0:
 // the model's case), so the upper clamp, one operation of about twenty per state, is left out.
+// The portable decay: the clamp, then fast_exp2_clamped. block_decay of every build but AVX-512.
+template <bool NonPositive>
+CS_HD Simd<float>::V portable_block_decay(Simd<float>::V x) {
+  const Simd<float>::V xc = NonPositive ? max_block(kFastExp2Low, x) : clamp_block(x, kFastExp2Low, kFastExp2High);
+  return fast_exp2_clamped<Simd<float>::V, BitsV>(xc);
+}
 #if CS_VEC_BYTES == 64 && defined(__AVX512F__) && defined(__AVX512DQ__)
 // AVX-512 has the range reduction and the scaling as instructions: vreduceps gives f = x - round(x)
 // and vrndscaleps k = round(x) (one operation each instead of three), and vscalefps multiplies by
 // 2^k (one instead of three). The same polynomial with halved coefficients gives 2^f, exactly half
 // of fast_exp2_clamped's 2 * 2^f (halving is exact for normal numbers), and 2^f * 2^k equals its
-// 2 * 2^f * 2^(k-1), so the bits are fast_exp2_clamped's in every lane (tests/cpp/test_decay_isa.cpp):
+// 2 * 2^f * 2^(k-1), so the bits are portable_block_decay's in every lane (tests/cpp/test_decay_isa.cpp):
 // k <= -126 (x below -125.5) gives exactly 0 as the clamp and the zero scale do there, by a zero
 // mask (no denormals); above 127.5 the product overflows to +inf as there, and NaN passes through
 // (the mask's comparison is true for it). No clamp is needed at either end.
@@ -142,8 +148,7 @@ CS_HD Simd<float>::V block_decay(Simd<float>::V x) {
 #else
 template <bool NonPositive>
 CS_HD Simd<float>::V block_decay(Simd<float>::V x) {
-  const Simd<float>::V xc = NonPositive ? max_block(kFastExp2Low, x) : clamp_block(x, kFastExp2Low, kFastExp2High);
-  return fast_exp2_clamped<Simd<float>::V, BitsV>(xc);
+  return portable_block_decay<NonPositive>(x);
 }
 #endif
 template <bool NonPositive>
