@@ -396,10 +396,6 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
   T* columns = dW_lanes + M * M * w;             // one channel's [k] columns
   for (int64_t i = 0; i < M * M * w; ++i) dW_lanes[i] = T(0);
 
-  T W_transposed[kMaxModalities * kMaxModalities];
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t i = 0; i < M; ++i) W_transposed[i * M + m] = f.W[m * M + i];
-
   const bool nonpositive = load_block_A(f, task, block_pitch, A_block);
   for (int64_t i = 0; i < M * N * block_pitch; ++i) dA_block[i] = T(0);
   const int64_t chunks = num_chunks(steps);
@@ -419,17 +415,13 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
                       j, N, prev_states + m * N * w);
       }
       for (int64_t k = 0; k < kc; ++k) {
-        couple_states(f.W, M, N, prev_states + k * vector_states, coupled);
-        V dtv[kMaxModalities];
+        V dtv[kMaxModalities], dtuv[kMaxModalities], y[kMaxModalities];
         load_step_vectors(rows.dt, M, k, block_pitch, v, dtv);
+        load_step_vectors(rows.dtu, M, k, block_pitch, v, dtuv);
         step_decays(A_block + v * w, block_pitch, N * block_pitch, dtv, M, N, nonpositive, decays + k * vector_states);
-        for (int64_t m = 0; m < M; ++m) {
-          const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;
-          const V y = general_update(decays + (k * M + m) * N * w, coupled + m * N * w, B_chunk + bc, C_chunk + bc,
-                                     load_block<V>(rows.dtu + row), N,
-                                     prev_states + (k + 1) * vector_states + m * N * w);
-          store_block(rows.y + row, y);
-        }
+        general_step(f.W, M, decays + k * vector_states, prev_states + k * vector_states, B_chunk + k * Np,
+                     C_chunk + k * Np, kChunk * Np, dtuv, N, prev_states + (k + 1) * vector_states, y);
+        store_step_vectors(y, M, k, block_pitch, v, rows.y);
       }
       gate_columns(a, task, block_pitch, v, t0, kc, rows.y, rows.dy, columns);
 
@@ -451,10 +443,10 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
                                C_chunk + bc, dB_chunk + sums, dC_chunk + sums, decays + (k * M + m) * N * w,
                                carry + m * N * w, mu + m * N * w, false, load_block<V>(rows.dt + row),
                                load_block<V>(rows.dtu + row), load_block<V>(rows.dy + row), N, rows.lambda_B + row,
-                               rows.mu_g_A + row);
+                               rows.mu_g_A + row, static_cast<T*>(nullptr), prev + vector_states + m * N * w);  // h_t
         }
-        accumulate_coupling_grad(mu, prev, M, N, dW_lanes);  // dW[m, i] += sum_n mu^m h^i_{t-1}
-        couple_states(W_transposed, M, N, mu, carry);  // carry^i = sum_m W[m, i] mu^m
+        // dW[m, i] += sum_n mu^m h^i_{t-1}; carry^i = sum_m W[m, i] mu^m
+        coupling_adjoint(f.W, mu, prev, M, N, dW_lanes, carry);
       }
       input_grad_columns(a, p, task, block_pitch, v, t0, kc, rows, columns);
       if (c == 0 && a.dinitial_state)

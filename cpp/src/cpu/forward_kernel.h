@@ -8,7 +8,7 @@
 // chunks (B, C of the chunk transposed once for the block; dt for all its channels), time steps,
 // channel vectors; then, per step and channel vector, one pass computing exp(dt A) for every
 // (modality, n) and one pass updating the states (simd_block.h: step_decays, rank_one_update_of,
-// general_update). States live in task scratch; only checkpoints leave it.
+// general_step). States live in task scratch; only checkpoints leave it.
 // `out` is written through a.out_rows, which run_forward always fills in.
 #pragma once
 
@@ -33,7 +33,7 @@ int64_t forward_scratch(const Sizes& s, CouplingKind kind) {
   return 2 * G * kChunk * Np             // B and C of the chunk as [g][k][n] (contiguous per step)
          + G * N * block_pitch           // A transposed to [g][n][d]
          + states                        // the state of every channel of the block
-         + 3 * G * N * w                 // one channel vector's decays and next state (general: and coupled state)
+         + 2 * G * N * w                 // one channel vector's decays (rank one: and its final h)
          + 3 * G * kChunk * block_pitch  // dt, dt * u and y as [g][k][d]
          + 3 * w * kChunk;               // the [j][k] columns of one channel vector
 }
@@ -163,9 +163,7 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
   T* C_chunk = B_chunk + M * kChunk * Np;        // [m][k][n]
   T* A_block = C_chunk + M * kChunk * Np;        // [m][n][d]
   T* states = A_block + M * N * block_pitch;     // [v][m][n][lane]: h of every channel vector
-  T* next_state = states + M * N * block_pitch;  // [m][n][lane]
-  T* coupled = next_state + M * N * w;           // [m][n][lane]: g = W h
-  T* decays = coupled + M * N * w;               // [m][n][lane]: exp(dt A) of one step
+  T* decays = states + M * N * block_pitch;      // [m][n][lane]: exp(dt A) of one step
   T* dt_rows = decays + M * N * w;               // [m][k][d]
   T* dtu_rows = dt_rows + M * kChunk * block_pitch;  // [m][k][d]: dt * u
   T* y_rows = dtu_rows + M * kChunk * block_pitch;   // [m][k][d]
@@ -202,17 +200,13 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
     for (int64_t k = 0; k < kc; ++k) {
       for (int64_t v = 0; v < vectors; ++v) {
         T* states_v = states + v * M * N * w;
-        couple_states(a.W, M, N, states_v, coupled);
-        V dtv[kMaxModalities];
+        V dtv[kMaxModalities], dtuv[kMaxModalities], y[kMaxModalities];
         load_step_vectors(dt_rows, M, k, block_pitch, v, dtv);
+        load_step_vectors(dtu_rows, M, k, block_pitch, v, dtuv);
         step_decays(A_block + v * w, block_pitch, N * block_pitch, dtv, M, N, nonpositive, decays);
-        for (int64_t m = 0; m < M; ++m) {
-          const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;
-          const V y = general_update(decays + m * N * w, coupled + m * N * w, B_chunk + bc, C_chunk + bc,
-                                     load_block<V>(dtu_rows + row), N, next_state + m * N * w);
-          store_block(y_rows + row, y);
-        }
-        for (int64_t i = 0; i < M * N * w; ++i) states_v[i] = next_state[i];
+        general_step(a.W, M, decays, states_v, B_chunk + k * Np, C_chunk + k * Np, kChunk * Np, dtuv, N, states_v,
+                     y);  // the states updated in place
+        store_step_vectors(y, M, k, block_pitch, v, y_rows);
       }
     }
     if (a.out_rows.data) store_block_outputs(a, task, block_pitch, t0, kc, y_rows, column);

@@ -246,9 +246,9 @@ CS_HD void store_step_vectors(const typename Simd<T>::V* in, int64_t G, int64_t 
   for (int64_t g = 0; g < G; ++g) store_block(rows + (g * kChunk + k) * block_pitch + v * Simd<T>::width, in[g]);
 }
 
-// out^m = sum_i weights[m * M + i] h^i for the [m][n][lane] states of one channel vector (weights:
-// W, or W transposed). Each state vector is loaded once; the sum runs over i in order. Modalities
-// > 0 fixes M at compile time, so the M states of one n and the M^2 weights stay in registers.
+// g^m = sum_i W[m, i] h^i for the [m][n][lane] states of one channel vector. Each state vector is
+// loaded once; the sum runs over i in order. Modalities > 0 fixes M at compile time, so the M
+// states of one n and the M^2 weights stay in registers.
 template <int Modalities, typename T>
 CS_HD void couple_states_of(const T* weights, int64_t modalities, int64_t N, const T* h, T* out) {
   typedef typename Simd<T>::V V;
@@ -273,30 +273,39 @@ CS_HD void couple_states(const T* weights, int64_t M, int64_t N, const T* h, T* 
   with_static_size(M, [&](auto K) { couple_states_of<decltype(K)::value>(weights, M, N, h, out); });
 }
 
-// dW_lanes[m][i] += sum_n mu^m h^i lane-wise, for the [m][n][lane] values of one channel vector;
-// one pass over n with the M^2 sums in registers (Modalities > 0: M at compile time).
+// The adjoint of one step's coupling, for the [m][n][lane] values of one channel vector, in one
+// pass over n with the M^2 sums in registers: dW_lanes[m][i] += sum_n mu^m h^i (lane-wise; h: the
+// states before the step) and carry^i = sum_m W[m, i] mu^m (the sum over m in order). Modalities
+// > 0: M at compile time.
 template <int Modalities, typename T>
-CS_HD void accumulate_coupling_grad_of(const T* mu, const T* h, int64_t modalities, int64_t N, T* dW_lanes) {
+CS_HD void coupling_adjoint_of(const T* weights, const T* mu, const T* h, int64_t modalities, int64_t N,
+                               T* dW_lanes, T* carry) {
   typedef typename Simd<T>::V V;
   const int64_t w = Simd<T>::width;
   const int64_t M = Modalities > 0 ? Modalities : modalities;
   constexpr int64_t kM = Modalities > 0 ? Modalities : kMaxModalities;
+  T wt[kM * kM];
+  for (int64_t i = 0; i < M * M; ++i) wt[i] = weights[i];
   V acc[kM * kM];
   for (int64_t i = 0; i < M * M; ++i) acc[i] = load_block<V>(dW_lanes + i * w);
   for (int64_t n = 0; n < N; ++n) {
-    V h_n[kM];
+    V h_n[kM], mu_n[kM];
     for (int64_t i = 0; i < M; ++i) h_n[i] = load_block<V>(h + (i * N + n) * w);
-    for (int64_t m = 0; m < M; ++m) {
-      const V mu_n = load_block<V>(mu + (m * N + n) * w);
-      for (int64_t i = 0; i < M; ++i) acc[m * M + i] += mu_n * h_n[i];
+    for (int64_t m = 0; m < M; ++m) mu_n[m] = load_block<V>(mu + (m * N + n) * w);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t i = 0; i < M; ++i) acc[m * M + i] += mu_n[m] * h_n[i];
+    for (int64_t i = 0; i < M; ++i) {
+      V c = V{};
+      for (int64_t m = 0; m < M; ++m) c += wt[m * M + i] * mu_n[m];
+      store_block(carry + (i * N + n) * w, c);
     }
   }
   for (int64_t i = 0; i < M * M; ++i) store_block(dW_lanes + i * w, acc[i]);
 }
 
 template <typename T>
-CS_HD void accumulate_coupling_grad(const T* mu, const T* h, int64_t M, int64_t N, T* dW_lanes) {
-  with_static_size(M, [&](auto K) { accumulate_coupling_grad_of<decltype(K)::value>(mu, h, M, N, dW_lanes); });
+CS_HD void coupling_adjoint(const T* weights, const T* mu, const T* h, int64_t M, int64_t N, T* dW_lanes, T* carry) {
+  with_static_size(M, [&](auto K) { coupling_adjoint_of<decltype(K)::value>(weights, mu, h, M, N, dW_lanes, carry); });
 }
 
 // Transpose of a width x width tile held as `width` vectors (row i in x[i]; afterwards x[i] is
@@ -415,21 +424,47 @@ CS_HD bool load_block_A(const ForwardArgs<T>& a, const Task& task, int64_t block
   return positive == 0 && a.delta_softplus;
 }
 
-// One step of one modality of the general coupling for one vector of channels, given the step's
-// decays a = exp(dt A) over n: h = a g + dt u B (g: the coupled state; B and C of the step are
-// scalars shared by the channels), written to next. Returns y = sum_n C h for every channel.
-template <typename T>
-CS_HD typename Simd<T>::V general_update(const T* decays, const T* g, const T* B, const T* C,
-                                         typename Simd<T>::V dtuv, int64_t N, T* next) {
+// One step of the general coupling for one vector of channels, given the step's decays
+// a^m = exp(dt^m A^m) as [m][n][lane]: for every state n, g^m = sum_i W[m, i] h^i_{t-1} (the sum
+// over i in order), h^m_t = a^m g^m + dt^m u^m B^m (B and C of the step are scalars shared by the
+// channels) and y^m += C^m h^m_t. States are [m][n][lane]; h_next may be h_prev (state n's M
+// values are read before any is written). One pass over n with g in registers: built as separate
+// passes (g into a buffer, the update, a copy into the state), the forward stored and reloaded
+// each state vector three more times than it needs, and those passes took more time than the
+// exponentials. B^m, C^m rows are bc_stride apart. Modalities > 0: M at compile time.
+template <int Modalities, typename T>
+CS_HD void general_step_of(const T* weights, int64_t modalities, const T* decays, const T* h_prev, const T* B,
+                           const T* C, int64_t bc_stride, const typename Simd<T>::V* dtuv, int64_t N, T* h_next,
+                           typename Simd<T>::V* y_out) {
   typedef typename Simd<T>::V V;
   const int64_t w = Simd<T>::width;
-  V y = V{};
+  const int64_t M = Modalities > 0 ? Modalities : modalities;
+  constexpr int64_t kM = Modalities > 0 ? Modalities : kMaxModalities;
+  T wt[kM * kM];
+  for (int64_t i = 0; i < M * M; ++i) wt[i] = weights[i];
+  V y[kM];
+  for (int64_t m = 0; m < M; ++m) y[m] = V{};
   for (int64_t n = 0; n < N; ++n) {
-    const V h = load_block<V>(decays + n * w) * load_block<V>(g + n * w) + dtuv * B[n];
-    y += C[n] * h;
-    store_block(next + n * w, h);
+    V h[kM];
+    for (int64_t i = 0; i < M; ++i) h[i] = load_block<V>(h_prev + (i * N + n) * w);
+    for (int64_t m = 0; m < M; ++m) {
+      V g = V{};
+      for (int64_t i = 0; i < M; ++i) g += wt[m * M + i] * h[i];
+      const V next = load_block<V>(decays + (m * N + n) * w) * g + dtuv[m] * B[m * bc_stride + n];
+      y[m] += C[m * bc_stride + n] * next;
+      store_block(h_next + (m * N + n) * w, next);
+    }
   }
-  return y;
+  for (int64_t m = 0; m < M; ++m) y_out[m] = y[m];
+}
+
+template <typename T>
+CS_HD void general_step(const T* weights, int64_t M, const T* decays, const T* h_prev, const T* B, const T* C,
+                        int64_t bc_stride, const typename Simd<T>::V* dtuv, int64_t N, T* h_next,
+                        typename Simd<T>::V* y) {
+  with_static_size(M, [&](auto K) {
+    general_step_of<decltype(K)::value>(weights, M, decays, h_prev, B, C, bc_stride, dtuv, N, h_next, y);
+  });
 }
 
 // exp(dt^g A^g) of one step for the modalities of a group and one channel vector, as [g][n][lane]
