@@ -246,9 +246,19 @@ CS_HD void store_step_vectors(const typename Simd<T>::V* in, int64_t G, int64_t 
   for (int64_t g = 0; g < G; ++g) store_block(rows + (g * kChunk + k) * block_pitch + v * Simd<T>::width, in[g]);
 }
 
+// g^m = sum_i W[m, i] h^i of one state n, the sum over i in order: the one formula of the coupled
+// state, so that the backward's reverse step (couple_states) sees the bits its recompute
+// (general_step) used. wt: W row-major; h: the M modalities' vectors of state n.
+template <typename T>
+CS_HD typename Simd<T>::V coupled_state(const T* wt, const typename Simd<T>::V* h, int64_t m, int64_t M) {
+  typename Simd<T>::V g = typename Simd<T>::V{};
+  for (int64_t i = 0; i < M; ++i) g += wt[m * M + i] * h[i];
+  return g;
+}
+
 // g^m = sum_i W[m, i] h^i for the [m][n][lane] states of one channel vector. Each state vector is
-// loaded once; the sum runs over i in order. Modalities > 0 fixes M at compile time, so the M
-// states of one n and the M^2 weights stay in registers.
+// loaded once. Modalities > 0 fixes M at compile time, so the M states of one n and the M^2
+// weights stay in registers.
 template <int Modalities, typename T>
 CS_HD void couple_states_of(const T* weights, int64_t modalities, int64_t N, const T* h, T* out) {
   typedef typename Simd<T>::V V;
@@ -260,11 +270,7 @@ CS_HD void couple_states_of(const T* weights, int64_t modalities, int64_t N, con
   for (int64_t n = 0; n < N; ++n) {
     V h_n[kM];
     for (int64_t i = 0; i < M; ++i) h_n[i] = load_block<V>(h + (i * N + n) * w);
-    for (int64_t m = 0; m < M; ++m) {
-      V acc = V{};
-      for (int64_t i = 0; i < M; ++i) acc += wt[m * M + i] * h_n[i];
-      store_block(out + (m * N + n) * w, acc);
-    }
+    for (int64_t m = 0; m < M; ++m) store_block(out + (m * N + n) * w, coupled_state<T>(wt, h_n, m, M));
   }
 }
 
@@ -425,8 +431,8 @@ CS_HD bool load_block_A(const ForwardArgs<T>& a, const Task& task, int64_t block
 }
 
 // One step of the general coupling for one vector of channels, given the step's decays
-// a^m = exp(dt^m A^m) as [m][n][lane]: for every state n, g^m = sum_i W[m, i] h^i_{t-1} (the sum
-// over i in order), h^m_t = a^m g^m + dt^m u^m B^m (B and C of the step are scalars shared by the
+// a^m = exp(dt^m A^m) as [m][n][lane]: for every state n, g^m = sum_i W[m, i] h^i_{t-1}
+// (coupled_state), h^m_t = a^m g^m + dt^m u^m B^m (B and C of the step are scalars shared by the
 // channels) and y^m += C^m h^m_t. States are [m][n][lane]; h_next may be h_prev (state n's M
 // values are read before any is written). One pass over n with g in registers: built as separate
 // passes (g into a buffer, the update, a copy into the state), the forward stored and reloaded
@@ -448,9 +454,8 @@ CS_HD void general_step_of(const T* weights, int64_t modalities, const T* decays
     V h[kM];
     for (int64_t i = 0; i < M; ++i) h[i] = load_block<V>(h_prev + (i * N + n) * w);
     for (int64_t m = 0; m < M; ++m) {
-      V g = V{};
-      for (int64_t i = 0; i < M; ++i) g += wt[m * M + i] * h[i];
-      const V next = load_block<V>(decays + (m * N + n) * w) * g + dtuv[m] * B[m * bc_stride + n];
+      const V next =
+          load_block<V>(decays + (m * N + n) * w) * coupled_state<T>(wt, h, m, M) + dtuv[m] * B[m * bc_stride + n];
       y[m] += C[m * bc_stride + n] * next;
       store_block(h_next + (m * N + n) * w, next);
     }
