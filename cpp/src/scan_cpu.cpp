@@ -203,32 +203,10 @@ Status run_backward(const BackwardArgs<T>& given) {
     const int64_t scratch = k.backward_scratch(s, f.coupling);
     const int64_t tasks = num_tasks(s, f.coupling), tasks_per_sample = tasks / s.batch;
 
-    // dB, dC of sample b, modality m: sums over the channel blocks of per-block partial sums [t][n]
-    // (rows of Np), in block order, then transposed once into the (n, t) output rows. Steps past
-    // a sample's length are not scanned: their partial rows are left unwritten and their
-    // gradients are zero.
+    // dB, dC of sample b, modality m: sums over the channel blocks of per-block partial sums
+    // (cpu/partial_sums.h).
     auto sum_blocks = [&](int64_t b, int64_t m, const T* pB, const T* pC, T* sums) {  // pB, pC: b's slots
-      const int64_t valid = sample_length(f.lengths, b, L);
-      T* sb = sums;
-      T* sc = sums + L * Np;
-      for (int64_t i = 0; i < valid * Np; ++i) sb[i] = sc[i] = T(0);
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const T* qb = pB + (blk * M + m) * L * Np;
-        const T* qc = pC + (blk * M + m) * L * Np;
-        for (int64_t i = 0; i < valid * Np; ++i) {
-          sb[i] += qb[i];
-          sc[i] += qc[i];
-        }
-      }
-      for (int64_t n = 0; n < N; ++n) {
-        T* ob = a.dB_rows.row(b, m, n);
-        T* oc = a.dC_rows.row(b, m, n);
-        for (int64_t t = 0; t < valid; ++t) {
-          ob[t] = sb[t * Np + n];
-          oc[t] = sc[t * Np + n];
-        }
-        for (int64_t t = valid; t < L; ++t) ob[t] = oc[t] = T(0);
-      }
+      k.sum_state_partials(args, b, m, blocks, pB, pC, sums);
     };
 
     // With one thread, or at least 4 samples per thread, a worker runs all the tasks of one sample

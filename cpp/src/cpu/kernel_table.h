@@ -17,6 +17,9 @@ struct TaskKernels {
   int64_t (*backward_scratch)(const Sizes&, CouplingKind);
   void (*forward)(const ForwardArgs<T>&, int64_t task, T* scratch);
   void (*backward)(const BackwardArgs<T>&, const BackwardPartials<T>&, int64_t task, T* scratch);
+  // dB, dC of (sample, modality) from the backward's per-block partial sums (partial_sums.h).
+  void (*sum_state_partials)(const BackwardArgs<T>&, int64_t b, int64_t m, int64_t blocks, const T* pB, const T* pC,
+                             T* sums);
   // The fused causal conv + SiLU, one channel per task (scratch: `length` elements).
   void (*conv_forward)(const CausalConvArgs<T>&, int64_t channel, T* scratch);
   void (*conv_backward)(const CausalConvBackwardArgs<T>&, int64_t channel, T* scratch);
