@@ -203,22 +203,18 @@ Status run_backward(const BackwardArgs<T>& given) {
     const int64_t scratch = k.backward_scratch(s, f.coupling);
     const int64_t tasks = num_tasks(s, f.coupling), tasks_per_sample = tasks / s.batch;
 
-    // dB, dC of sample b, modality m: sums over the channel blocks of per-block partial sums
-    // (cpu/partial_sums.h).
-    auto sum_blocks = [&](int64_t b, int64_t m, const T* pB, const T* pC, T* sums) {  // pB, pC: b's slots
-      k.sum_state_partials(args, b, m, blocks, pB, pC, sums);
-    };
-
     // With one thread, or at least 4 samples per thread, a worker runs all the tasks of one sample
     // in turn into partial sums of that sample alone (a few hundred kB, cache resident), and sums
     // them at once; otherwise every task of every sample runs in parallel into partial sums of the
     // whole batch (tens of MB at the model's sizes), summed afterwards. Both add the same numbers in
     // the same order: the results are the same bits either way. The choice depends on the threads
     // asked for and the batch only (not on the machine), so that tests can take either path.
+    // dB, dC of each (sample, modality) are then summed over the channel blocks by
+    // k.sum_state_partials (cpu/partial_sums.h), with L * Np elements of scratch.
     const int64_t parallel = std::min<int64_t>(f.num_threads, tasks);
     if (parallel <= 1 || s.batch >= 4 * parallel) {
       const int workers = task_workers(s.batch, f.num_threads);
-      const int64_t per_worker = 2 * sample_slots + 2 * L * Np;
+      const int64_t per_worker = 2 * sample_slots + L * Np;
       T* own_sums = thread_buffer<T>(BufferSlot::kPartialB, workers * per_worker);
       run_worker_tasks<T>(s.batch, workers, scratch, [&](int64_t b, int worker, T* buf) {
         BackwardPartials<T> own = p;
@@ -227,15 +223,15 @@ Status run_backward(const BackwardArgs<T>& given) {
         own.first_sample = b;
         for (int64_t task = b * tasks_per_sample; task < (b + 1) * tasks_per_sample; ++task)
           k.backward(args, own, task, buf);
-        for (int64_t m = 0; m < M; ++m) sum_blocks(b, m, own.dB, own.dC, own.dC + sample_slots);
+        for (int64_t m = 0; m < M; ++m) k.sum_state_partials(args, b, m, blocks, own.dB, own.dC, own.dC + sample_slots);
       });
     } else {
       p.dB = thread_buffer<T>(BufferSlot::kPartialB, s.batch * sample_slots);
       p.dC = thread_buffer<T>(BufferSlot::kPartialC, s.batch * sample_slots);
       run_tasks<T>(tasks, f.num_threads, scratch, [&](int64_t task, T* buf) { k.backward(args, p, task, buf); });
-      run_tasks<T>(s.batch * M, f.num_threads, 2 * L * Np, [&](int64_t bm, T* sums) {
+      run_tasks<T>(s.batch * M, f.num_threads, L * Np, [&](int64_t bm, T* sums) {
         const int64_t b = bm / M;
-        sum_blocks(b, bm % M, p.dB + b * sample_slots, p.dC + b * sample_slots, sums);
+        k.sum_state_partials(args, b, bm % M, blocks, p.dB + b * sample_slots, p.dC + b * sample_slots, sums);
       });
     }
 
