@@ -24,12 +24,14 @@ namespace {
 // the CUDA kernels read float32 / float16 / bfloat16 and compute in float32.
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
-// A (Bt, M, R, L) tensor with a contiguous time axis: data pointer and the three other strides.
+// A (Bt, M, R, L) tensor: data pointer and strides, in one of SeqTensor's two layouts (time axis
+// contiguous, or step-major: stride_row 1).
 struct Seq {
   std::uintptr_t data = 0;
   int64_t stride_batch = 0;
   int64_t stride_modality = 0;
   int64_t stride_row = 0;
+  int64_t stride_time = 1;
 };
 
 // Everything one forward or backward call needs. Pointers are addresses (0 = absent).
@@ -64,12 +66,12 @@ T* ptr(std::uintptr_t p) {
 
 template <typename T>
 SeqTensor<const T> seq(const Seq& s) {
-  return {ptr<const T>(s.data), s.stride_batch, s.stride_modality, s.stride_row};
+  return {ptr<const T>(s.data), s.stride_batch, s.stride_modality, s.stride_row, s.stride_time};
 }
 
 template <typename T>
 SeqTensor<T> out_seq(const Seq& s) {
-  return {ptr<T>(s.data), s.stride_batch, s.stride_modality, s.stride_row};
+  return {ptr<T>(s.data), s.stride_batch, s.stride_modality, s.stride_row, s.stride_time};
 }
 
 Sizes sizes(const ScanCall& c) { return {c.batch, c.modalities, c.channels, c.state, c.length}; }
@@ -271,12 +273,16 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Seq>(m, "Seq")
       .def(py::init<>())
-      .def(py::init([](std::uintptr_t data, int64_t sb, int64_t sm, int64_t sr) { return Seq{data, sb, sm, sr}; }),
-           py::arg("data"), py::arg("stride_batch"), py::arg("stride_modality"), py::arg("stride_row"))
+      .def(py::init([](std::uintptr_t data, int64_t sb, int64_t sm, int64_t sr, int64_t st) {
+             return Seq{data, sb, sm, sr, st};
+           }),
+           py::arg("data"), py::arg("stride_batch"), py::arg("stride_modality"), py::arg("stride_row"),
+           py::arg("stride_time") = 1)
       .def_readwrite("data", &Seq::data)
       .def_readwrite("stride_batch", &Seq::stride_batch)
       .def_readwrite("stride_modality", &Seq::stride_modality)
-      .def_readwrite("stride_row", &Seq::stride_row);
+      .def_readwrite("stride_row", &Seq::stride_row)
+      .def_readwrite("stride_time", &Seq::stride_time);
 
   py::class_<ScanCall> call(m, "ScanCall");
   call.def(py::init<>());

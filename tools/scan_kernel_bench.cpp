@@ -1,7 +1,7 @@
 // Times the CPU library's forward and backward scan directly through its C++ API (no Python, no
 // PyTorch), so that two builds of the library can be compared run against run
 // (tools/kernel_ab.sh). Prints one JSON object per run:
-//   scan_kernel_bench [mean|sum|none|general] [paper|long|Bt,M,D,N,L] [repeats] [threads] [contiguous|model]
+//   scan_kernel_bench [mean|sum|none|general] [paper|long|Bt,M,D,N,L] [repeats] [threads] [contiguous|model|steps]
 // Inputs are random, as in a model: dt = softplus(delta) in about [0.02, 0.3], A = -(1..N),
 // the gate z, D and delta_bias present; the backward gets a random dout and its checkpoints from
 // the timed forward. Times are the minimum over the repeats after one warm-up call, as wall time
@@ -9,7 +9,9 @@
 // the kernel ran, which other work on a shared machine inflates less than it does the wall time).
 // Layout "model": every sequence tensor, inputs and results, is stored as (M, rows, Bt, L) and
 // passed as strided rows, as a Coupled Mamba layer passes them (its branch's (M, channels, batch,
-// L) layout): a task's rows then lie Bt * L apart instead of L.
+// L) layout): a task's rows then lie Bt * L apart instead of L. Layout "steps": every sequence
+// tensor is stored as (M, Bt, L, R) and passed step-major (SeqTensor), as a layer that keeps its
+// activations as (M, batch * L, channels) passes them.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -64,11 +66,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string layout = argc > 5 ? argv[5] : "contiguous";
-  if (layout != "contiguous" && layout != "model") {
-    std::fprintf(stderr, "layout: expected contiguous or model; got %s\n", layout.c_str());
+  if (layout != "contiguous" && layout != "model" && layout != "steps") {
+    std::fprintf(stderr, "layout: expected contiguous, model or steps; got %s\n", layout.c_str());
     return 2;
   }
-  const bool model_layout = layout == "model";
+  const bool model_layout = layout == "model", steps_layout = layout == "steps";
   const int64_t Bt = sh.Bt, M = sh.M, D = sh.D, N = sh.N, L = sh.L;
 
   std::mt19937 gen(0);
@@ -88,10 +90,12 @@ int main(int argc, char** argv) {
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < M; ++j) W[i * M + j] = i == j ? 0.6f : 0.4f / float(M > 1 ? M - 1 : 1);
 
-  // (batch, modality, row) strides of a (Bt, M, R, L) tensor, or of an (M, R, Bt, L) one in the model layout.
+  // (batch, modality, row) strides of a (Bt, M, R, L) tensor, or of an (M, R, Bt, L) one in the model layout,
+  // or (batch, modality, row, time) strides of an (M, Bt, L, R) one in the steps layout.
   auto strided = [&](auto* data, int64_t R) {
     typedef std::remove_const_t<std::remove_pointer_t<decltype(data)>> T;
     typedef std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(data)>>, const T, T> E;
+    if (steps_layout) return SeqTensor<E>{data, L * R, Bt * L * R, 1, R};
     return model_layout ? SeqTensor<E>{data, L, R * Bt * L, Bt * L} : SeqTensor<E>{data, M * R * L, R * L, L};
   };
   auto rows = [&](const std::vector<float>& v, int64_t R) { return strided(v.data(), R); };
@@ -121,7 +125,7 @@ int main(int argc, char** argv) {
   }
   std::vector<float> out(seq), checkpoints(Bt * D * num_chunks(L) * checkpoint_width(f.coupling, M, N));
   f.out = out.data();
-  if (model_layout) f.out_rows = strided(out.data(), D);
+  if (model_layout || steps_layout) f.out_rows = strided(out.data(), D);
   f.checkpoints = checkpoints.data();
 
   std::vector<float> du(seq), ddelta(seq), dA(M * D * N), dB(bc), dC(bc), dD(M * D), dz(seq), dbias(M * D), dW(M * M);
@@ -138,7 +142,7 @@ int main(int argc, char** argv) {
   b.dz = dz.data();
   b.ddelta_bias = dbias.data();
   if (f.coupling == CouplingKind::kGeneral) b.dW = dW.data();
-  if (model_layout) {
+  if (model_layout || steps_layout) {
     b.du_rows = strided(du.data(), D);
     b.ddelta_rows = strided(ddelta.data(), D);
     b.dz_rows = strided(dz.data(), D);

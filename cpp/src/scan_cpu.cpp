@@ -24,7 +24,7 @@ const char* status_string(Status s) {
   switch (s) {
     case Status::kOk: return "ok";
     case Status::kInvalidSize: return "a size is out of its supported range";
-    case Status::kInvalidArgument: return "an argument has an unsupported value (e.g. the coupling kind)";
+    case Status::kInvalidArgument: return "an argument has an unsupported value (the coupling kind, or a sequence tensor's layout)";
     case Status::kNullPointer: return "a required tensor pointer is null";
     case Status::kOutOfMemory: return "out of memory while allocating a workspace";
     case Status::kInternalError: return "internal error";
@@ -83,8 +83,9 @@ const TaskKernels<double>& kernels_for<double>(const KernelTable& t) { return t.
 template <typename T>
 Status check_forward(const ForwardArgs<T>& a) {
   if (a.num_threads < 1) return Status::kInvalidSize;
-  const Status st = check_forward_args(a);
+  Status st = check_forward_args(a);
   if (st != Status::kOk) return st;
+  if ((st = check_input_layouts(a)) != Status::kOk) return st;
   return check_lengths(a.lengths, a.size.batch, a.size.length);
 }
 
@@ -260,16 +261,18 @@ Status run_backward(const BackwardArgs<T>& given) {
 
 template <typename T>
 Status forward_cpu(const ForwardArgs<T>& args) {
-  const Status st = cpu::check_forward(args);
+  Status st = cpu::check_forward(args);
   if (st != Status::kOk) return st;
+  if ((st = check_output_layout(args)) != Status::kOk) return st;
   if (args.size.batch == 0 || args.size.channels == 0) return Status::kOk;  // every output is empty
   return cpu::run_forward(args);
 }
 
 template <typename T>
 Status backward_cpu(const BackwardArgs<T>& args) {
-  const Status st = cpu::check_forward(args.fwd);
+  Status st = cpu::check_forward(args.fwd);
   if (st != Status::kOk) return st;
+  if ((st = check_gradient_layouts(args)) != Status::kOk) return st;
   return cpu::run_backward(args);
 }
 

@@ -65,6 +65,7 @@ template <typename Launcher>
 Status forward_driver(const ForwardArgs<float>& a, int64_t segments_hint, float* work, Launcher& launch) {
   Status st = check_forward_args(a);
   if (st != Status::kOk) return st;
+  if (reads_step_major(a)) return Status::kInvalidArgument;  // row-major in time only
   const Sizes& s = a.size;
   const int64_t states = s.batch * s.modalities * s.channels * s.state;
   if (states == 0) return Status::kOk;
@@ -91,6 +92,7 @@ Status backward_driver(const BackwardArgs<float>& grads, int64_t segments_hint, 
   const ForwardArgs<float>& a = g.fwd;
   Status st = check_forward_args(a);
   if (st != Status::kOk) return st;
+  if (reads_step_major(a) || g.dout.step_major()) return Status::kInvalidArgument;  // row-major in time only
   const Sizes& s = a.size;
   const int64_t M = s.modalities, D = s.channels, N = s.state, L = s.length;
   const bool general = a.coupling == CouplingKind::kGeneral;

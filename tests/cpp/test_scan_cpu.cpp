@@ -15,22 +15,41 @@
 using coupled_scan::CouplingKind;
 using coupled_scan::Status;
 
-// One (Bt, M, R, L) result given as strided rows inside a bigger NaN-filled (M, R + 2, Bt, L + 3)
-// buffer, permuted to (Bt, M, R): the layout the Python layer passes for a transposed tensor.
+// One (Bt, M, R, L) tensor inside a bigger NaN-filled buffer, in one of SeqTensor's layouts:
+// - rows (default): an (M, R + 2, Bt, L + 3) buffer permuted to (Bt, M, R), time contiguous, the
+//   layout the Python layer passes for a transposed tensor;
+// - step-major (`steps`): an (M, Bt, L, R + 3) buffer, each step's R values contiguous, the layout
+//   of a model's (M, batch * L, channels) activations.
 template <typename T>
 struct StridedBuffer {
   int64_t Bt, M, R, L;
+  bool steps;
   std::vector<T> data;
-  StridedBuffer(int64_t bt, int64_t m, int64_t r, int64_t l)
-      : Bt(bt), M(m), R(r), L(l), data(m * (r + 2) * bt * (l + 3), T(std::nan(""))) {}
-  int64_t pitch() const { return L + 3; }
+  StridedBuffer(int64_t bt, int64_t m, int64_t r, int64_t l, bool step_major = false)
+      : Bt(bt), M(m), R(r), L(l), steps(step_major),
+        data(step_major ? m * bt * l * (r + 3) : m * (r + 2) * bt * (l + 3), T(std::nan(""))) {}
+  int64_t pitch() const { return steps ? R + 3 : L + 3; }
   coupled_scan::SeqTensor<T> rows() {
+    if (steps) return {data.data(), L * pitch(), Bt * L * pitch(), 1, pitch()};
+    return {data.data(), pitch(), (R + 2) * Bt * pitch(), Bt * pitch()};
+  }
+  coupled_scan::SeqTensor<const T> const_rows() const {
+    if (steps) return {data.data(), L * pitch(), Bt * L * pitch(), 1, pitch()};
     return {data.data(), pitch(), (R + 2) * Bt * pitch(), Bt * pitch()};
   }
   int64_t index(int64_t b, int64_t m, int64_t r, int64_t t) const {
+    if (steps) return ((m * Bt + b) * L + t) * pitch() + r;
     return m * (R + 2) * Bt * pitch() + r * Bt * pitch() + b * pitch() + t;
   }
-  // The rows gathered into the contiguous (Bt, M, R, L) order.
+  // Scatter a contiguous (Bt, M, R, L) tensor into the buffer.
+  void fill(const Vec& v) {
+    int64_t i = 0;
+    for (int64_t b = 0; b < Bt; ++b)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t t = 0; t < L; ++t) data[index(b, m, r, t)] = T(v[i++]);
+  }
+  // The elements gathered into the contiguous (Bt, M, R, L) order.
   Vec gathered() const {
     Vec o;
     for (int64_t b = 0; b < Bt; ++b)
@@ -39,7 +58,7 @@ struct StridedBuffer {
           for (int64_t t = 0; t < L; ++t) o.push_back(double(data[index(b, m, r, t)]));
     return o;
   }
-  // Every element outside the rows is still NaN.
+  // Every element outside the tensor is still NaN.
   bool padding_untouched() const {
     std::vector<char> inside(data.size(), 0);
     for (int64_t b = 0; b < Bt; ++b)
@@ -71,11 +90,14 @@ struct KernelResult {
 // given). Every output buffer starts as NaN, so a slot the library leaves unwritten shows up.
 // Without `saved_checkpoints` the backward recomputes the checkpoints itself. With
 // `strided_outputs`, out, du, ddelta, dB, dC and dz are written as strided rows (StridedBuffer;
-// the contiguous pointers stay set, to NaN buffers) and gathered back into the result.
+// the contiguous pointers stay set, to NaN buffers) and gathered back into the result. With
+// `step_major`, every sequence tensor, inputs and results, is step-major (StridedBuffer's `steps`).
 template <typename T>
 static KernelResult<T> run_kernel(const naive::Problem& p, CouplingKind kind, double alpha,
                                   const Vec& dout, const Vec& dlast, int threads, int64_t row_pad = 0,
-                                  bool saved_checkpoints = true, bool strided_outputs = false) {
+                                  bool saved_checkpoints = true, bool strided_outputs = false,
+                                  bool step_major = false) {
+  strided_outputs = strided_outputs || step_major;
   const T poison = T(std::nan(""));
   const int64_t Bt = p.Bt, M = p.M, D = p.D, N = p.N, L = p.L;
   // Sequence tensors may be stored with padded rows to test strided input.
@@ -89,9 +111,16 @@ static KernelResult<T> run_kernel(const naive::Problem& p, CouplingKind kind, do
                            data_or_null(z), data_or_null(bias), W.data(), data_or_null(init)};
   coupled_scan::ForwardArgs<T> f = forward_args_for(p, x, Lp, kind, alpha);
   f.lengths = p.lengths.empty() ? nullptr : p.lengths.data();
+  StridedBuffer<T> u_s(Bt, M, D, L, true), delta_s(Bt, M, D, L, true), B_s(Bt, M, N, L, true),
+      C_s(Bt, M, N, L, true), z_s(Bt, M, D, L, true), dout_s(Bt, M, D, L, true);
+  if (step_major) {
+    u_s.fill(p.u), delta_s.fill(p.delta), B_s.fill(p.B), C_s.fill(p.C), dout_s.fill(dout);
+    f.u = u_s.const_rows(), f.delta = delta_s.const_rows(), f.B = B_s.const_rows(), f.C = C_s.const_rows();
+    if (!z.empty()) z_s.fill(p.z), f.z = z_s.const_rows();
+  }
   std::vector<T> out(Bt * M * D * L, poison), last(Bt * M * D * N, poison),
       ck(Bt * D * coupled_scan::num_chunks(L) * coupled_scan::checkpoint_width(kind, M, N), poison);
-  StridedBuffer<T> out_s(Bt, M, D, L);
+  StridedBuffer<T> out_s(Bt, M, D, L, step_major);
   f.out = out.data();
   if (strided_outputs) f.out_rows = out_s.rows();
   f.last_state = last.data();
@@ -108,7 +137,7 @@ static KernelResult<T> run_kernel(const naive::Problem& p, CouplingKind kind, do
   g.fwd = f;
   g.fwd.out_rows = {};
   g.checkpoints = saved_checkpoints ? ck.data() : nullptr;
-  g.dout = {go.data(), M * D * L, D * L, L};
+  g.dout = step_major ? dout_s.const_rows() : coupled_scan::SeqTensor<const T>{go.data(), M * D * L, D * L, L};
   g.dlast_state = gl.empty() ? nullptr : gl.data();
   std::vector<T> du(Bt * M * D * L, poison), dd(du.size(), poison), dA(A.size(), poison),
       dB(Bt * M * N * L, poison), dC(dB.size(), poison), dD(M * D, poison), dz(du.size(), poison),
@@ -116,7 +145,8 @@ static KernelResult<T> run_kernel(const naive::Problem& p, CouplingKind kind, do
   g.du = du.data(); g.ddelta = dd.data(); g.dA = dA.data(); g.dB = dB.data(); g.dC = dC.data();
   g.dD = dD.data(); g.dz = dz.data(); g.ddelta_bias = dbias.data(); g.dW = dW.data();
   g.dinitial_state = dinit.data();
-  StridedBuffer<T> du_s(Bt, M, D, L), dd_s(Bt, M, D, L), dB_s(Bt, M, N, L), dC_s(Bt, M, N, L), dz_s(Bt, M, D, L);
+  StridedBuffer<T> du_s(Bt, M, D, L, step_major), dd_s(Bt, M, D, L, step_major), dB_s(Bt, M, N, L, step_major),
+      dC_s(Bt, M, N, L, step_major), dz_s(Bt, M, D, L, step_major);
   const bool strided_dz = strided_outputs && !z.empty();
   if (strided_outputs) {
     g.du_rows = du_s.rows(); g.ddelta_rows = dd_s.rows(); g.dB_rows = dB_s.rows(); g.dC_rows = dC_s.rows();
@@ -581,6 +611,95 @@ static void strided_outputs_case(const Case& c, bool with_lengths) {
   check(got.bwd_rows_only, name + " backward writes only the rows");
 }
 
+// Every sequence tensor step-major (StridedBuffer's `steps`, inputs and results): against the
+// naive reference, with and without lengths (inputs past them NaN, never read); nothing written
+// outside the tensors or to the contiguous pointers; the same bits with 1 and 3 threads.
+template <typename T>
+static void step_major_case(const Case& c, bool with_lengths, double tol_out, double tol_grad) {
+  std::mt19937_64 rng(777 + c.Bt * 7 + c.M * 131 + c.D * 17 + c.N * 3 + c.L * 1009 + with_lengths);
+  naive::Problem p = make_problem(c, rng);
+  Vec dout, dlast;
+  random_upstream(p, c.with_optional, rng, dout, dlast);
+  if (with_lengths) {
+    p.lengths = random_lengths(c.Bt, c.L, rng);
+    const double nan = std::nan("");
+    for_padded_steps(p, c.D, [&](int64_t i) {
+      p.u[i] = p.delta[i] = dout[i] = nan;
+      if (!p.z.empty()) p.z[i] = nan;
+    });
+    for_padded_steps(p, c.N, [&](int64_t i) { p.B[i] = p.C[i] = nan; });
+  }
+  const naive::Grads ref = naive::run(p, dout, dlast);
+  const CouplingKind kind = kind_of(c.coupling);
+  const double alpha = c.coupling == "mean" ? 1.0 / c.M : 1.0;
+  const KernelResult<T> r = run_kernel<T>(p, kind, alpha, dout, dlast, 1, 0, true, false, /*step_major=*/true);
+  const KernelResult<T> r3 = run_kernel<T>(p, kind, alpha, dout, dlast, 3, 0, true, false, /*step_major=*/true);
+  char name[160];
+  std::snprintf(name, sizeof(name), "%s step-major Bt=%lld M=%lld D=%lld N=%lld L=%lld %s%s%s",
+                sizeof(T) == 8 ? "f64" : "f32", (long long)c.Bt, (long long)c.M, (long long)c.D,
+                (long long)c.N, (long long)c.L, c.coupling.c_str(), c.with_optional ? " +opt" : "",
+                with_lengths ? " +lengths" : "");
+  check(r.fwd_status == Status::kOk && r.bwd_status == Status::kOk, std::string(name) + " status");
+  auto cmp = [&](const char* what, const Vec& x, const Vec& ref_v, double tol) {
+    const double e = rel_err(x, ref_v);
+    check(e <= tol, std::string(name) + " " + what + " rel err " + std::to_string(e));
+  };
+  cmp("out", r.out, ref.out, tol_out);
+  cmp("last_state", r.last, ref.last, tol_out);
+  cmp("du", r.du, ref.du, tol_grad);
+  cmp("ddelta", r.ddelta, ref.ddelta, tol_grad);
+  cmp("dA", r.dA, ref.dA, tol_grad);
+  cmp("dB", r.dB, ref.dB, tol_grad);
+  cmp("dC", r.dC, ref.dC, tol_grad);
+  cmp("dinit", r.dinit, ref.dinit, tol_grad);
+  if (c.with_optional) {
+    cmp("dD", r.dD, ref.dD, tol_grad);
+    cmp("dz", r.dz, ref.dz, tol_grad);
+    cmp("ddelta_bias", r.dbias, ref.dbias, tol_grad);
+  }
+  if (c.coupling == "general") cmp("dW", r.dW, ref.dW, tol_grad);
+  check(r.fwd_rows_only && r.bwd_rows_only, std::string(name) + " writes only the step-major results");
+  check(same_bits(r.out, r3.out) && same_bits(r.du, r3.du) && same_bits(r.ddelta, r3.ddelta) &&
+            same_bits(r.dA, r3.dA) && same_bits(r.dB, r3.dB) && same_bits(r.dC, r3.dC) && same_bits(r.dz, r3.dz) &&
+            same_bits(r.dD, r3.dD) && same_bits(r.dbias, r3.dbias) && same_bits(r.dW, r3.dW) &&
+            same_bits(r.dinit, r3.dinit),
+        std::string(name) + " the same bits with 1 and 3 threads");
+}
+
+// Layout rules (check_args.h): a group's tensors follow its first tensor's layout, and step-major
+// results need their strided layouts.
+static void layout_status_cases() {
+  const Case c{1, 2, 3, 4, 5, "mean", true};
+  std::mt19937_64 rng(11);
+  naive::Problem p = make_problem(c, rng);
+  StridedBuffer<float> u(1, 2, 3, 5, true), delta(1, 2, 3, 5, true), B(1, 2, 4, 5, true), C(1, 2, 4, 5, true),
+      out(1, 2, 3, 5, true), row_delta(1, 2, 3, 5, false);
+  u.fill(p.u), delta.fill(p.delta), B.fill(p.B), C.fill(p.C), row_delta.fill(p.delta);
+  std::vector<float> A = cast<float>(p.A), contiguous_out(30);
+  coupled_scan::ForwardArgs<float> f;
+  f.size = {1, 2, 3, 4, 5};
+  f.u = u.const_rows(), f.delta = delta.const_rows(), f.B = B.const_rows(), f.C = C.const_rows();
+  f.A = A.data();
+  f.out_rows = out.rows();
+  check(coupled_scan::forward_cpu(f) == Status::kOk, "step-major call is ok");
+  auto g = f; g.delta = row_delta.const_rows();
+  check(coupled_scan::forward_cpu(g) == Status::kInvalidArgument, "delta row-major with u step-major rejected");
+  g = f; g.C = {C.data.data(), 5 * 7, 7, 2, 7};
+  check(coupled_scan::forward_cpu(g) == Status::kInvalidArgument, "C with stride_row 2 in a step-major group rejected");
+  g = f; g.out_rows = {}, g.out = contiguous_out.data();
+  check(coupled_scan::forward_cpu(g) == Status::kInvalidArgument, "step-major u with a contiguous out rejected");
+  g = f; g.out_rows = {contiguous_out.data(), 15, 5, 5, 1};
+  check(coupled_scan::forward_cpu(g) == Status::kInvalidArgument, "step-major u with a row-major out rejected");
+  coupled_scan::BackwardArgs<float> b;
+  std::vector<float> du(30), dd(30), dA(24), dB(40), dC(40);
+  b.fwd = f;
+  b.dout = u.const_rows();
+  b.du = du.data(), b.ddelta = dd.data(), b.dA = dA.data(), b.dB = dB.data(), b.dC = dC.data();
+  check(coupled_scan::backward_cpu(b) == Status::kInvalidArgument, "step-major gradients without their layouts rejected");
+  check(std::string(coupled_scan::status_string(Status::kInvalidArgument)).find("layout") != std::string::npos,
+        "the status string names the layout");
+}
+
 int main() {
   std::setvbuf(stdout, nullptr, _IONBF, 0);
   std::printf("CPU kernels: %s\n", coupled_scan::cpu_isa());
@@ -635,6 +754,19 @@ int main() {
         strided_outputs_case<double>(c, with_lengths);
       }
   strided_outputs_case<float>({3, 4, 2, 7, 9, "general", false}, true);  // without z, D, states
+  // Step-major sequence tensors: every coupling, M = 1 and > 3, L = 2 to 2049 (one to 33 chunks),
+  // N off the vector width, D across two channel blocks and one below a vector.
+  const std::vector<Case> step_major_cases = {
+      {2, 3, 5, 7, 2, "mean", true},     {1, 1, 3, 5, 7, "mean", false},     {2, 3, 17, 19, 63, "none", true},
+      {2, 5, 33, 9, 70, "mean", true},   {1, 2, 3, 3, 2049, "general", true}, {2, 4, 9, 11, 33, "sum", true},
+      {1, 6, 40, 5, 67, "general", true}, {3, 1, 2, 16, 65, "none", false},
+  };
+  for (const Case& c : step_major_cases)
+    for (bool with_lengths : {false, true}) {
+      step_major_case<double>(c, with_lengths, 1e-10, 1e-9);
+      step_major_case<float>(c, with_lengths, 1e-4, 1e-3);
+    }
+  layout_status_cases();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

@@ -48,16 +48,27 @@ struct Sizes {
   int64_t length = 0;      // L
 };
 
-// A (Bt, M, R, L) tensor (R = D or N) whose time axis is contiguous; other axes are strided.
+// A strided (Bt, M, R, L) tensor (R = D or N) in one of two layouts:
+// - row-major in time (stride_time == 1): each (b, m, r) row of L steps is contiguous, as in a
+//   contiguous (Bt, M, R, L) tensor;
+// - step-major (stride_time != 1, stride_row == 1; CPU only): the R values of one (b, m, t) are
+//   contiguous, as in a (Bt, M, L, R) tensor or in a model's (M, batch * L, R) activations; the
+//   CPU kernels then load a step's channels as whole vectors instead of transposing rows.
+// The tensors of one call that share a row axis share the layout: u, delta, z, out, dout, du,
+// d delta and dz take u's, and B, C, dB and dC take B's (check_layouts).
 template <typename T>
 struct SeqTensor {
   T* data = nullptr;
   int64_t stride_batch = 0;
   int64_t stride_modality = 0;
   int64_t stride_row = 0;
+  int64_t stride_time = 1;
   CS_HD T* row(int64_t b, int64_t m, int64_t r) const {
     return data + b * stride_batch + m * stride_modality + r * stride_row;
   }
+  // Element (b, m, r, t).
+  CS_HD T* at(int64_t b, int64_t m, int64_t r, int64_t t) const { return row(b, m, r) + t * stride_time; }
+  CS_HD bool step_major() const { return stride_time != 1; }
 };
 
 // Inputs and outputs of the forward pass. Parameter and state tensors are contiguous.
@@ -88,8 +99,9 @@ struct ForwardArgs {
   // only and sends d last_state into step lengths[b]-1. Padded inputs are never read.
   const int64_t* lengths = nullptr;
   int num_threads = 1;
-  // Optional strided layout of `out` (time axis contiguous), written instead of the contiguous
-  // pointer when its data is non-null, so the output can share its input's layout. CPU only.
+  // Optional strided layout of `out` (in u's layout, either of SeqTensor's), written instead of
+  // the contiguous pointer when its data is non-null, so the output can share its input's layout;
+  // required when u is step-major. CPU only.
   SeqTensor<T> out_rows;
 };
 
@@ -116,10 +128,11 @@ struct BackwardArgs {
   T* ddelta_bias = nullptr;      // (M, D) or null
   T* dW = nullptr;               // (M, M) or null (kGeneral only)
   T* dinitial_state = nullptr;   // (Bt, M, D, N) or null
-  // Optional strided layouts of the sequence gradients (time axis contiguous, other axes strided,
-  // like the inputs), so a caller can receive each gradient in its input's layout without a copy.
-  // When a layout's data is non-null it is written instead of the contiguous pointer above.
-  // CPU only: the CUDA entry points write the contiguous pointers.
+  // Optional strided layouts of the sequence gradients (du, d delta, dz in u's layout; dB, dC in
+  // B's), so a caller can receive each gradient in its input's layout without a copy. When a
+  // layout's data is non-null it is written instead of the contiguous pointer above; required for
+  // the gradients of step-major inputs. CPU only: the CUDA entry points write the contiguous
+  // pointers.
   SeqTensor<T> du_rows, ddelta_rows, dB_rows, dC_rows, dz_rows;
 };
 

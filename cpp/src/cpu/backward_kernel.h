@@ -116,9 +116,43 @@ CS_HD T* chunk_sums(T* partial, const Sizes& s, const BackwardPartials<T>& p, co
 // Per-channel work of one chunk for the real channels of channel vector v: the gate (dy, dz)
 // from y, then, after the reverse pass, du, d delta, dD and d delta_bias. The [k][d] rows of the
 // vector's channels are transposed into columns [j][k] (columns: scratch of 5 w kChunk), and back.
+// gate_backward for step-major tensors: the channels v * width .. of the block, a step at a time,
+// straight between the [g][k][d] rows and the tensors.
+template <typename T>
+CS_HD void gate_steps(const BackwardArgs<T>& a, const Task& task, int64_t block_pitch, int64_t v, int64_t t0,
+                      int64_t kc, const T* y_rows, T* dy_rows) {
+  const ForwardArgs<T>& f = a.fwd;
+  const int64_t w = Simd<T>::width, d0 = task.d0 + v * w;
+  const int64_t real = task.d1 - d0 < w ? task.d1 - d0 : w;
+  for (int64_t m = task.m0; m < task.m1; ++m) {
+    const T* skip = f.D ? f.D + m * f.size.channels + d0 : nullptr;
+    for (int64_t k = 0; k < kc; ++k) {
+      const int64_t o = ((m - task.m0) * kChunk + k) * block_pitch + v * w;
+      const T* y = y_rows + o;
+      T* dy = dy_rows + o;
+      const T* dout = a.dout.at(task.b, m, d0, t0 + k);
+      if (f.z.data) {
+        const T* z = f.z.at(task.b, m, d0, t0 + k);
+        const T* u = f.u.at(task.b, m, d0, t0 + k);
+        T* dz = a.dz_rows.at(task.b, m, d0, t0 + k);
+#pragma omp simd
+        for (int64_t j = 0; j < real; ++j) {
+          const T sg = scan_sigmoid(z[j]);
+          dy[j] = dout[j] * z[j] * sg;
+          dz[j] = dout[j] * (y[j] + (skip ? skip[j] : T(0)) * u[j]) * (sg * (T(1) + z[j] * (T(1) - sg)));
+        }
+      } else {
+        for (int64_t j = 0; j < real; ++j) dy[j] = dout[j];
+      }
+      for (int64_t j = real; j < w; ++j) dy[j] = T(0);  // padding channels
+    }
+  }
+}
+
 template <typename T>
 CS_HD void gate_columns(const BackwardArgs<T>& a, const Task& task, int64_t block_pitch, int64_t v, int64_t t0,
                         int64_t kc, const T* y_rows, T* dy_rows, T* columns) {
+  if (a.fwd.u.step_major()) return gate_steps(a, task, block_pitch, v, t0, kc, y_rows, dy_rows);
   const int64_t w = Simd<T>::width;
   T* y_cols = columns;
   T* dy_cols = columns + w * kChunk;
@@ -136,10 +170,47 @@ CS_HD void gate_columns(const BackwardArgs<T>& a, const Task& task, int64_t bloc
   }
 }
 
+// input_grads for step-major tensors: the channels v * width .. of the block, a step at a time;
+// each channel's dD and d delta_bias terms are summed over the chunk's steps in step order.
+template <typename T>
+CS_HD void input_grad_steps(const BackwardArgs<T>& a, const BackwardPartials<T>& p, const Task& task,
+                            int64_t block_pitch, int64_t v, int64_t t0, int64_t kc, const StepRows<T>& rows) {
+  const ForwardArgs<T>& f = a.fwd;
+  const Sizes& s = f.size;
+  const int64_t w = Simd<T>::width, d0 = task.d0 + v * w;
+  const int64_t real = task.d1 - d0 < w ? task.d1 - d0 : w;
+  for (int64_t m = task.m0; m < task.m1; ++m) {
+    const T* skip = f.D ? f.D + m * s.channels + d0 : nullptr;
+    alignas(64) T sum_dD[Simd<T>::width] = {}, sum_bias[Simd<T>::width] = {};
+    for (int64_t k = 0; k < kc; ++k) {
+      const int64_t o = ((m - task.m0) * kChunk + k) * block_pitch + v * w;
+      const T *dt = rows.dt + o, *slope = rows.slope + o, *dy = rows.dy + o;
+      const T *lambda_B = rows.lambda_B + o, *mu_g_A = rows.mu_g_A + o;
+      const T* u = f.u.at(task.b, m, d0, t0 + k);
+      T* du = a.du_rows.at(task.b, m, d0, t0 + k);
+      T* ddelta = a.ddelta_rows.at(task.b, m, d0, t0 + k);
+#pragma omp simd
+      for (int64_t j = 0; j < real; ++j) {
+        du[j] = dt[j] * lambda_B[j] + dy[j] * (skip ? skip[j] : T(0));
+        const T g = (u[j] * lambda_B[j] + mu_g_A[j]) * slope[j];
+        ddelta[j] = g;
+        sum_dD[j] += dy[j] * u[j];
+        sum_bias[j] += g;
+      }
+    }
+    const int64_t pm = (task.b * s.modalities + m) * s.channels + d0;
+    for (int64_t j = 0; j < real; ++j) {
+      p.dD[pm + j] += sum_dD[j];
+      p.dbias[pm + j] += sum_bias[j];
+    }
+  }
+}
+
 template <typename T>
 CS_HD void input_grad_columns(const BackwardArgs<T>& a, const BackwardPartials<T>& p, const Task& task,
                               int64_t block_pitch, int64_t v, int64_t t0, int64_t kc, const StepRows<T>& rows,
                               T* columns) {
+  if (a.fwd.u.step_major()) return input_grad_steps(a, p, task, block_pitch, v, t0, kc, rows);
   const int64_t w = Simd<T>::width;
   const T* sources[5] = {rows.dt, rows.slope, rows.dy, rows.lambda_B, rows.mu_g_A};
   auto column = [&](int64_t i, int64_t j) { return columns + (i * w + j) * kChunk; };
@@ -468,15 +539,11 @@ void backward_task(const BackwardArgs<T>& a, const BackwardPartials<T>& p, int64
   const int64_t L = s.length, steps = sample_length(a.fwd.lengths, task.b, L);
   if (steps < L)  // steps past the sample's length are not scanned; their gradients are 0
     for (int64_t m = task.m0; m < task.m1; ++m)
-      for (int64_t d = task.d0; d < task.d1; ++d) {
-        T* du = a.du_rows.row(task.b, m, d);
-        T* ddelta = a.ddelta_rows.row(task.b, m, d);
-        for (int64_t t = steps; t < L; ++t) du[t] = ddelta[t] = T(0);
-        if (a.fwd.z.data) {
-          T* dz = a.dz_rows.row(task.b, m, d);
-          for (int64_t t = steps; t < L; ++t) dz[t] = T(0);
+      for (int64_t d = task.d0; d < task.d1; ++d)
+        for (int64_t t = steps; t < L; ++t) {
+          *a.du_rows.at(task.b, m, d, t) = *a.ddelta_rows.at(task.b, m, d, t) = T(0);
+          if (a.fwd.z.data) *a.dz_rows.at(task.b, m, d, t) = T(0);
         }
-      }
   switch (a.fwd.coupling) {
     case CouplingKind::kRankOne: backward_rank_one(a, p, task, steps, a.fwd.alpha, scratch); break;
     case CouplingKind::kNone: backward_rank_one(a, p, task, steps, T(1), scratch); break;

@@ -91,33 +91,79 @@ CS_HD void load_steps(const ForwardArgs<T>& a, int64_t b, int64_t m, int64_t d, 
   }
 }
 
+// load_steps for step-major inputs: dt, dt * u (and the slope) of the block's channels at step t
+// of modality m, into rows of block_pitch (padding channels get 0, which keeps their state at 0).
+template <typename T>
+CS_HD void load_step_channels(const ForwardArgs<T>& a, const Task& task, int64_t block_pitch, int64_t m, int64_t t,
+                              T* dt, T* dtu, T* slope) {
+  const int64_t real = task.d1 - task.d0;
+  const T* u = a.u.at(task.b, m, task.d0, t);
+  const T* dl = a.delta.at(task.b, m, task.d0, t);
+  const T* bias = a.delta_bias ? a.delta_bias + m * a.size.channels + task.d0 : nullptr;
+  if (a.delta_softplus && slope) {
+#pragma omp simd
+    for (int64_t j = 0; j < real; ++j) {
+      const T v = scan_softplus_sigmoid(dl[j] + (bias ? bias[j] : T(0)), slope + j);
+      dt[j] = v;
+      dtu[j] = v * u[j];
+    }
+  } else if (a.delta_softplus) {
+#pragma omp simd
+    for (int64_t j = 0; j < real; ++j) {
+      const T v = scan_softplus(dl[j] + (bias ? bias[j] : T(0)));
+      dt[j] = v;
+      dtu[j] = v * u[j];
+    }
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < real; ++j) {
+      dt[j] = dl[j] + (bias ? bias[j] : T(0));
+      dtu[j] = dt[j] * u[j];
+    }
+    if (slope)
+      for (int64_t j = 0; j < real; ++j) slope[j] = T(1);
+  }
+  for (int64_t j = real; j < block_pitch; ++j) {
+    dt[j] = dtu[j] = T(0);
+    if (slope) slope[j] = T(0);
+  }
+}
+
+// Asks the caches for the bytes [first, first + bytes), a line at a time.
+CS_HD void prefetch_span(const void* first, int64_t bytes, bool write) {
+#if defined(__GNUC__) && !defined(__CUDA_ARCH__)
+  constexpr std::uintptr_t kLine = 64;
+  const std::uintptr_t begin = reinterpret_cast<std::uintptr_t>(first);
+  const std::uintptr_t end = begin + static_cast<std::uintptr_t>(bytes);
+  for (std::uintptr_t line = begin & ~(kLine - 1); line < end; line += kLine) {
+    if (write)
+      __builtin_prefetch(reinterpret_cast<const void*>(line), 1, 3);
+    else
+      __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 3);
+  }
+#else
+  (void)first, (void)bytes, (void)write;
+#endif
+}
+
 // Asks the caches for the rows (b, m, d) of X over steps t0 .. t0+kc of the task's modalities
 // and channels, ahead of their use (write: rows the chunk will store into). In a model the rows
 // of one task lie far apart (the layer's (M, channels, batch, L) layout puts a sample's channels
 // batch * L apart) and each is a few cache lines, so loaded as they are needed they miss one after
-// the other; asked for together at the start of the chunk, the misses overlap.
-// Rows r0 .. r1 of each modality (default: the task's channels).
+// the other; asked for together at the start of the chunk, the misses overlap. Step-major
+// tensors: one run of the rows per step. Rows r0 .. r1 of each modality (default: the task's
+// channels).
 template <typename T>
 CS_HD void prefetch_rows(const SeqTensor<T>& X, const Task& task, int64_t t0, int64_t kc, bool write,
                          int64_t r0 = -1, int64_t r1 = -1) {
-#if defined(__GNUC__) && !defined(__CUDA_ARCH__)
   if (!X.data || kc <= 0) return;
-  constexpr std::uintptr_t kLine = 64;
   if (r0 < 0) r0 = task.d0, r1 = task.d1;
-  for (int64_t m = task.m0; m < task.m1; ++m)
-    for (int64_t d = r0; d < r1; ++d) {
-      const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(X.row(task.b, m, d) + t0);
-      const std::uintptr_t end = first + static_cast<std::uintptr_t>(kc) * sizeof(T);
-      for (std::uintptr_t line = first & ~(kLine - 1); line < end; line += kLine) {
-        if (write)
-          __builtin_prefetch(reinterpret_cast<const void*>(line), 1, 3);
-        else
-          __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 3);
-      }
-    }
-#else
-  (void)X, (void)task, (void)t0, (void)kc, (void)write, (void)r0, (void)r1;
-#endif
+  for (int64_t m = task.m0; m < task.m1; ++m) {
+    if (X.step_major())
+      for (int64_t t = t0; t < t0 + kc; ++t) prefetch_span(X.at(task.b, m, r0, t), (r1 - r0) * sizeof(T), write);
+    else
+      for (int64_t d = r0; d < r1; ++d) prefetch_span(X.row(task.b, m, d) + t0, kc * sizeof(T), write);
+  }
 }
 
 // The rows a forward chunk reads (B, C, delta, u, z) and writes (out).

@@ -61,6 +61,26 @@ CS_HD void store_outputs(const ForwardArgs<T>& a, int64_t b, int64_t m, int64_t 
 template <typename T>
 CS_HD void store_block_outputs(const ForwardArgs<T>& a, const Task& task, int64_t block_pitch, int64_t t0, int64_t kc,
                                const T* y_rows, T* columns) {
+  if (a.u.step_major()) {  // step-major: straight from the rows, a step of the block at a time
+    const int64_t real = task.d1 - task.d0;
+    for (int64_t m = task.m0; m < task.m1; ++m) {
+      const T* skip = a.D ? a.D + m * a.size.channels + task.d0 : nullptr;
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* y = y_rows + ((m - task.m0) * kChunk + k) * block_pitch;
+        const T* u = a.u.at(task.b, m, task.d0, t0 + k);
+        T* o = a.out_rows.at(task.b, m, task.d0, t0 + k);
+        if (a.z.data) {
+          const T* z = a.z.at(task.b, m, task.d0, t0 + k);
+#pragma omp simd
+          for (int64_t j = 0; j < real; ++j) o[j] = (y[j] + (skip ? skip[j] : T(0)) * u[j]) * (z[j] * scan_sigmoid(z[j]));
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < real; ++j) o[j] = y[j] + (skip ? skip[j] : T(0)) * u[j];
+        }
+      }
+    }
+    return;
+  }
   const int64_t w = Simd<T>::width;
   for (int64_t m = task.m0; m < task.m1; ++m)
     for (int64_t v0 = 0; v0 < block_pitch; v0 += w) {
@@ -222,10 +242,8 @@ void forward_task(const ForwardArgs<T>& a, int64_t index, T* scratch) {
   const int64_t L = a.size.length, steps = sample_length(a.lengths, task.b, L);
   if (a.out_rows.data && steps < L)  // steps past the sample's length are not scanned; their output is 0
     for (int64_t m = task.m0; m < task.m1; ++m)
-      for (int64_t d = task.d0; d < task.d1; ++d) {
-        T* o = a.out_rows.row(task.b, m, d);
-        for (int64_t t = steps; t < L; ++t) o[t] = T(0);
-      }
+      for (int64_t d = task.d0; d < task.d1; ++d)
+        for (int64_t t = steps; t < L; ++t) *a.out_rows.at(task.b, m, d, t) = T(0);
   switch (a.coupling) {
     case CouplingKind::kRankOne: forward_rank_one(a, task, steps, a.alpha, scratch); break;
     case CouplingKind::kNone: forward_rank_one(a, task, steps, T(1), scratch); break;

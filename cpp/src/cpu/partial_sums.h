@@ -38,6 +38,13 @@ void sum_state_partials(const BackwardArgs<T>& a, int64_t b, int64_t m, int64_t 
       store_block(sums + i, acc);
     }
     const SeqTensor<T>& out = *outs[which];
+    if (out.step_major()) {  // the output's steps are [t][n] rows already
+      for (int64_t t = 0; t < L; ++t) {
+        T* step = out.at(b, m, 0, t);
+        for (int64_t n = 0; n < N; ++n) step[n] = t < valid ? sums[t * Np + n] : T(0);
+      }
+      continue;
+    }
     transpose_rows(sums, Np, valid, N, out.row(b, m, 0), out.stride_row);
     for (int64_t n = 0; n < N; ++n) {
       T* row = out.row(b, m, n);

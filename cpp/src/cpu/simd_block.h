@@ -365,7 +365,13 @@ CS_HD void load_transposed(const SeqTensor<const T>& X, int64_t b, int64_t m0, i
   const int64_t Np = padded_state(N);
   for (int64_t m = m0; m < m1; ++m) {
     T* out = dst + (m - m0) * kChunk * Np;
-    transpose_rows(X.row(b, m, 0) + t0, X.stride_row, N, kc, out, Np);
+    if (X.step_major())  // a step's N values are contiguous already
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* src = X.at(b, m, 0, t0 + k);
+        for (int64_t n = 0; n < N; ++n) out[k * Np + n] = src[n];
+      }
+    else
+      transpose_rows(X.row(b, m, 0) + t0, X.stride_row, N, kc, out, Np);
     for (int64_t k = 0; k < kc; ++k)
       for (int64_t n = N; n < Np; ++n) out[k * Np + n] = T(0);
   }
@@ -384,6 +390,15 @@ CS_HD int64_t padded_block(int64_t channels) {
 template <typename T>
 CS_HD void load_block_steps(const ForwardArgs<T>& a, const Task& task, int64_t block_pitch, int64_t t0, int64_t kc,
                             T* dt_rows, T* dtu_rows, T* columns, T* slope_rows = nullptr) {
+  if (a.u.step_major()) {  // each step's channels are contiguous: no columns, no transposes
+    for (int64_t g = 0; g < task.m1 - task.m0; ++g)
+      for (int64_t k = 0; k < kc; ++k) {
+        const int64_t at = (g * kChunk + k) * block_pitch;
+        load_step_channels(a, task, block_pitch, task.m0 + g, t0 + k, dt_rows + at, dtu_rows + at,
+                           slope_rows ? slope_rows + at : nullptr);
+      }
+    return;
+  }
   const int64_t w = Simd<T>::width, G = task.m1 - task.m0;
   T* cols[3] = {columns, columns + w * kChunk, columns + 2 * w * kChunk};  // dt, dt * u, slope
   T* rows[3] = {dt_rows, dtu_rows, slope_rows};

@@ -32,13 +32,32 @@ def _layout_of(t: Tensor):
     return torch.empty_like(t, device="meta").stride()
 
 
+def _time_contiguous(t: Tensor) -> bool:
+    """Whether torch.empty_like(t), a (Bt, M, R, L) tensor, keeps the time axis contiguous."""
+    return t.size(-1) <= 1 or _layout_of(t)[-1] == 1
+
+
+def _step_major(t: Tensor) -> bool:
+    """Whether torch.empty_like(t) is step-major: the R values of each (b, m, step) contiguous and
+    the steps apart, as in a (Bt, M, L, R) tensor or a model's (M, batch * L, R) activations."""
+    stride = _layout_of(t)
+    return t.size(-1) > 1 and t.size(2) > 1 and stride[2] == 1 and stride[-1] != 1
+
+
 def _writes_strided(u: Tensor) -> bool:
     """Whether the library writes the (Bt, M, R, L) results of this call (out and the sequence
     gradients) in their input's layout through strides: on the CPU, when the input is in the
-    compute dtype and torch.empty_like keeps its time axis contiguous."""
+    compute dtype and torch.empty_like keeps its time axis contiguous or makes it step-major."""
     if u.device.type == "cuda" or u.dtype != validation.compute_dtype(u):
         return False
-    return u.size(-1) <= 1 or _layout_of(u)[-1] == 1
+    return _time_contiguous(u) or _step_major(u)
+
+
+def _reads_step_major(t: Tensor) -> bool:
+    """Whether the library reads and writes t's group of tensors (u, delta, z, out, dout and their
+    gradients with u; B, C, dB, dC with B) step-major: on the CPU, when t is written strided and
+    torch.empty_like(t) is step-major. Otherwise the group is read with its time axis contiguous."""
+    return _writes_strided(t) and _step_major(t)
 
 
 def _out_like(u: Tensor) -> Tensor:
@@ -52,6 +71,13 @@ def _seq_dtype(u: Tensor) -> torch.dtype:
     """dtype the library reads sequence tensors in: the CUDA kernels read float16 / bfloat16
     directly; the CPU kernels read the compute dtype."""
     return u.dtype if u.device.type == "cuda" else validation.compute_dtype(u)
+
+
+# The results' layouts follow the inputs' (out and the sequence gradients take their input's
+# layout, step-major or row-major in time): torch.compile must hand the ops their inputs in the
+# strides it traced them with, not in layouts of its own choosing.
+_EXACT_STRIDES = tuple(getattr(torch.Tag, name) for name in ("needs_exact_strides",) if hasattr(torch.Tag, name)) or \
+    tuple(getattr(torch.Tag, name) for name in ("needs_fixed_stride_order",) if hasattr(torch.Tag, name))
 
 
 class _Call:
@@ -76,15 +102,22 @@ class _Call:
             c.stream = torch.cuda.current_stream(u.device).cuda_stream
             c.time_segments = settings.get_cuda_time_segments()
 
-    def seq(self, name: str, t: Optional[Tensor]) -> None:
-        """A (Bt, M, R, L) input with a contiguous time axis, in the library's sequence dtype."""
+    def seq(self, name: str, t: Optional[Tensor], steps: bool = False) -> None:
+        """A (Bt, M, R, L) input in the library's sequence dtype: step-major when ``steps`` (its
+        group's layout, _reads_step_major), else with a contiguous time axis; copied only when it
+        is not in that layout already."""
         if t is None:
             return
         t = t.to(self.sdt)
-        if t.size(-1) > 1 and t.stride(-1) != 1:
+        if steps:
+            if t.stride(2) != 1:  # R > 1 here: the group is step-major only then
+                t = t.transpose(2, 3).contiguous().transpose(2, 3)
+        elif t.size(-1) > 1 and t.stride(-1) != 1:
             t = t.contiguous()
         self.keep.append(t)
-        setattr(self.c, name, library.extension().Seq(t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)))
+        stride = t.stride()
+        setattr(self.c, name, library.extension().Seq(t.data_ptr(), stride[0], stride[1], 1 if steps else stride[2],
+                                                      stride[3] if steps else 1))
 
     def param(self, name: str, t: Optional[Tensor], dtype: Optional[torch.dtype] = None) -> None:
         """A contiguous input in the compute dtype (or ``dtype``)."""
@@ -99,20 +132,31 @@ class _Call:
         setattr(self.c, name, t.data_ptr())
         return t
 
-    def seq_result(self, name: str, like: Tensor) -> Tensor:
-        """A (Bt, M, R, L) result (out, or the gradient of the input ``like``): in like's layout
-        (torch.empty_like's), written there by the library through strides, when _writes_strided;
-        otherwise contiguous in the compute dtype."""
-        if not _writes_strided(like):
+    def seq_result(self, name: str, like: Tensor, steps: bool = False) -> Tensor:
+        """A (Bt, M, R, L) result (out, or the gradient of the input ``like``) in its group's layout
+        (``steps``: step-major). In like's layout (torch.empty_like's), written there by the library
+        through strides, when _writes_strided and that layout is the group's; otherwise a step-major
+        tensor for a step-major group, else contiguous, in the compute dtype."""
+        if steps and not _step_major(like):
+            Bt, M, R, L = like.shape
+            t = _new((Bt, M, L, R), self.cdt, self.device).transpose(2, 3)
+        elif steps or (_writes_strided(like) and _time_contiguous(like)):
+            t = _poisoned(torch.empty_like(like, dtype=self.cdt))
+        else:
             return self.output(name, like.shape)
-        t = _poisoned(torch.empty_like(like))
         setattr(self.c, name, t.data_ptr())
-        setattr(self.c, f"{name}_rows", library.extension().Seq(t.data_ptr(), *t.stride()[:3]))
+        stride = t.stride()
+        setattr(self.c, f"{name}_rows", library.extension().Seq(
+            t.data_ptr(), stride[0], stride[1], 1 if steps else stride[2], stride[3] if steps else 1))
         return t
 
     def inputs(self, u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths) -> None:
-        for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
-            self.seq(name, t)
+        # The two groups' layouts: the channel rows follow u, the state rows follow B.
+        self.rows_steps, self.states_steps = _reads_step_major(u), _reads_step_major(B)
+        for name, t in (("u", u), ("delta", delta), ("z", z)):
+            self.seq(name, t, self.rows_steps)
+        for name, t in (("B", B), ("C", C)):
+            self.seq(name, t, self.states_steps)
         for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias), ("W", W), ("initial_state", initial_state)):
             self.param(name, t)
         if lengths is not None:
@@ -136,7 +180,7 @@ class _Call:
                 raise
 
 
-@torch.library.custom_op("coupled_mamba::scan_fwd", mutates_args=())
+@torch.library.custom_op("coupled_mamba::scan_fwd", mutates_args=(), tags=_EXACT_STRIDES)
 def scan_fwd(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     delta_bias: Optional[Tensor], delta_softplus: bool, coupling: int, alpha: float, W: Optional[Tensor],
@@ -149,7 +193,7 @@ def scan_fwd(
     call.inputs(u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths)
     Bt, M, Dch, L = u.shape
     N = A.shape[-1]
-    out = call.seq_result("out", u)
+    out = call.seq_result("out", u, call.rows_steps)
     last = call.output("last_state", (Bt, M, Dch, N))
     if save_checkpoints:
         ck = call.output("checkpoints", library.checkpoint_shape(u.device, coupling, Bt, M, Dch, N, L))
@@ -177,7 +221,7 @@ GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "dW",
 _SEQ_GRADS = ("du", "ddelta", "dB", "dC", "dz")
 
 
-@torch.library.custom_op("coupled_mamba::scan_bwd", mutates_args=())
+@torch.library.custom_op("coupled_mamba::scan_bwd", mutates_args=(), tags=_EXACT_STRIDES)
 def scan_bwd(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     delta_bias: Optional[Tensor], delta_softplus: bool, coupling: int, alpha: float, W: Optional[Tensor],
@@ -191,12 +235,14 @@ def scan_bwd(
     validation.check_lengths_values(lengths, u.shape[-1])
     call = _Call(u, A, coupling, alpha, delta_softplus)
     call.inputs(u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths)
-    call.seq("dout", dout)
+    call.seq("dout", dout, call.rows_steps)
     call.param("dlast_state", dlast_state)
     if checkpoints is not None and checkpoints.numel() > 0:  # without them the library recomputes them
         call.param("checkpoints", checkpoints)
     like = dict(zip(GRAD_NAMES, (u, delta, A, B, C, D, z, delta_bias, W, initial_state)))
-    grads = {k: None if t is None else call.seq_result(k, t) if k in _SEQ_GRADS else call.output(k, t.shape)
+    steps = dict(du=call.rows_steps, ddelta=call.rows_steps, dz=call.rows_steps, dB=call.states_steps,
+                 dC=call.states_steps)
+    grads = {k: None if t is None else call.seq_result(k, t, steps[k]) if k in _SEQ_GRADS else call.output(k, t.shape)
              for k, t in like.items()}
     call.run("backward")
 

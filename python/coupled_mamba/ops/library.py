@@ -8,10 +8,17 @@ from __future__ import annotations
 import torch
 
 _ext = None
+_max_modalities = _max_state = None  # the library's limits, read once by extension()
+
+# The library's CouplingKind codes, kept here so that kind_code, which torch.compile traces in
+# coupled_selective_scan, reads no module global (dynamo cannot guard on the extension module);
+# extension() checks them against the library as it loads it.
+_KIND_CODES = {"rank_one": 0, "none": 1, "general": 2}
 
 
 def extension():
-    """The compiled module coupled_mamba._C (imported on first use)."""
+    """The compiled module coupled_mamba._C (imported with this module when it can be, else on
+    first use, which raises the ImportError that says how to build it)."""
     global _ext
     if _ext is None:
         try:
@@ -22,21 +29,39 @@ def extension():
                 f"({e}). Install the package with `pip install .` from the repository root "
                 "(it builds the library with CMake) instead of importing the source tree."
             ) from e
+        codes = {k: int(v.value) for k, v in _C.CouplingKind.__members__.items()}
+        if codes != _KIND_CODES:
+            raise ImportError(f"coupled_mamba._C defines the coupling kinds {codes}, this Python layer {_KIND_CODES}: "
+                              "the package and its compiled library come from different versions")
         _ext = _C
+        global _max_modalities, _max_state
+        _max_modalities, _max_state = int(_C.max_modalities), int(_C.max_state)
     return _ext
 
 
+# Loaded now when it can be, so that the limits below are plain ints by the time torch.compile
+# traces the op's Python wrapper (dynamo cannot guard on the extension module itself).
+try:
+    extension()
+except ImportError:
+    pass
+
+
 def max_modalities() -> int:
-    return int(extension().max_modalities)
+    if _max_modalities is None:
+        extension()
+    return _max_modalities
 
 
 def max_state() -> int:
-    return int(extension().max_state)
+    if _max_state is None:
+        extension()
+    return _max_state
 
 
 def kind_code(kind: str) -> int:
     """The library's integer code of a coupling kind ("rank_one", "none" or "general")."""
-    return int(extension().CouplingKind.__members__[kind].value)
+    return _KIND_CODES[kind]
 
 
 def kind_from_code(code: int):
