@@ -160,9 +160,10 @@ void backward_cpu_py(const ScanCall& c) {
   raise_on(st, "backward (CPU)");
 }
 
-// One call of the fused causal conv + SiLU (CPU): contiguous (channels, rows, length) tensors.
+// One call of the fused causal conv + SiLU (CPU): contiguous (channels, rows, length) tensors, or
+// (G, rows, length, channels / G) with step_major_groups = G > 0.
 struct ConvCall {
-  int64_t channels = 0, rows = 0, length = 0, width = 0;
+  int64_t channels = 0, rows = 0, length = 0, width = 0, step_major_groups = 0;
   DType dtype = DType::kFloat32;
   std::uintptr_t x = 0, weight = 0, bias = 0, y = 0, dy = 0, dx = 0, dweight = 0, dbias = 0;
   int num_threads = 1;
@@ -175,6 +176,7 @@ CausalConvBackwardArgs<T> conv_args(const ConvCall& c) {
   a.channels = c.channels, a.rows = c.rows, a.length = c.length, a.width = c.width;
   a.x = ptr<const T>(c.x), a.weight = ptr<const T>(c.weight), a.bias = ptr<const T>(c.bias), a.y = ptr<T>(c.y);
   a.num_threads = c.num_threads;
+  a.step_major_groups = c.step_major_groups;
   g.dy = ptr<const T>(c.dy), g.dx = ptr<T>(c.dx), g.dweight = ptr<T>(c.dweight), g.dbias = ptr<T>(c.dbias);
   return g;
 }
@@ -305,6 +307,7 @@ PYBIND11_MODULE(_C, m) {
   CS_CONV_FIELD(channels); CS_CONV_FIELD(rows); CS_CONV_FIELD(length); CS_CONV_FIELD(width); CS_CONV_FIELD(dtype);
   CS_CONV_FIELD(x); CS_CONV_FIELD(weight); CS_CONV_FIELD(bias); CS_CONV_FIELD(y); CS_CONV_FIELD(dy);
   CS_CONV_FIELD(dx); CS_CONV_FIELD(dweight); CS_CONV_FIELD(dbias); CS_CONV_FIELD(num_threads);
+  CS_CONV_FIELD(step_major_groups);
 #undef CS_CONV_FIELD
   m.def("conv_forward_cpu", &conv_forward_cpu_py);
   m.def("conv_backward_cpu", &conv_backward_cpu_py);

@@ -30,31 +30,29 @@ def cases():
     def rnd(*shape):
         return torch.randn(*shape, generator=g)
 
-    w_in, xn, du = rnd(M, 2 * E, D_MODEL), rnd(ROWS, D_MODEL), rnd(M, E, ROWS)
+    # Token-major, as the layer runs on the CPU: the branch is (M, rows, channels).
+    w_in, xn, du = rnd(M, 2 * E, D_MODEL), rnd(ROWS, D_MODEL), rnd(M, ROWS, E)
     du_acc = du.clone()  # what x_proj's backward accumulates into (the other calls read du unchanged)
-    out_u, dxn, dw = torch.empty(E, ROWS), torch.empty(ROWS, D_MODEL), torch.empty(E, D_MODEL)
-    x_w, dt_w, x_dbl = rnd(M, R + 2 * N, E), rnd(M, E, R), rnd(M, R + 2 * N, ROWS)
+    out_u, dxn, dw = torch.empty(ROWS, E), torch.empty(ROWS, D_MODEL), torch.empty(E, D_MODEL)
+    x_w, dt_w, x_dbl = rnd(M, R + 2 * N, E), rnd(M, E, R), rnd(M, ROWS, R + 2 * N)
     o_w, resid, dout = rnd(M, D_MODEL, E), rnd(M, ROWS, D_MODEL), rnd(M, ROWS, D_MODEL)
     # (name, call, calls per layer, multiply-adds per call)
     return [
-        ("in_proj forward (per modality, u and z)", lambda: torch.mm(w_in[0, :E], xn.t(), out=out_u), 2 * M,
+        ("in_proj forward (per modality, u and z)", lambda: torch.mm(xn, w_in[0, :E].t(), out=out_u), 2 * M,
          E * D_MODEL * ROWS),
-        ("in_proj backward, d LN(x) (mm, then addmm_)", lambda: torch.mm(du[0].t(), w_in[0, :E], out=dxn), 2 * M,
+        ("in_proj backward, d LN(x) (mm, then addmm_)", lambda: torch.mm(du[0], w_in[0, :E], out=dxn), 2 * M,
          E * D_MODEL * ROWS),
-        ("in_proj backward, d weight", lambda: torch.mm(du[0], xn, out=dw), 2 * M, E * D_MODEL * ROWS),
-        ("x_proj forward", lambda: torch.bmm(x_w, du), 1, M * (R + 2 * N) * E * ROWS),
-        ("dt_proj forward", lambda: torch.bmm(dt_w, x_dbl[:, :R]), 1, M * E * R * ROWS),
-        ("dt_proj backward, d dt_r (per modality)", lambda: torch.mm(dt_w[0].t(), du[0]), M, E * R * ROWS),
-        ("dt_proj backward, d weight", lambda: torch.bmm(du, x_dbl[:, :R].transpose(1, 2)), 1, M * E * R * ROWS),
-        ("x_proj backward, d weight", lambda: torch.bmm(x_dbl, du.transpose(1, 2)), 1, M * (R + 2 * N) * E * ROWS),
-        ("x_proj backward, d u (accumulated)", lambda: du_acc.baddbmm_(x_w.transpose(1, 2), x_dbl), 1,
-         M * (R + 2 * N) * E * ROWS),
-        ("out_proj forward + residual", lambda: torch.baddbmm(resid, du.transpose(1, 2), o_w.transpose(1, 2)), 1,
+        ("in_proj backward, d weight", lambda: torch.mm(du[0].t(), xn, out=dw), 2 * M, E * D_MODEL * ROWS),
+        ("x_proj forward", lambda: torch.bmm(du, x_w.transpose(1, 2)), 1, M * (R + 2 * N) * E * ROWS),
+        ("dt_proj forward", lambda: torch.bmm(x_dbl[..., :R], dt_w.transpose(1, 2)), 1, M * E * R * ROWS),
+        ("dt_proj backward, d dt_r", lambda: torch.bmm(du, dt_w), 1, M * E * R * ROWS),
+        ("dt_proj backward, d weight", lambda: torch.bmm(du.transpose(1, 2), x_dbl[..., :R]), 1, M * E * R * ROWS),
+        ("x_proj backward, d weight", lambda: torch.bmm(x_dbl.transpose(1, 2), du), 1, M * (R + 2 * N) * E * ROWS),
+        ("x_proj backward, d u (accumulated)", lambda: du_acc.baddbmm_(x_dbl, x_w), 1, M * (R + 2 * N) * E * ROWS),
+        ("out_proj forward + residual", lambda: torch.baddbmm(resid, du, o_w.transpose(1, 2)), 1,
          M * E * D_MODEL * ROWS),
-        ("out_proj backward, d y", lambda: torch.bmm(o_w.transpose(1, 2), dout.transpose(1, 2)), 1,
-         M * E * D_MODEL * ROWS),
-        ("out_proj backward, d weight", lambda: torch.bmm(dout.transpose(1, 2), du.transpose(1, 2)), 1,
-         M * E * D_MODEL * ROWS),
+        ("out_proj backward, d y", lambda: torch.bmm(dout, o_w), 1, M * E * D_MODEL * ROWS),
+        ("out_proj backward, d weight", lambda: torch.bmm(dout.transpose(1, 2), du), 1, M * E * D_MODEL * ROWS),
     ]
 
 

@@ -283,8 +283,35 @@ template <typename T>
 Status check_conv(const CausalConvArgs<T>& a) {
   if (a.channels < 0 || a.rows < 0 || a.length < 0 || a.num_threads < 1) return Status::kInvalidSize;
   if (a.width < 1 || a.width > kMaxConvWidth) return Status::kInvalidSize;
+  if (a.step_major_groups < 0 || (a.step_major_groups > 0 && a.channels % a.step_major_groups != 0))
+    return Status::kInvalidSize;
   if (a.channels * a.rows * a.length > 0 && (!a.x || !a.weight)) return Status::kNullPointer;
   return Status::kOk;
+}
+
+// The step-major conv's tasks: blocks of whole lines of a group's channels, as many lines as
+// leave two tasks per worker (at most k.conv_step_max_lines). Each lane's arithmetic is the same
+// whatever the blocks, so the results do not depend on the thread count.
+struct ConvStepBlocks {
+  int64_t per_group, channels_per_block, blocks_per_group;
+};
+template <typename T>
+ConvStepBlocks conv_step_blocks(const CausalConvArgs<T>& a, const TaskKernels<T>& k) {
+  const int64_t per_group = a.channels / a.step_major_groups;
+  const int64_t lines = (per_group + k.conv_step_line - 1) / k.conv_step_line;
+  const int64_t workers = task_workers(a.step_major_groups * lines, a.num_threads);
+  const int64_t per_block = std::max<int64_t>(
+      1, std::min<int64_t>(k.conv_step_max_lines, a.step_major_groups * lines / (2 * workers)));
+  return {per_group, per_block * k.conv_step_line, (lines + per_block - 1) / per_block};
+}
+
+template <typename T, typename Kernel, typename Args>
+void run_conv_steps(const Args& args, const CausalConvArgs<T>& a, const TaskKernels<T>& k, Kernel kernel) {
+  const ConvStepBlocks b = conv_step_blocks(a, k);
+  run_tasks<T>(a.step_major_groups * b.blocks_per_group, a.num_threads, 0, [&](int64_t task, T* scratch) {
+                 const int64_t g = task / b.blocks_per_group, e = task % b.blocks_per_group * b.channels_per_block;
+                 kernel(args, g, e, std::min(e + b.channels_per_block, b.per_group), scratch);
+               });
 }
 
 }  // namespace
@@ -298,6 +325,7 @@ Status causal_conv_silu_forward_cpu(const CausalConvArgs<T>& a) {
   if (!a.y) return Status::kNullPointer;
   const cpu::TaskKernels<T>& k = cpu::kernels_for<T>(cpu::select_kernels());
   return cpu::guarded([&] {
+    if (a.step_major_groups > 0) return cpu::run_conv_steps(a, a, k, k.conv_steps_forward);
     cpu::run_tasks<T>(a.channels, a.num_threads, 0, [&](int64_t c, T* scratch) { k.conv_forward(a, c, scratch); });
   });
 }
@@ -316,6 +344,7 @@ Status causal_conv_silu_backward_cpu(const CausalConvBackwardArgs<T>& g) {
   if (!g.dy || !g.dx) return Status::kNullPointer;
   const cpu::TaskKernels<T>& k = cpu::kernels_for<T>(cpu::select_kernels());
   return cpu::guarded([&] {
+    if (a.step_major_groups > 0) return cpu::run_conv_steps(g, a, k, k.conv_steps_backward);
     cpu::run_tasks<T>(a.channels, a.num_threads, a.length,
                       [&](int64_t c, T* scratch) { k.conv_backward(g, c, scratch); });
   });

@@ -1,5 +1,6 @@
 // C++ tests of the fused depthwise causal conv + SiLU (coupled_scan/causal_conv.h) against a naive
-// float64 transcription of its formula, a finite-difference spot check, and its error statuses.
+// float64 transcription of its formula, a finite-difference spot check, and its error statuses; in
+// both layouts: (channels, rows, length) and step-major (G, rows, length, channels / G).
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -18,7 +19,15 @@ namespace {
 struct ConvSize {
   int64_t channels, rows, length, width;
   bool with_bias;
+  int64_t groups = 0;  // CausalConvArgs::step_major_groups
 };
+
+// Where element (channel c, row r, step t) lies in a sequence tensor of size s.
+int64_t seq_index(const ConvSize& s, int64_t c, int64_t r, int64_t t) {
+  if (s.groups == 0) return (c * s.rows + r) * s.length + t;
+  const int64_t per_group = s.channels / s.groups, g = c / per_group;
+  return ((g * s.rows + r) * s.length + t) * per_group + c % per_group;
+}
 
 // Inputs of one problem in float64, laid out as the API takes them.
 struct ConvProblem {
@@ -60,24 +69,24 @@ ConvGrads naive_conv(const ConvProblem& p) {
   g.dbias_scale.assign(s.channels, 0.0);
   for (int64_t c = 0; c < s.channels; ++c)
     for (int64_t r = 0; r < s.rows; ++r) {
-      const int64_t at = (c * s.rows + r) * L;
+      auto at = [&](int64_t t) { return seq_index(s, c, r, t); };
       for (int64_t t = 0; t < L; ++t) {
         double pre = p.bias.empty() ? 0.0 : p.bias[c];
         for (int64_t j = 0; j < k; ++j) {
           const int64_t i = t - (k - 1) + j;
-          if (i >= 0) pre += p.weight[c * k + j] * p.x[at + i];
+          if (i >= 0) pre += p.weight[c * k + j] * p.x[at(i)];
         }
         const double sg = sigmoid(pre);
-        g.y[at + t] = pre * sg;
-        const double dpre = p.dy[at + t] * (sg + pre * sg * (1.0 - sg));
+        g.y[at(t)] = pre * sg;
+        const double dpre = p.dy[at(t)] * (sg + pre * sg * (1.0 - sg));
         g.dbias[c] += dpre;
         g.dbias_scale[c] += std::fabs(dpre);
         for (int64_t j = 0; j < k; ++j) {
           const int64_t i = t - (k - 1) + j;
           if (i < 0) continue;
-          g.dweight[c * k + j] += dpre * p.x[at + i];
-          g.dweight_scale[c * k + j] += std::fabs(dpre * p.x[at + i]);
-          g.dx[at + i] += dpre * p.weight[c * k + j];
+          g.dweight[c * k + j] += dpre * p.x[at(i)];
+          g.dweight_scale[c * k + j] += std::fabs(dpre * p.x[at(i)]);
+          g.dx[at(i)] += dpre * p.weight[c * k + j];
         }
       }
     }
@@ -107,6 +116,7 @@ ConvRun<T> run_library(const ConvProblem& p, int threads) {
   a.bias = s.with_bias ? b.data() : nullptr;
   a.y = y.data();
   a.num_threads = threads;
+  a.step_major_groups = s.groups;
   ConvRun<T> r;
   r.fwd = coupled_scan::causal_conv_silu_forward_cpu(a);
   CausalConvBackwardArgs<T> g;
@@ -126,12 +136,14 @@ ConvRun<T> run_library(const ConvProblem& p, int threads) {
 
 std::string size_name(const ConvSize& s) {
   return "C=" + std::to_string(s.channels) + " R=" + std::to_string(s.rows) + " L=" + std::to_string(s.length) +
-         " k=" + std::to_string(s.width) + (s.with_bias ? " +bias" : " no bias");
+         " k=" + std::to_string(s.width) + (s.with_bias ? " +bias" : " no bias") +
+         (s.groups ? " step-major G=" + std::to_string(s.groups) : "");
 }
 
 template <typename T>
 void compare_case(const ConvSize& s, double tol_y, double tol_grad) {
-  std::mt19937_64 rng(77 + s.channels * 13 + s.rows * 101 + s.length * 7 + s.width * 1009 + s.with_bias);
+  std::mt19937_64 rng(77 + s.channels * 13 + s.rows * 101 + s.length * 7 + s.width * 1009 + s.with_bias +
+                      s.groups * 100003);
   const ConvProblem p = random_problem(s, rng);
   const ConvGrads ref = naive_conv(p);
   const std::string name = std::string(sizeof(T) == 8 ? "f64 " : "f32 ") + size_name(s);
@@ -259,6 +271,9 @@ void status_cases() {
       {"0 threads", [](CausalConvArgs<float>& a) { a.num_threads = 0; }, Status::kInvalidSize},
       {"null x", [](CausalConvArgs<float>& a) { a.x = nullptr; }, Status::kNullPointer},
       {"null weight", [](CausalConvArgs<float>& a) { a.weight = nullptr; }, Status::kNullPointer},
+      {"channels not a multiple of step_major_groups", [](CausalConvArgs<float>& a) { a.step_major_groups = 3; },
+       Status::kInvalidSize},
+      {"step_major_groups < 0", [](CausalConvArgs<float>& a) { a.step_major_groups = -1; }, Status::kInvalidSize},
   };
   for (const Bad& e : bad) {
     CausalConvArgs<float> a = fa;
@@ -315,7 +330,21 @@ int main() {
             compare_case<double>(s, 1e-12, 1e-12);
             compare_case<float>(s, 1e-5, 1e-5);
           }
+  // Step-major: channels per group around the vector widths (not multiples of 16 but 32, 64:
+  // whole vectors and cache-line blocks), rows shorter than k, widths fixed at compile time or not.
+  for (int64_t G : {1, 3})
+    for (int64_t per_group : {1, 5, 17, 32, 37})
+      for (int64_t L : {1, 3, 7, 63})
+        for (int64_t k : {1, 3, 4, 5, 16})
+          for (int64_t R : {1, 3})
+            for (bool with_bias : {true, false}) {
+              const ConvSize s{G * per_group, R, L, k, with_bias, G};
+              compare_case<double>(s, 1e-12, 1e-12);
+              compare_case<float>(s, 1e-5, 1e-5);
+            }
   finite_difference_case({3, 2, 9, 4, true});
+  finite_difference_case({6, 2, 9, 4, true, 3});
+  finite_difference_case({4, 2, 2, 7, true, 2});
   finite_difference_case({2, 3, 2, 16, true});  // L < k - 1: every step in the zero-padded head
   status_cases();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);

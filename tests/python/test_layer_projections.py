@@ -29,8 +29,9 @@ def test_norm_in_proj_gradcheck(with_bias):
     x, w, b, W, bias = args
     u, z = projections.NormInProj.apply(*args, 1e-5)
     xn = F.layer_norm(x, (d,), eps=1e-5) * w[:, None] + b[:, None]
-    want = W @ xn.transpose(1, 2) + (bias[..., None] if bias is not None else 0)
-    assert rel(torch.cat([u, z], 1), want) < 1e-12
+    want = xn @ W.transpose(1, 2) + (bias[:, None] if bias is not None else 0)
+    assert u.shape == z.shape == (M, rows, E)
+    assert rel(torch.cat([u, z], -1), want) < 1e-12
     assert u.is_contiguous() and z.is_contiguous()
 
 
@@ -38,12 +39,12 @@ def test_norm_in_proj_gradcheck(with_bias):
 def test_selective_proj_matches_autograd(masked):
     g = torch.Generator().manual_seed(2)
     M, E, Bt, L, R, N = 3, 6, 2, 5, 2, 3
-    u, xw, dtw = r64(M, E, Bt * L, g=g), r64(M, R + 2 * N, E, g=g), r64(M, E, R, g=g)
+    u, xw, dtw = r64(M, Bt * L, E, g=g), r64(M, R + 2 * N, E, g=g), r64(M, E, R, g=g)
     minus_inf = None
-    keep = torch.rand(M, 1, Bt, L, generator=g) > 0.3
+    keep = torch.rand(M, Bt * L, 1, generator=g) > 0.3
     if masked:
-        minus_inf = torch.zeros(M, 1, Bt, L, dtype=torch.float64).masked_fill_(~keep, float("-inf"))
-    grads_out = [r64(M, E, Bt * L, g=g), r64(M, E, Bt * L, g=g), r64(M, N, Bt * L, g=g), r64(M, N, Bt * L, g=g)]
+        minus_inf = torch.zeros(M, Bt * L, 1, dtype=torch.float64).masked_fill_(~keep, float("-inf"))
+    grads_out = [r64(M, Bt * L, E, g=g), r64(M, Bt * L, E, g=g), r64(M, Bt * L, N, g=g), r64(M, Bt * L, N, g=g)]
 
     def run(fn):
         leaves = [t.clone().requires_grad_() for t in (u, xw, dtw)]
@@ -53,11 +54,11 @@ def test_selective_proj_matches_autograd(masked):
         return [o.detach() for o in outs], [t.grad for t in leaves]
 
     def plain(u_, xw_, dtw_):
-        x_dbl = xw_ @ u_
-        delta = dtw_ @ x_dbl[:, :R]
+        x_dbl = u_ @ xw_.transpose(1, 2)
+        delta = x_dbl[..., :R] @ dtw_.transpose(1, 2)
         if masked:
-            delta = delta.view(M, E, Bt, L).masked_fill(~keep, float("-inf")).view(M, E, Bt * L)
-        return u_ * 1.0, delta, x_dbl[:, R:R + N], x_dbl[:, R + N:]
+            delta = delta.masked_fill(~keep, float("-inf"))
+        return u_ * 1.0, delta, x_dbl[..., R:R + N], x_dbl[..., R + N:]
 
     got_out, got_grads = run(lambda *a: projections.SelectiveProj.apply(*a, minus_inf))
     want_out, want_grads = run(plain)
@@ -74,12 +75,12 @@ def test_selective_proj_matches_autograd(masked):
 def test_out_proj_residual_gradcheck_and_layout(with_bias):
     g = torch.Generator().manual_seed(3)
     M, E, rows, d = 3, 6, 9, 4
-    args = (r64(M, E, rows, g=g), r64(M, d, E, g=g), r64(M, d, g=g) if with_bias else None, r64(M, rows, d, g=g))
+    args = (r64(M, rows, E, g=g), r64(M, d, E, g=g), r64(M, d, g=g) if with_bias else None, r64(M, rows, d, g=g))
     args = tuple(a.requires_grad_() if a is not None else None for a in args)
     assert torch.autograd.gradcheck(projections.OutProjResidual.apply, args)
     y, W, bias, res = args
     out = projections.OutProjResidual.apply(*args)
-    want = res + (W @ y).transpose(1, 2) + (bias[:, None] if bias is not None else 0)
+    want = res + y @ W.transpose(1, 2) + (bias[:, None] if bias is not None else 0)
     assert rel(out, want) < 1e-12 and out.is_contiguous()
     (dy,) = torch.autograd.grad(out, y, r64(M, rows, d, g=g))
     assert dy.is_contiguous()

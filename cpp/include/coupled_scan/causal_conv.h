@@ -14,6 +14,11 @@ constexpr int64_t kMaxConvWidth = 16;
 
 // x, y: (channels, rows, length), every row of channel c convolved with weight[c]: the layer
 // passes (M * E, batch, L), so one weight serves all samples without being repeated.
+//
+// Step-major layout (step_major_groups = G > 0): x, y (and dy, dx) are contiguous
+// (G, rows, length, channels / G), channel c = g * (channels / G) + e at [g, r, t, e]: a layer
+// whose activations are token-major passes (M, batch, L, E) as it is, with no transposing copy.
+// channels must be a multiple of G (else kInvalidSize). Same formula, weight and bias layout.
 template <typename T>
 struct CausalConvArgs {
   int64_t channels = 0;
@@ -25,9 +30,10 @@ struct CausalConvArgs {
   const T* bias = nullptr;    // (channels) or null
   T* y = nullptr;             // forward: (channels, rows, length)
   int num_threads = 1;
+  int64_t step_major_groups = 0;  // 0: (channels, rows, length); G > 0: (G, rows, length, channels / G)
 };
 
-// Backward from dy: dx (channels, rows, length), dweight (channels, width), dbias (channels; may
+// Backward from dy: dx (in x's layout), dweight (channels, width), dbias (channels; may
 // be null). Deterministic: each channel's sums are taken in a fixed order by one task.
 template <typename T>
 struct CausalConvBackwardArgs {

@@ -298,6 +298,187 @@ void conv_silu_backward_channel(const CausalConvBackwardArgs<T>& g, int64_t c, T
   with_static_size(g.fwd.width, [&](auto K) { conv_silu_backward_rows<decltype(K)::value>(g, c, scratch); });
 }
 
+// ---- Step-major layout (CausalConvArgs::step_major_groups = G > 0)
+//
+// x[g, r, t, e]: a step's channels are contiguous, so a vector holds W channels of one step, each
+// lane one channel. A task takes a block of one group's channels (whole cache lines, up to
+// kConvStepMaxLines) through all rows and steps: one vector per task through all rows, striding
+// 4 KB pages over time, left the prefetchers idle and ran 2-3x slower. The forward goes step by
+// step over the block, rereading a step's k taps from x (its last k steps are in L1).
+// Every lane's sums run in one order whatever the blocks, so any thread count gives the same bits.
+
+// Channels per cache line (at least a vector): the unit of the blocks, so no two tasks write a line.
+template <typename T>
+constexpr int64_t kConvStepLine = Simd<T>::width * int64_t(sizeof(T)) >= 64 ? Simd<T>::width : 64 / int64_t(sizeof(T));
+constexpr int64_t kConvStepMaxLines = 4;
+template <typename T>
+constexpr int64_t kConvStepMaxVectors = kConvStepMaxLines * kConvStepLine<T> / Simd<T>::width;
+
+// Loads and stores of a vector of `count` channels (Tail: count < W, lanes past it zero).
+template <bool Tail, typename T>
+struct ChannelLanes {
+  typedef typename Simd<T>::V V;
+  int64_t count;
+  CS_HD V load(const T* p) const { return Tail ? load_first<V>(p, count) : load_block<V>(p); }
+  CS_HD void store(T* p, const V& v) const {
+    if (Tail) store_first(p, v, count);
+    else store_block(p, v);
+  }
+};
+
+// Lane e from p[e * stride] (weights, bias) for `count` lanes, zero past them; and back.
+template <typename T>
+CS_HD typename Simd<T>::V gather_lanes(const T* p, int64_t stride, int64_t count) {
+  typename Simd<T>::V v = {};
+  for (int64_t e = 0; e < count; ++e) v[e] = p[e * stride];
+  return v;
+}
+template <typename T>
+CS_HD void scatter_lanes(T* p, int64_t stride, int64_t count, const typename Simd<T>::V& v) {
+  for (int64_t e = 0; e < count; ++e) p[e * stride] = v[e];
+}
+
+// The vectors of a block [e_begin, e_end) of group g, their weights and bias lane-wise.
+template <int Width, typename T>
+struct StepBlock {
+  typedef typename Simd<T>::V V;
+  static constexpr int64_t W = Simd<T>::width;
+  static constexpr int64_t kTaps = Width > 0 ? Width : kMaxConvWidth;
+  int64_t k_run, full, tail;  // full vectors, then one of `tail` channels when tail > 0
+  int64_t c0, at, pitch;      // first channel; offset of (g, 0, 0, e_begin); a step's stride
+  V w[kConvStepMaxVectors<T>][kTaps];
+  V bias[kConvStepMaxVectors<T>];
+
+  CS_HD StepBlock(const CausalConvArgs<T>& a, int64_t g, int64_t e_begin, int64_t e_end) : k_run(a.width) {
+    pitch = a.channels / a.step_major_groups;
+    full = (e_end - e_begin) / W;
+    tail = (e_end - e_begin) % W;
+    c0 = g * pitch + e_begin;
+    at = g * a.rows * a.length * pitch + e_begin;
+    for (int64_t v = 0; v < vectors(); ++v) {
+      const int64_t n = v < full ? W : tail, c = c0 + v * W;
+      for (int64_t j = 0; j < k(); ++j) w[v][j] = gather_lanes(a.weight + c * k() + j, k(), n);
+      bias[v] = a.bias ? gather_lanes(a.bias + c, 1, n) : V{};
+    }
+  }
+  CS_HD int64_t k() const { return Width > 0 ? Width : k_run; }
+  CS_HD int64_t vectors() const { return full + (tail > 0); }
+  // f(v, lanes) for every vector of the block.
+  template <typename F>
+  CS_HD void each(F&& f) const {
+    for (int64_t v = 0; v < full; ++v) f(v, ChannelLanes<false, T>{W});
+    if (tail > 0) f(full, ChannelLanes<true, T>{tail});
+  }
+  // Taps j >= jlo of vector v at step t of row x (taps below jlo lie before the row: zero).
+  template <typename Lanes, typename J>
+  CS_HD void load_taps(const T* x, int64_t t, int64_t v, const Lanes& lanes, J jlo, V* taps) const {
+    for (int64_t j = jlo; j < k(); ++j) taps[j] = lanes.load(x + (t - (k() - 1) + j) * pitch + v * W);
+  }
+  template <typename J>
+  CS_HD V pre(int64_t v, J jlo, const V* taps) const {
+    V acc = bias[v];
+    for (int64_t j = jlo; j < k(); ++j) acc += w[v][j] * taps[j];
+    return acc;
+  }
+};
+
+template <int Width, typename T>
+CS_HD void conv_steps_forward_block(const CausalConvArgs<T>& a, int64_t g, int64_t e_begin, int64_t e_end) {
+  typedef typename Simd<T>::V V;
+  const StepBlock<Width, T> b(a, g, e_begin, e_end);
+  const int64_t L = a.length, k = b.k();
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const T* x = a.x + b.at + r * L * b.pitch;
+    T* y = a.y + b.at + r * L * b.pitch;
+    auto step = [&](int64_t t, auto jlo) {
+      b.each([&](int64_t v, const auto& lanes) {
+        V taps[StepBlock<Width, T>::kTaps];
+        b.load_taps(x, t, v, lanes, jlo, taps);
+        const V p = b.pre(v, jlo, taps);
+        lanes.store(y + t * b.pitch + v * b.W, p * block_sigmoid<T>(p));
+      });
+    };
+    int64_t t = 0;
+    for (; t < L && t < k - 1; ++t) step(t, k - 1 - t);
+    for (; t < L; ++t) step(t, std::integral_constant<int64_t, 0>());
+  }
+}
+
+// The backward, a row at a time and in it a vector at a time: the row's block (x, dy, dx: a few
+// KB per vector) stays in L1 across the vectors, and the k inputs and k dpre a step reads stay
+// in registers (taps, ring, shifted one step on). Step t gives dpre[t] (pre recomputed), adds its
+// dweight / dbias terms and completes dx[t - (k - 1)], whose dpre terms (steps t - (k - 1) .. t)
+// are then all in the ring; k - 1 zero steps past the row complete the rest.
+template <int Width, typename T>
+CS_HD void conv_steps_backward_block(const CausalConvBackwardArgs<T>& gr, int64_t g, int64_t e_begin, int64_t e_end) {
+  typedef typename Simd<T>::V V;
+  constexpr int64_t kTaps = StepBlock<Width, T>::kTaps, kVec = kConvStepMaxVectors<T>;
+  const CausalConvArgs<T>& a = gr.fwd;
+  const StepBlock<Width, T> b(a, g, e_begin, e_end);
+  const int64_t L = a.length, k = b.k(), W = b.W;
+  V dw[kVec][kTaps] = {};
+  V db[kVec] = {};
+  auto push = [&](V* r, const V& v) {
+    for (int64_t m = 0; m + 1 < k && m + 1 < kTaps; ++m) r[m] = r[m + 1];  // kTaps: GCC's bounds warning
+    r[k - 1] = v;
+  };
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const int64_t at = b.at + r * L * b.pitch;
+    b.each([&](int64_t v, const auto& lanes) {
+      const T* x = a.x + at + v * W;
+      const T* dy = gr.dy + at + v * W;
+      T* dx = gr.dx + at + v * W;
+      const V* w = b.w[v];
+      V taps[kTaps] = {}, ring[kTaps] = {};
+      // A row's sums apart, then into the channel's: shorter chains of float additions.
+      V row_dw[kTaps] = {};
+      V row_db = V{};
+      auto dx_at = [&](int64_t t) {  // sum_j w[j] dpre[t - j]
+        V acc = V{};
+        for (int64_t j = 0; j < k; ++j) acc += w[j] * ring[k - 1 - j];
+        lanes.store(dx + (t - (k - 1)) * b.pitch, acc);
+      };
+      auto step = [&](int64_t t, auto with_dx) {
+        push(taps, lanes.load(x + t * b.pitch));
+        const V p = b.pre(v, std::integral_constant<int64_t, 0>(), taps);
+        const V s = block_sigmoid<T>(p);
+        const V d = lanes.load(dy + t * b.pitch) * (s * (T(1) + p * (T(1) - s)));
+        push(ring, d);
+        for (int64_t j = 0; j < k; ++j) row_dw[j] += taps[j] * d;
+        row_db += d;
+        if constexpr (decltype(with_dx)::value) dx_at(t);
+      };
+      int64_t t = 0;
+      for (; t < L && t < k - 1; ++t) step(t, std::false_type());
+      for (; t < L; ++t) step(t, std::true_type());
+      for (; t < L + k - 1; ++t) {
+        push(ring, V{});
+        if (t >= k - 1) dx_at(t);
+      }
+      for (int64_t j = 0; j < k; ++j) dw[v][j] += row_dw[j];
+      db[v] += row_db;
+    });
+  }
+  for (int64_t v = 0; v < b.vectors(); ++v) {
+    const int64_t n = v < b.full ? W : b.tail, c = b.c0 + v * W;
+    for (int64_t j = 0; j < k; ++j) scatter_lanes(gr.dweight + c * k + j, k, n, dw[v][j]);
+    if (gr.dbias) scatter_lanes(gr.dbias + c, 1, n, db[v]);
+  }
+}
+
+// Channels [e_begin, e_end) of group g (whole lines of kConvStepLine, at most kConvStepMaxLines).
+template <typename T>
+void conv_steps_forward_task(const CausalConvArgs<T>& a, int64_t g, int64_t e_begin, int64_t e_end, T* /*scratch*/) {
+  with_static_size(a.width, [&](auto K) { conv_steps_forward_block<decltype(K)::value>(a, g, e_begin, e_end); });
+}
+
+template <typename T>
+void conv_steps_backward_task(const CausalConvBackwardArgs<T>& gr, int64_t g, int64_t e_begin, int64_t e_end,
+                              T* /*scratch*/) {
+  with_static_size(gr.fwd.width,
+                   [&](auto K) { conv_steps_backward_block<decltype(K)::value>(gr, g, e_begin, e_end); });
+}
+
 }  // namespace CS_ISA
 }  // namespace cpu
 }  // namespace coupled_scan

@@ -23,6 +23,12 @@ struct TaskKernels {
   // The fused causal conv + SiLU, one channel per task (scratch: `length` elements).
   void (*conv_forward)(const CausalConvArgs<T>&, int64_t channel, T* scratch);
   void (*conv_backward)(const CausalConvBackwardArgs<T>&, int64_t channel, T* scratch);
+  // The step-major conv (step_major_groups > 0) of channels [e_begin, e_end) of group g: whole
+  // lines of conv_step_line channels, at most conv_step_max_lines; no scratch.
+  int64_t conv_step_line, conv_step_max_lines;
+  void (*conv_steps_forward)(const CausalConvArgs<T>&, int64_t g, int64_t e_begin, int64_t e_end, T* scratch);
+  void (*conv_steps_backward)(const CausalConvBackwardArgs<T>&, int64_t g, int64_t e_begin, int64_t e_end,
+                              T* scratch);
 };
 
 struct KernelTable {

@@ -11,17 +11,20 @@ Every block has its own parameters. They are stored stacked along a leading moda
 conv instead of M small ones; ``param[m]`` is block m's parameter, and slicing the state
 dict of an M-modality layer gives M single-modality layers (the tests rely on this).
 
-Internally the layer works in the (M, channels, batch, L) layout: each per-modality projection
-is one bmm over the modality axis whose output is the next one's input without a copy (a
-broadcasting matmul would copy the weights once per sample), and the scan reads (batch, M,
-channels, L) views of it (time contiguous, other axes strided). On the CPU the scan also writes
-its output and its gradients in those layouts, and the conv + SiLU is one fused kernel
-(ops/causal_conv.py), so nothing is copied between the projections and the scan in either
-direction. The residual stream is (M, batch, L, d_model) (:meth:`forward_modality_major`, what
-a CoupledMamba stack keeps between its layers); the LayerNorm + input projection and the output
-projection + residual add are autograd Functions (projections.py) that read and write both
-layouts without transposing copies. :meth:`forward` takes and returns (batch, M, L, d_model)
-and pays one copy each way.
+Internally, on the CPU (float32 / float64, no autocast), the layer is token-major: the residual
+stream is (M, batch * L, d_model) and every tensor of the branch (M, batch * L, channels), which
+is what LayerNorm, the matmuls x @ W^T and the step-major conv + SiLU kernel (ops/causal_conv.py)
+read and write without copies. The scan takes (batch, M, channels, L) views of them as step-major
+sequence tensors (docs/coupled-scan.md, "Strides"), loading each step's channels as whole
+vectors, and writes its output and gradients in the same layouts; the LayerNorm + input
+projection, x_proj + dt_proj and the output projection + residual add are autograd Functions
+(projections.py) that keep every gradient in its input's layout. So nothing is transposed or
+copied between the projections and the scan in either direction. Elsewhere (CUDA, autocast,
+mixed dtypes) the branch runs as plain autograd ops in the channel-major (M, channels, batch * L)
+layout, which gives the CUDA kernels time-contiguous rows. The residual stream is
+(M, batch, L, d_model) in both (:meth:`forward_modality_major`, what a CoupledMamba stack keeps
+between its layers); :meth:`forward` takes and returns (batch, M, L, d_model) and pays one copy
+each way.
 """
 from __future__ import annotations
 
@@ -223,44 +226,12 @@ class CoupledMambaLayer(nn.Module):
             raise ValueError(f"expected ({self.n_modalities}, batch, L, {self.d_model}), got input of shape {tuple(x.shape)}")
         E, N, R = self.d_inner, self.d_state, self.dt_rank
         x = x.reshape(M, Bt * L, d)  # a copy only when x is not in this layout already
-
-        # Between the residual stream and the scan everything is in the (M, channels, batch, L)
-        # layout that a bmm over the modality axis produces and consumes, so the projections chain
-        # without copies; the scan reads the (batch, M, channels, L) views of it through strides.
         fused = projections.takes(x, self.norm_weight, self.in_proj_weight, self.x_proj_weight, self.dt_proj_weight,
-                                 self.out_proj_weight)
+                                  self.out_proj_weight)
         if fused:
-            u, z = projections.NormInProj.apply(
-                x, self.norm_weight, self.norm_bias, self.in_proj_weight, self.in_proj_bias, self.norm_eps)
+            u, z, delta, B, C, delta_bias, softplus = self._branch_tokens(x, Bt, L, mask, cache)
         else:
-            xn = F.layer_norm(x, (d,), eps=self.norm_eps) * self.norm_weight[:, None] + self.norm_bias[:, None]
-            xn = xn.transpose(1, 2)  # (M, d, Bt * L), read transposed by the bmm
-            # u and z as two bmm over halves of the weight: each result is a whole tensor, so the
-            # backward gets no zero-filled (M, 2E, ...) slice gradient to assemble.
-            u = torch.bmm(self.in_proj_weight[:, :E], xn)
-            z = torch.bmm(self.in_proj_weight[:, E:], xn)
-            del xn
-            if self.in_proj_bias is not None:
-                u = u + self.in_proj_bias[:, :E, None].to(u.dtype)
-                z = z + self.in_proj_bias[:, E:, None].to(z.dtype)
-        u = self._conv_silu(u.view(M, E, Bt, L), cache).view(M, E, Bt * L)
-
-        def scan_view(t: torch.Tensor) -> torch.Tensor:  # (M, C, Bt * L) -> (Bt, M, C, L), a view
-            return t.view(M, t.shape[1], Bt, L).permute(2, 0, 1, 3)
-
-        if fused and (mask is None or _masks_with_minus_inf(u)):
-            minus_inf = None
-            if mask is not None:  # -inf at masked steps (see _mask_delta), in delta's layout
-                minus_inf = torch.zeros(M, 1, Bt, L, dtype=u.dtype, device=u.device)
-                minus_inf.masked_fill_(~mask.permute(1, 0, 2)[:, None], float("-inf"))
-            u, delta, B, C = projections.SelectiveProj.apply(u, self.x_proj_weight, self.dt_proj_weight, minus_inf)
-            delta_bias, softplus = self.dt_proj_bias, True
-        else:
-            x_dbl = torch.bmm(self.x_proj_weight, u)  # (M, R + 2N, Bt * L)
-            delta = torch.bmm(self.dt_proj_weight, x_dbl[:, :R])
-            B, C = x_dbl[:, R:R + N], x_dbl[:, R + N:]
-            delta, delta_bias, softplus = self._mask_delta(delta.view(M, E, Bt, L), mask)
-        u, z, delta, B, C = scan_view(u), scan_view(z), scan_view(delta.reshape(M, E, Bt * L)), scan_view(B), scan_view(C)
+            u, z, delta, B, C, delta_bias, softplus = self._branch_channels(x, Bt, L, mask, cache)
         lengths = None
         if mask is not None:
             # The scan stops each sample after its last valid step of any modality: the padded
@@ -268,7 +239,7 @@ class CoupledMambaLayer(nn.Module):
             steps = torch.arange(1, L + 1, device=mask.device)
             lengths = (mask.any(dim=1) * steps).amax(dim=-1) if L > 0 else mask.new_zeros(Bt, dtype=torch.long)
 
-        # Views with a contiguous time axis are fine: the op takes strides.
+        # Views of the branch's tensors; the op reads their strides (docs/coupled-scan.md, "Strides").
         result = coupled_selective_scan(
             u,
             delta,
@@ -289,15 +260,66 @@ class CoupledMambaLayer(nn.Module):
             cache.ssm_state = last_state.detach().float()
         else:
             y = result
-        y = y.permute(1, 2, 0, 3).reshape(M, E, Bt * L)  # a view: the scan writes y in u's layout
-        if fused:
+        if fused:  # (Bt, M, E, L) step-major, as u: a view of (M, rows, E)
+            y = y.permute(1, 0, 3, 2).reshape(M, Bt * L, E)
             out = projections.OutProjResidual.apply(y, self.out_proj_weight, self.out_proj_bias, x)
-        else:
+        else:  # (Bt, M, E, L) time-contiguous, as u: a view of (M, E, rows)
+            y = y.permute(1, 2, 0, 3).reshape(M, E, Bt * L)
             out = torch.bmm(y.transpose(1, 2), self.out_proj_weight.transpose(1, 2))
             if self.out_proj_bias is not None:
                 out = out + self.out_proj_bias[:, None].to(out.dtype)
             out = out + x
         return out.view(M, Bt, L, d)
+
+    def _branch_tokens(self, x: torch.Tensor, Bt: int, L: int, mask: Optional[torch.Tensor],
+                       cache: Optional[LayerCache]):
+        """The scan's inputs from x (M, rows, d) through the projection Functions (CPU, matching
+        dtypes), token-major: every tensor is (M, rows, channels), passed to the scan as step-major
+        (Bt, M, channels, L) views. Returns (u, z, delta, B, C, delta_bias, delta_softplus)."""
+        M, E = self.n_modalities, self.d_inner
+        u, z = projections.NormInProj.apply(
+            x, self.norm_weight, self.norm_bias, self.in_proj_weight, self.in_proj_bias, self.norm_eps)
+        u = self._conv_silu_tokens(u.view(M, Bt, L, E), cache).view(M, Bt * L, E)
+        minus_inf = None
+        if mask is not None:  # -inf at masked steps (see _mask_delta), in delta's layout
+            minus_inf = torch.zeros(M, Bt, L, 1, dtype=u.dtype, device=u.device)
+            minus_inf.masked_fill_(~mask.permute(1, 0, 2)[..., None], float("-inf"))
+            minus_inf = minus_inf.view(M, Bt * L, 1)
+        u, delta, B, C = projections.SelectiveProj.apply(u, self.x_proj_weight, self.dt_proj_weight, minus_inf)
+
+        def view(t: torch.Tensor) -> torch.Tensor:  # (M, rows, C) -> (Bt, M, C, L), a view
+            return t.view(M, Bt, L, t.shape[-1]).permute(1, 0, 3, 2)
+
+        return view(u), view(z), view(delta), view(B), view(C), self.dt_proj_bias, True
+
+    def _branch_channels(self, x: torch.Tensor, Bt: int, L: int, mask: Optional[torch.Tensor],
+                         cache: Optional[LayerCache]):
+        """The scan's inputs from x (M, rows, d) with plain autograd ops (CUDA, autocast, mixed
+        dtypes), channel-major: every tensor is (M, channels, rows), passed to the scan as
+        time-contiguous (Bt, M, channels, L) views. Returns (u, z, delta, B, C, delta_bias,
+        delta_softplus)."""
+        M, d = self.n_modalities, self.d_model
+        E, N, R = self.d_inner, self.d_state, self.dt_rank
+        xn = F.layer_norm(x, (d,), eps=self.norm_eps) * self.norm_weight[:, None] + self.norm_bias[:, None]
+        xn = xn.transpose(1, 2)  # (M, d, Bt * L), read transposed by the bmm
+        # u and z as two bmm over halves of the weight: each result is a whole tensor, so the
+        # backward gets no zero-filled (M, 2E, ...) slice gradient to assemble.
+        u = torch.bmm(self.in_proj_weight[:, :E], xn)
+        z = torch.bmm(self.in_proj_weight[:, E:], xn)
+        del xn
+        if self.in_proj_bias is not None:
+            u = u + self.in_proj_bias[:, :E, None].to(u.dtype)
+            z = z + self.in_proj_bias[:, E:, None].to(z.dtype)
+        u = self._conv_silu(u.view(M, E, Bt, L), cache).view(M, E, Bt * L)
+        x_dbl = torch.bmm(self.x_proj_weight, u)  # (M, R + 2N, Bt * L)
+        delta = torch.bmm(self.dt_proj_weight, x_dbl[:, :R])
+        B, C = x_dbl[:, R:R + N], x_dbl[:, R + N:]
+        delta, delta_bias, softplus = self._mask_delta(delta.view(M, E, Bt, L), mask)
+
+        def view(t: torch.Tensor) -> torch.Tensor:  # (M, C, Bt * L) -> (Bt, M, C, L), a view
+            return t.reshape(M, t.shape[1], Bt, L).permute(2, 0, 1, 3)
+
+        return view(u), view(z), view(delta), view(B), view(C), delta_bias, softplus
 
     def _mask_delta(self, delta: torch.Tensor, mask: Optional[torch.Tensor]):
         """delta (M, E, Bt, L) before bias and softplus -> (delta, delta_bias, delta_softplus) for
@@ -314,6 +336,17 @@ class CoupledMambaLayer(nn.Module):
         # Elsewhere bias and softplus are applied here and masked steps get dt = 0 directly.
         dt = F.softplus(delta.float() + self.dt_proj_bias[..., None, None])
         return torch.where(mask, dt, 0.0).to(delta.dtype), None, False
+
+    def _conv_silu_tokens(self, u: torch.Tensor, cache: Optional[LayerCache]) -> torch.Tensor:
+        """SiLU of the depthwise causal conv of u (M, Bt, L, E), token-major; the result is
+        (M, Bt, L, E) contiguous. With a cache, through :meth:`_conv_silu` on a transposed copy
+        (streaming in chunks, not a training path)."""
+        M, Bt, L, E = u.shape
+        k = self.d_conv
+        if cache is None and causal_conv.supports(u, k):  # the fused CPU kernel, step-major
+            bias = self.conv_bias.reshape(M * E) if self.conv_bias is not None else None
+            return causal_conv.causal_conv_silu_steps(u, self.conv_weight.reshape(M * E, k), bias)
+        return self._conv_silu(u.permute(0, 3, 1, 2), cache).permute(0, 2, 3, 1).contiguous()
 
     def _conv_silu(self, u: torch.Tensor, cache: Optional[LayerCache]) -> torch.Tensor:
         """SiLU of the depthwise causal conv of u (M, E, Bt, L); the result is (M, E, Bt, L)

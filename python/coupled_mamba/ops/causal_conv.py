@@ -1,5 +1,7 @@
 """The fused depthwise causal conv + SiLU of a Mamba block on the CPU, as the custom ops
-``coupled_mamba::causal_conv_silu_fwd`` / ``_bwd`` (compiled library, coupled_scan/causal_conv.h).
+``coupled_mamba::causal_conv_silu_fwd`` / ``_bwd`` (compiled library, coupled_scan/causal_conv.h),
+and for step-major x (G, rows, L, C) ``coupled_mamba::causal_conv_silu_steps_fwd`` / ``_bwd``
+(:func:`causal_conv_silu_steps`).
 
     y[c, r, t] = silu(bias[c] + sum_j weight[c, j] * x[c, r, t - (k - 1) + j]),  x = 0 before t = 0
 
@@ -116,3 +118,113 @@ def causal_conv_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -
     (channels,); CPU, float32 or float64 (see :func:`supports`)."""
     return torch.ops.coupled_mamba.causal_conv_silu_fwd(
         x.contiguous(), weight.contiguous(), bias.contiguous() if bias is not None else None)
+
+
+# ---- Step-major layout: x (G, rows, L, C), channel (g, e) with weight[g * C + e]
+#
+# For a layer whose activations are token-major ((M, batch, L, E) with E contiguous): the library
+# reads them in place (CausalConvArgs::step_major_groups), with no transposing copy either way.
+
+def _check_steps(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
+    name = "causal_conv_silu_steps"
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name}: x must be a 4-d tensor (G, rows, L, C), got {got}")
+    if x.device.type != "cpu" or x.dtype not in _DTYPES:
+        raise ValueError(f"{name}: x must be a float32 or float64 CPU tensor, got {x.dtype} on {x.device}")
+    G, _, _, C = x.shape
+    widest = max_width()
+    if not isinstance(weight, Tensor) or weight.dim() != 2 or weight.shape[0] != G * C \
+            or not 1 <= weight.shape[1] <= widest:
+        got = f"shape {tuple(weight.shape)}" if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"{name}: weight must be (G * C, k) = ({G * C}, k) with 1 <= k <= {widest} "
+                         f"for x of shape {tuple(x.shape)}, got {got}")
+    if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (G * C,)):
+        got = f"shape {tuple(bias.shape)}" if isinstance(bias, Tensor) else type(bias).__name__
+        raise ValueError(f"{name}: bias must be (G * C,) = ({G * C},) or None, got {got}")
+    for what, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise ValueError(f"{name}: {what} must be {x.dtype} on {x.device} like x, got {t.dtype} on {t.device}")
+
+
+def _steps_call(x: Tensor, weight: Tensor, bias: Optional[Tensor]):
+    G, rows, L, C = x.shape
+    ext = library.extension()
+    c = ext.ConvCall()
+    c.channels, c.rows, c.length, c.step_major_groups = G * C, rows, L, G
+    c.width = weight.shape[1]
+    c.dtype = getattr(ext.DType, _DTYPES[x.dtype])
+    c.num_threads = settings.get_num_threads()
+    c.x, c.weight = x.data_ptr(), weight.data_ptr()
+    c.bias = bias.data_ptr() if bias is not None else 0
+    return c
+
+
+def _poisoned(t: Tensor) -> Tensor:
+    return t.fill_(float("nan")) if settings.POISON_OUTPUTS else t
+
+
+@torch.library.custom_op("coupled_mamba::causal_conv_silu_steps_fwd", mutates_args=())
+def causal_conv_silu_steps_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """y (G, rows, L, C) = silu(causal depthwise conv over L of x (G, rows, L, C)); y contiguous."""
+    _check_steps(x, weight, bias)
+    x, weight = x.contiguous(), weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    y = _poisoned(torch.empty(x.shape, dtype=x.dtype))
+    c = _steps_call(x, weight, bias)
+    c.y = y.data_ptr()
+    library.extension().conv_forward_cpu(c)
+    return y
+
+
+@causal_conv_silu_steps_fwd.register_fake
+def _steps_fwd_fake(x, weight, bias):
+    _check_steps(x, weight, bias)
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("coupled_mamba::causal_conv_silu_steps_bwd", mutates_args=())
+def causal_conv_silu_steps_bwd(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                               dy: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias) of causal_conv_silu_steps_fwd, all contiguous; dbias is empty
+    without a bias."""
+    _check_steps(x, weight, bias)
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"causal_conv_silu_steps: dy must have x's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
+    x, weight = x.contiguous(), weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    dy = dy.to(x.dtype).contiguous()
+    dx = _poisoned(torch.empty(x.shape, dtype=x.dtype))
+    dw = _poisoned(torch.empty(weight.shape, dtype=x.dtype))
+    db = _poisoned(torch.empty(bias.shape, dtype=x.dtype)) if bias is not None else x.new_empty((0,))
+    c = _steps_call(x, weight, bias)
+    c.dy, c.dx, c.dweight = dy.data_ptr(), dx.data_ptr(), dw.data_ptr()
+    c.dbias = db.data_ptr() if bias is not None else 0
+    library.extension().conv_backward_cpu(c)
+    return dx, dw, db
+
+
+@causal_conv_silu_steps_bwd.register_fake
+def _steps_bwd_fake(x, weight, bias, dy):
+    _check_steps(x, weight, bias)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), (bias.new_empty(bias.shape) if bias is not None
+                                                                  else x.new_empty((0,)))
+
+
+def _steps_backward(ctx, dy):
+    x, weight, bias = ctx.saved_tensors
+    dx, dw, db = torch.ops.coupled_mamba.causal_conv_silu_steps_bwd(x, weight, bias, dy)
+    return dx, dw, (db if bias is not None else None)
+
+
+causal_conv_silu_steps_fwd.register_autograd(_steps_backward, setup_context=_setup_context)
+
+
+def causal_conv_silu_steps(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """silu(causal depthwise conv over time) of a step-major x (G, rows, L, C): channel (g, e)
+    uses weight[g * C + e] (weight (G * C, k), bias (G * C,)); y has x's shape, contiguous.
+    CPU, float32 or float64, 1 <= k <= max_width(). A non-contiguous x is made contiguous."""
+    return torch.ops.coupled_mamba.causal_conv_silu_steps_fwd(
+        x.contiguous() if isinstance(x, Tensor) else x,
+        weight.contiguous() if isinstance(weight, Tensor) else weight,
+        bias.contiguous() if isinstance(bias, Tensor) else bias)
