@@ -6,18 +6,21 @@
 # Prints, per coupling and size, each build's best forward and backward time, the ratio working
 # tree / base of those and the median of the rounds' paired ratios, and writes the runs and the
 # summary as JSON. --clock cpu compares the process CPU time instead of the wall time; --layout
-# model stores every sequence tensor as a Coupled Mamba layer does ((M, rows, Bt, L), strided).
+# model stores every sequence tensor as the channel-major branch of a layer does ((M, rows, Bt, L),
+# strided), --layout steps as its token-major one does ((M, Bt, L, rows), step-major).
+# --base-layout runs the base build in another layout (default: the same): with BASE_REV HEAD it
+# compares two layouts of the same kernels.
 #
 #   tools/kernel_ab.sh BASE_REV [--rounds 5] [--repeats 5] [--threads 1] [--clock wall|cpu]
-#                      [--couplings "mean none general"] [--sizes "paper long"] [--layout contiguous|model]
-#                      [--out kernel_ab.json]
+#                      [--couplings "mean none general"] [--sizes "paper long"]
+#                      [--layout contiguous|model|steps] [--base-layout L] [--out kernel_ab.json]
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [[ $# -ge 1 && $1 != -* ]] || usage
 base_rev=$1; shift
 rounds=5 repeats=5 threads=1 clock=wall couplings="mean none general" sizes="paper long" layout=contiguous
-out=kernel_ab.json
+out=kernel_ab.json base_layout=
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rounds) rounds=$2; shift 2 ;;
@@ -27,13 +30,17 @@ while [[ $# -gt 0 ]]; do
     --couplings) couplings=$2; shift 2 ;;
     --sizes) sizes=$2; shift 2 ;;
     --layout) layout=$2; shift 2 ;;
+    --base-layout) base_layout=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     *) echo "kernel_ab.sh: unknown option $1" >&2; usage ;;
   esac
 done
 [[ $clock == wall || $clock == cpu ]] || { echo "kernel_ab.sh: --clock: expected wall or cpu, got $clock" >&2; exit 2; }
-[[ $layout == contiguous || $layout == model ]] || {
-  echo "kernel_ab.sh: --layout: expected contiguous or model, got $layout" >&2; exit 2; }
+base_layout=${base_layout:-$layout}
+for l in "$layout" "$base_layout"; do
+  [[ $l == contiguous || $l == model || $l == steps ]] || {
+    echo "kernel_ab.sh: --layout, --base-layout: expected contiguous, model or steps, got $l" >&2; exit 2; }
+done
 
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 base_sha=$(git -C "$root" rev-parse --verify "$base_rev^{commit}")
@@ -64,7 +71,8 @@ for ((r = 1; r <= rounds; r++)); do
   for c in $couplings; do
     for s in $sizes; do
       for name in base head; do
-        line=$("$work/$name/scan_kernel_bench" "$c" "$s" "$repeats" "$threads" "$layout")
+        lay=$layout; [[ $name == base ]] && lay=$base_layout
+        line=$("$work/$name/scan_kernel_bench" "$c" "$s" "$repeats" "$threads" "$lay")
         echo "{\"build\": \"$name\", \"round\": $r, \"run\": $line}" >> "$runs"
       done
     done
@@ -72,9 +80,9 @@ for ((r = 1; r <= rounds; r++)); do
   echo "round $r of $rounds done" >&2
 done
 
-python3 - "$runs" "$out" "$base_rev" "$base_sha" "$(git -C "$root" rev-parse HEAD)" "$tree_changes" "$clock" "$layout" <<'EOF'
+python3 - "$runs" "$out" "$base_rev" "$base_sha" "$(git -C "$root" rev-parse HEAD)" "$tree_changes" "$clock" "$layout" "$base_layout" <<'EOF'
 import json, platform, subprocess, sys
-runs_path, out, base_rev, base_sha, head_sha, tree_changes, clock, layout = sys.argv[1:]
+runs_path, out, base_rev, base_sha, head_sha, tree_changes, clock, layout, base_layout = sys.argv[1:]
 suffix = "_cpu_ms" if clock == "cpu" else "_ms"
 runs = [json.loads(line) for line in open(runs_path)]
 best = {}
@@ -85,7 +93,7 @@ for r in runs:
     b["bwd_ms"] = min(b["bwd_ms"], r["run"]["bwd" + suffix])
     b["checksums"].add(r["run"]["checksum"])
 rows = []
-print(f"best of each build, {clock} clock, {layout} layout, ms")
+print(f"best of each build, {clock} clock, {layout} layout (base: {base_layout}), ms")
 # Each round runs base then tree back to back: the median of the rounds' tree / base ratios
 # (paired) is steadier than the ratio of the best times when the machine's speed drifts.
 paired = {}
@@ -123,7 +131,7 @@ except Exception:
     pass
 with open(out, "w") as f:
     json.dump({"base_rev": base_rev, "base_sha": base_sha, "tree_head_sha": head_sha,
-               "tree_differs_from_head": int(tree_changes) > 0, "clock": clock, "layout": layout, "machine": model,
+               "tree_differs_from_head": int(tree_changes) > 0, "clock": clock, "layout": layout, "base_layout": base_layout, "machine": model,
                "platform": platform.platform(), "isa": runs[0]["run"]["isa"], "summary": rows, "runs": runs}, f, indent=1)
 print(f"wrote {out}")
 EOF
