@@ -134,13 +134,15 @@ Status run_forward(const ForwardArgs<T>& given) {
   });
 }
 
-// Seq gradients of zero length: fill every (b, m, r) row of `rows` with zeros.
+// Seq gradients of an empty call (no step, sample or channel): every element of `rows` zero, in
+// either layout.
 template <typename T>
 void fill_rows(const SeqTensor<T>& rows, const Sizes& s, int64_t R) {
   if (!rows.data) return;
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t m = 0; m < s.modalities; ++m)
-      for (int64_t r = 0; r < R; ++r) fill(rows.row(b, m, r), s.length, T(0));
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t t = 0; t < s.length; ++t) *rows.at(b, m, r, t) = T(0);
 }
 
 template <typename T>

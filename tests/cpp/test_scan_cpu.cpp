@@ -698,6 +698,18 @@ static void layout_status_cases() {
   check(coupled_scan::backward_cpu(b) == Status::kInvalidArgument, "step-major gradients without their layouts rejected");
   check(std::string(coupled_scan::status_string(Status::kInvalidArgument)).find("layout") != std::string::npos,
         "the status string names the layout");
+  // No channel (D = 0): dB, dC of step-major B, C are zero at every element.
+  StridedBuffer<float> dB_s(1, 2, 4, 5, true), dC_s(1, 2, 4, 5, true);
+  coupled_scan::BackwardArgs<float> e;
+  e.fwd = f;
+  e.fwd.size.channels = 0;
+  e.fwd.u = {}, e.fwd.delta = {}, e.fwd.out_rows = {};
+  e.dA = dA.data();
+  e.dB_rows = dB_s.rows(), e.dC_rows = dC_s.rows();
+  bool zeros = coupled_scan::backward_cpu(e) == Status::kOk;
+  for (double v : dB_s.gathered()) zeros = zeros && v == 0.0;
+  for (double v : dC_s.gathered()) zeros = zeros && v == 0.0;
+  check(zeros && dB_s.padding_untouched() && dC_s.padding_untouched(), "D = 0: step-major dB, dC all zero");
 }
 
 int main() {

@@ -98,9 +98,11 @@ def test_gradients_in_the_layout_of_strided_inputs(coupling, dtype):
 
 
 def test_masked_steps_as_minus_inf_equal_dt_zero(monkeypatch):
-    """The CPU layer's masked path (delta = -inf into the kernel's bias + softplus) gives the
-    outputs and gradients of the explicit one (softplus in PyTorch, dt = 0 at masked steps)."""
+    """The CPU layer's masked path (token-major Functions, delta = -inf into the kernel's bias +
+    softplus) gives the outputs and gradients of the explicit one (plain autograd ops, softplus in
+    PyTorch, dt = 0 at masked steps)."""
     from coupled_mamba.modules import layer as layer_module
+    from coupled_mamba.modules import projections
 
     torch.manual_seed(0)
     layer = layer_module.CoupledMambaLayer(16, 3, d_state=8)
@@ -108,8 +110,10 @@ def test_masked_steps_as_minus_inf_equal_dt_zero(monkeypatch):
     lengths = torch.tensor([[37, 20, 5], [11, 37, 30], [0, 9, 25]])
     mask = torch.arange(37)[None, None] < lengths[..., None]
     results = []
-    for minus_inf in (True, False):
-        monkeypatch.setattr(layer_module, "_masks_with_minus_inf", lambda t: minus_inf)
+    takes = projections.takes
+    for fused in (True, False):
+        monkeypatch.setattr(projections, "takes", takes if fused else (lambda *a: False))
+        monkeypatch.setattr(layer_module, "_masks_with_minus_inf", lambda t: fused)
         layer.zero_grad()
         xx = x.clone().requires_grad_()
         out = layer(xx, mask) * mask[..., None]

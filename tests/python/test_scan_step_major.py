@@ -123,6 +123,36 @@ def test_opcheck_step_major():
     torch.library.opcheck(torch.ops.coupled_mamba.scan_fwd.default, args)
 
 
+def test_opcheck_backward_step_major_and_mixed():
+    """scan_bwd's fake promises each gradient in its input's layout, step-major or mixed."""
+    x = make_inputs(2, 3, 4, 5, 9)
+    for steps in (SEQ, ("u", "z", "C")):
+        y = {k: step_major(v) if k in steps else v for k, v in x.items()}
+        ck = torch.ops.coupled_mamba.scan_fwd(y["u"], y["delta"], y["A"], y["B"], y["C"], y["D"], y["z"],
+                                              y["delta_bias"], True, 0, 1.0 / 3, None, y["initial_state"], None,
+                                              True)[2]
+        dout = step_major(torch.randn_like(x["u"])) if "u" in steps else torch.randn_like(x["u"])
+        args = (y["u"], y["delta"], y["A"], y["B"], y["C"], y["D"], y["z"], y["delta_bias"], True, 0, 1.0 / 3, None,
+                y["initial_state"], None, ck, dout, None)
+        torch.library.opcheck(torch.ops.coupled_mamba.scan_bwd.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
+        grads = torch.ops.coupled_mamba.scan_bwd(*args)
+        for name, g in zip(("u", "delta", "A", "B", "C", "D", "z"), grads):
+            assert g.stride() == torch.empty_like(y[name]).stride(), name
+
+
+def test_no_channel_gives_zero_step_major_state_gradients():
+    """D = 0: no channel feeds B or C, so dB and dC are zero everywhere (poisoned outputs would show
+    any element left unwritten)."""
+    x = make_inputs(2, 3, 0, 5, 9, dtype=torch.float64)
+    x = {k: step_major(v) if k in ("B", "C") else v for k, v in x.items()}
+    xs = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out, last = coupled_selective_scan(**xs, delta_softplus=True, coupling="mean", return_last_state=True)
+    (out.sum() + last.sum()).backward()
+    for k in ("B", "C"):
+        assert xs[k].grad.stride() == x[k].stride() and torch.equal(xs[k].grad, torch.zeros_like(x[k])), k
+
+
 @pytest.mark.parametrize("isa", ["baseline", "avx2"])
 def test_step_major_on_every_cpu_instruction_set(isa):
     code = (

@@ -12,12 +12,13 @@ namespace coupled_scan {
 // Largest conv width the kernels take.
 constexpr int64_t kMaxConvWidth = 16;
 
-// x, y: (channels, rows, length), every row of channel c convolved with weight[c]: the layer
-// passes (M * E, batch, L), so one weight serves all samples without being repeated.
+// x, y: (channels, rows, length), every row of channel c convolved with weight[c]: a channel-major
+// layer passes (M * E, batch, L), so one weight serves all samples without being repeated.
 //
 // Step-major layout (step_major_groups = G > 0): x, y (and dy, dx) are contiguous
 // (G, rows, length, channels / G), channel c = g * (channels / G) + e at [g, r, t, e]: a layer
-// whose activations are token-major passes (M, batch, L, E) as it is, with no transposing copy.
+// whose activations are token-major (the CPU layer) passes (M, batch, L, E) as it is, with no
+// transposing copy.
 // channels must be a multiple of G (else kInvalidSize). Same formula, weight and bias layout.
 template <typename T>
 struct CausalConvArgs {

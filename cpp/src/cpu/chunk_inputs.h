@@ -148,11 +148,12 @@ CS_HD void prefetch_span(const void* first, int64_t bytes, bool write) {
 
 // Asks the caches for the rows (b, m, d) of X over steps t0 .. t0+kc of the task's modalities
 // and channels, ahead of their use (write: rows the chunk will store into). In a model the rows
-// of one task lie far apart (the layer's (M, channels, batch, L) layout puts a sample's channels
-// batch * L apart) and each is a few cache lines, so loaded as they are needed they miss one after
-// the other; asked for together at the start of the chunk, the misses overlap. Step-major
-// tensors: one run of the rows per step. Rows r0 .. r1 of each modality (default: the task's
-// channels).
+// of one task lie far apart (a channel-major (M, channels, batch, L) layout puts a sample's
+// channels batch * L apart; the token-major one a step's channels a whole row of channels after
+// the previous step's) and each is a few cache lines, so loaded as they are needed they miss one
+// after the other; asked for together at the start of the chunk, the misses overlap (without it the
+// step-major forward ran 4% to 9% slower). Step-major tensors: one run of the rows per step. Rows
+// r0 .. r1 of each modality (default: the task's channels).
 template <typename T>
 CS_HD void prefetch_rows(const SeqTensor<T>& X, const Task& task, int64_t t0, int64_t kc, bool write,
                          int64_t r0 = -1, int64_t r1 = -1) {

@@ -5,9 +5,11 @@ and for step-major x (G, rows, L, C) ``coupled_mamba::causal_conv_silu_steps_fwd
 
     y[c, r, t] = silu(bias[c] + sum_j weight[c, j] * x[c, r, t - (k - 1) + j]),  x = 0 before t = 0
 
-x and y are (channels, rows, L): the layer passes (M * E, batch, L), so every sample of a channel
-shares its weight without the weight being repeated per sample (what a grouped conv1d over
-M * E * batch channels needs), and the weight gradient is summed by one task per channel.
+For the row-major op x and y are (channels, rows, L): a channel-major layer (autocast, mixed
+dtypes) passes (M * E, batch, L), so every sample of a channel shares its weight without the weight
+being repeated per sample (what a grouped conv1d over M * E * batch channels needs), and the weight
+gradient is summed by one task per channel. The step-major op takes the CPU layer's token-major
+(M, batch, L, E) as it is.
 PyTorch's depthwise conv1d plus SiLU costs several times this in a training step on the CPU.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 def max_width() -> int:
     """The widest kernel the compiled library takes."""
-    return int(library.extension().max_conv_width)
+    return library.max_conv_width()
 
 
 def supports(x: Tensor, width: int = 1) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 _ext = None
-_max_modalities = _max_state = None  # the library's limits, read once by extension()
+_max_modalities = _max_state = _max_conv_width = None  # the library's limits, read once by extension()
 
 # The library's CouplingKind codes, kept here so that kind_code, which torch.compile traces in
 # coupled_selective_scan, reads no module global (dynamo cannot guard on the extension module);
@@ -34,8 +34,9 @@ def extension():
             raise ImportError(f"coupled_mamba._C defines the coupling kinds {codes}, this Python layer {_KIND_CODES}: "
                               "the package and its compiled library come from different versions")
         _ext = _C
-        global _max_modalities, _max_state
+        global _max_modalities, _max_state, _max_conv_width
         _max_modalities, _max_state = int(_C.max_modalities), int(_C.max_state)
+        _max_conv_width = int(_C.max_conv_width)
     return _ext
 
 
@@ -57,6 +58,12 @@ def max_state() -> int:
     if _max_state is None:
         extension()
     return _max_state
+
+
+def max_conv_width() -> int:
+    if _max_conv_width is None:
+        extension()
+    return _max_conv_width
 
 
 def kind_code(kind: str) -> int:
