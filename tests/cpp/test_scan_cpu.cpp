@@ -173,20 +173,10 @@ static CouplingKind kind_of(const std::string& c) {
   return CouplingKind::kRankOne;
 }
 
+// Status, outputs and every gradient of run_kernel's result r against the naive reference.
 template <typename T>
-static void compare_case(const Case& c, double tol_out, double tol_grad, int64_t row_pad = 0) {
-  std::mt19937_64 rng(1234 + c.Bt * 7 + c.M * 131 + c.D * 17 + c.N * 3 + c.L * 1009);
-  naive::Problem p = make_problem(c, rng);
-  Vec dout, dlast;
-  random_upstream(p, c.with_optional, rng, dout, dlast);
-  const naive::Grads ref = naive::run(p, dout, dlast);
-  const double alpha = c.coupling == "mean" ? 1.0 / c.M : 1.0;
-  const KernelResult<T> r = run_kernel<T>(p, kind_of(c.coupling), alpha, dout, dlast, 2, row_pad);
-  char name[160];
-  std::snprintf(name, sizeof(name), "%s Bt=%lld M=%lld D=%lld N=%lld L=%lld %s%s pad=%lld",
-                sizeof(T) == 8 ? "f64" : "f32", (long long)c.Bt, (long long)c.M, (long long)c.D,
-                (long long)c.N, (long long)c.L, c.coupling.c_str(), c.with_optional ? " +opt" : "",
-                (long long)row_pad);
+static void compare_with_reference(const std::string& name, const Case& c, const KernelResult<T>& r,
+                                   const naive::Grads& ref, double tol_out, double tol_grad) {
   check(r.fwd_status == Status::kOk && r.bwd_status == Status::kOk, std::string(name) + " status");
   auto cmp = [&](const char* what, const Vec& x, const Vec& ref_v, double tol) {
     const double e = rel_err(x, ref_v);
@@ -206,6 +196,23 @@ static void compare_case(const Case& c, double tol_out, double tol_grad, int64_t
     cmp("ddelta_bias", r.dbias, ref.dbias, tol_grad);
   }
   if (c.coupling == "general") cmp("dW", r.dW, ref.dW, tol_grad);
+}
+
+template <typename T>
+static void compare_case(const Case& c, double tol_out, double tol_grad, int64_t row_pad = 0) {
+  std::mt19937_64 rng(1234 + c.Bt * 7 + c.M * 131 + c.D * 17 + c.N * 3 + c.L * 1009);
+  naive::Problem p = make_problem(c, rng);
+  Vec dout, dlast;
+  random_upstream(p, c.with_optional, rng, dout, dlast);
+  const naive::Grads ref = naive::run(p, dout, dlast);
+  const double alpha = c.coupling == "mean" ? 1.0 / c.M : 1.0;
+  const KernelResult<T> r = run_kernel<T>(p, kind_of(c.coupling), alpha, dout, dlast, 2, row_pad);
+  char name[160];
+  std::snprintf(name, sizeof(name), "%s Bt=%lld M=%lld D=%lld N=%lld L=%lld %s%s pad=%lld",
+                sizeof(T) == 8 ? "f64" : "f32", (long long)c.Bt, (long long)c.M, (long long)c.D,
+                (long long)c.N, (long long)c.L, c.coupling.c_str(), c.with_optional ? " +opt" : "",
+                (long long)row_pad);
+  compare_with_reference(name, c, r, ref, tol_out, tol_grad);
 }
 
 // Central finite differences of loss = <out, dout> + <last, dlast> in float64.
@@ -639,25 +646,7 @@ static void step_major_case(const Case& c, bool with_lengths, double tol_out, do
                 sizeof(T) == 8 ? "f64" : "f32", (long long)c.Bt, (long long)c.M, (long long)c.D,
                 (long long)c.N, (long long)c.L, c.coupling.c_str(), c.with_optional ? " +opt" : "",
                 with_lengths ? " +lengths" : "");
-  check(r.fwd_status == Status::kOk && r.bwd_status == Status::kOk, std::string(name) + " status");
-  auto cmp = [&](const char* what, const Vec& x, const Vec& ref_v, double tol) {
-    const double e = rel_err(x, ref_v);
-    check(e <= tol, std::string(name) + " " + what + " rel err " + std::to_string(e));
-  };
-  cmp("out", r.out, ref.out, tol_out);
-  cmp("last_state", r.last, ref.last, tol_out);
-  cmp("du", r.du, ref.du, tol_grad);
-  cmp("ddelta", r.ddelta, ref.ddelta, tol_grad);
-  cmp("dA", r.dA, ref.dA, tol_grad);
-  cmp("dB", r.dB, ref.dB, tol_grad);
-  cmp("dC", r.dC, ref.dC, tol_grad);
-  cmp("dinit", r.dinit, ref.dinit, tol_grad);
-  if (c.with_optional) {
-    cmp("dD", r.dD, ref.dD, tol_grad);
-    cmp("dz", r.dz, ref.dz, tol_grad);
-    cmp("ddelta_bias", r.dbias, ref.dbias, tol_grad);
-  }
-  if (c.coupling == "general") cmp("dW", r.dW, ref.dW, tol_grad);
+  compare_with_reference(name, c, r, ref, tol_out, tol_grad);
   check(r.fwd_rows_only && r.bwd_rows_only, std::string(name) + " writes only the step-major results");
   check(same_bits(r.out, r3.out) && same_bits(r.du, r3.du) && same_bits(r.ddelta, r3.ddelta) &&
             same_bits(r.dA, r3.dA) && same_bits(r.dB, r3.dB) && same_bits(r.dC, r3.dC) && same_bits(r.dz, r3.dz) &&

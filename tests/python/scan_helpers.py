@@ -1,4 +1,8 @@
 """Helpers of the op's tests: tolerances, sizes, couplings, and the fused-vs-reference runner."""
+import os
+import subprocess
+import sys
+
 import torch
 
 from coupled_mamba import coupled_selective_scan
@@ -73,3 +77,15 @@ def run_both(inputs, coupling, delta_softplus=True, lengths=None, fused=coupled_
             grads = [torch.zeros_like(t) for t in wrt]
         results.append((out, last, dict(zip(names + ["coupling"], grads))))
     return results
+
+
+def error_under_isa(code: str, isa: str) -> float:
+    """Runs ``code`` (which prints coupled_mamba.cpu_isa() and an error) in a subprocess with the
+    CPU kernels capped at ``isa``; checks those kernels ran (avx2 may be missing) and returns the
+    error."""
+    env = dict(os.environ, COUPLED_MAMBA_CPU_ISA=isa)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    chosen, err = res.stdout.split()
+    cpu_has_avx2 = "avx2" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
+    assert chosen == isa or (isa == "avx2" and not cpu_has_avx2)
+    return float(err)

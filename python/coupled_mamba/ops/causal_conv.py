@@ -53,10 +53,15 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
                              f"got {t.dtype} on {t.device}")
 
 
-def _call(x: Tensor, weight: Tensor, bias: Optional[Tensor]):
+def _call(x: Tensor, weight: Tensor, bias: Optional[Tensor], step_major: bool = False):
+    """The library call for x (channels, rows, L), or with step_major for x (G, rows, L, C)."""
     ext = library.extension()
     c = ext.ConvCall()
-    c.channels, c.rows, c.length = x.shape
+    if step_major:
+        G, rows, L, C = x.shape
+        c.channels, c.rows, c.length, c.step_major_groups = G * C, rows, L, G
+    else:
+        c.channels, c.rows, c.length = x.shape
     c.width = weight.shape[1]
     c.dtype = getattr(ext.DType, _DTYPES[x.dtype])
     c.num_threads = settings.get_num_threads()
@@ -106,13 +111,17 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, weight, bias)
 
 
-def _backward(ctx, dy):
-    x, weight, bias = ctx.saved_tensors
-    dx, dw, db = torch.ops.coupled_mamba.causal_conv_silu_bwd(x, weight, bias, dy)
-    return dx, dw, (db if bias is not None else None)
+def _backward_through(bwd_op):
+    """The autograd formula of a forward op whose gradients bwd_op(x, weight, bias, dy) gives."""
+    def backward(ctx, dy):
+        x, weight, bias = ctx.saved_tensors
+        dx, dw, db = bwd_op(x, weight, bias, dy)
+        return dx, dw, (db if bias is not None else None)
+    return backward
 
 
-causal_conv_silu_fwd.register_autograd(_backward, setup_context=_setup_context)
+causal_conv_silu_fwd.register_autograd(_backward_through(torch.ops.coupled_mamba.causal_conv_silu_bwd),
+                                       setup_context=_setup_context)
 
 
 def causal_conv_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -149,31 +158,14 @@ def _check_steps(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
             raise ValueError(f"{name}: {what} must be {x.dtype} on {x.device} like x, got {t.dtype} on {t.device}")
 
 
-def _steps_call(x: Tensor, weight: Tensor, bias: Optional[Tensor]):
-    G, rows, L, C = x.shape
-    ext = library.extension()
-    c = ext.ConvCall()
-    c.channels, c.rows, c.length, c.step_major_groups = G * C, rows, L, G
-    c.width = weight.shape[1]
-    c.dtype = getattr(ext.DType, _DTYPES[x.dtype])
-    c.num_threads = settings.get_num_threads()
-    c.x, c.weight = x.data_ptr(), weight.data_ptr()
-    c.bias = bias.data_ptr() if bias is not None else 0
-    return c
-
-
-def _poisoned(t: Tensor) -> Tensor:
-    return t.fill_(float("nan")) if settings.POISON_OUTPUTS else t
-
-
 @torch.library.custom_op("coupled_mamba::causal_conv_silu_steps_fwd", mutates_args=())
 def causal_conv_silu_steps_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """y (G, rows, L, C) = silu(causal depthwise conv over L of x (G, rows, L, C)); y contiguous."""
     _check_steps(x, weight, bias)
     x, weight = x.contiguous(), weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    y = _poisoned(torch.empty(x.shape, dtype=x.dtype))
-    c = _steps_call(x, weight, bias)
+    y = settings.poisoned(torch.empty(x.shape, dtype=x.dtype))
+    c = _call(x, weight, bias, step_major=True)
     c.y = y.data_ptr()
     library.extension().conv_forward_cpu(c)
     return y
@@ -196,10 +188,10 @@ def causal_conv_silu_steps_bwd(x: Tensor, weight: Tensor, bias: Optional[Tensor]
     x, weight = x.contiguous(), weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
     dy = dy.to(x.dtype).contiguous()
-    dx = _poisoned(torch.empty(x.shape, dtype=x.dtype))
-    dw = _poisoned(torch.empty(weight.shape, dtype=x.dtype))
-    db = _poisoned(torch.empty(bias.shape, dtype=x.dtype)) if bias is not None else x.new_empty((0,))
-    c = _steps_call(x, weight, bias)
+    dx = settings.poisoned(torch.empty(x.shape, dtype=x.dtype))
+    dw = settings.poisoned(torch.empty(weight.shape, dtype=x.dtype))
+    db = settings.poisoned(torch.empty(bias.shape, dtype=x.dtype)) if bias is not None else x.new_empty((0,))
+    c = _call(x, weight, bias, step_major=True)
     c.dy, c.dx, c.dweight = dy.data_ptr(), dx.data_ptr(), dw.data_ptr()
     c.dbias = db.data_ptr() if bias is not None else 0
     library.extension().conv_backward_cpu(c)
@@ -213,13 +205,8 @@ def _steps_bwd_fake(x, weight, bias, dy):
                                                                   else x.new_empty((0,)))
 
 
-def _steps_backward(ctx, dy):
-    x, weight, bias = ctx.saved_tensors
-    dx, dw, db = torch.ops.coupled_mamba.causal_conv_silu_steps_bwd(x, weight, bias, dy)
-    return dx, dw, (db if bias is not None else None)
-
-
-causal_conv_silu_steps_fwd.register_autograd(_steps_backward, setup_context=_setup_context)
+causal_conv_silu_steps_fwd.register_autograd(
+    _backward_through(torch.ops.coupled_mamba.causal_conv_silu_steps_bwd), setup_context=_setup_context)
 
 
 def causal_conv_silu_steps(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:

@@ -18,13 +18,8 @@ _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "f
            torch.bfloat16: "bfloat16"}
 
 
-def _poisoned(t: Tensor) -> Tensor:
-    """A fresh output, NaN-filled when the tests ask for it (an unwritten value then shows)."""
-    return t.fill_(float("nan")) if settings.POISON_OUTPUTS else t
-
-
 def _new(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return _poisoned(torch.empty(shape, dtype=dtype, device=device))
+    return settings.poisoned(torch.empty(shape, dtype=dtype, device=device))
 
 
 def _layout_of(t: Tensor):
@@ -141,7 +136,7 @@ class _Call:
             Bt, M, R, L = like.shape
             t = _new((Bt, M, L, R), self.cdt, self.device).transpose(2, 3)
         elif steps or (_writes_strided(like) and _time_contiguous(like)):
-            t = _poisoned(torch.empty_like(like, dtype=self.cdt))
+            t = settings.poisoned(torch.empty_like(like, dtype=self.cdt))
         else:
             return self.output(name, like.shape)
         setattr(self.c, name, t.data_ptr())
