@@ -75,6 +75,14 @@ _EXACT_STRIDES = tuple(getattr(torch.Tag, name) for name in ("needs_exact_stride
     tuple(getattr(torch.Tag, name) for name in ("needs_fixed_stride_order",) if hasattr(torch.Tag, name))
 
 
+def _seq_of(t: Tensor, steps: bool):
+    """The library's view of a (Bt, M, R, L) tensor in its group's layout: step-major (row stride 1,
+    the time stride given) or time-contiguous (the row stride given, time stride 1)."""
+    stride = t.stride()
+    return library.extension().Seq(t.data_ptr(), stride[0], stride[1], 1 if steps else stride[2],
+                                   stride[3] if steps else 1)
+
+
 class _Call:
     """A ScanCall being filled, with the converted tensors it points at kept alive."""
 
@@ -110,9 +118,7 @@ class _Call:
         elif t.size(-1) > 1 and t.stride(-1) != 1:
             t = t.contiguous()
         self.keep.append(t)
-        stride = t.stride()
-        setattr(self.c, name, library.extension().Seq(t.data_ptr(), stride[0], stride[1], 1 if steps else stride[2],
-                                                      stride[3] if steps else 1))
+        setattr(self.c, name, _seq_of(t, steps))
 
     def param(self, name: str, t: Optional[Tensor], dtype: Optional[torch.dtype] = None) -> None:
         """A contiguous input in the compute dtype (or ``dtype``)."""
@@ -140,9 +146,7 @@ class _Call:
         else:
             return self.output(name, like.shape)
         setattr(self.c, name, t.data_ptr())
-        stride = t.stride()
-        setattr(self.c, f"{name}_rows", library.extension().Seq(
-            t.data_ptr(), stride[0], stride[1], 1 if steps else stride[2], stride[3] if steps else 1))
+        setattr(self.c, f"{name}_rows", _seq_of(t, steps))
         return t
 
     def inputs(self, u, delta, A, B, C, D, z, delta_bias, W, initial_state, lengths) -> None:
