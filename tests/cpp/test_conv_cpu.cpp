@@ -331,13 +331,16 @@ int main() {
             compare_case<float>(s, 1e-5, 1e-5);
           }
   // Step-major: channels per group around the vector widths (not multiples of 16 but 32, 64:
-  // whole vectors and cache-line blocks), rows shorter than k, widths fixed at compile time or not.
+  // whole vectors and cache-line blocks), rows shorter than k, widths fixed at compile time or not;
+  // lengths around the backward's stretches of 16 steps (one, one and a step, the model's 50, 63:
+  // a short last one, 2049) with taps reaching back across a stretch's start (k = 16).
   for (int64_t G : {1, 3})
     for (int64_t per_group : {1, 5, 17, 32, 37})
-      for (int64_t L : {1, 3, 7, 63})
+      for (int64_t L : {1, 3, 7, 16, 17, 50, 63, 2049})
         for (int64_t k : {1, 3, 4, 5, 16})
           for (int64_t R : {1, 3})
             for (bool with_bias : {true, false}) {
+              if (L == 2049 && (k != 4 || R != 3 || !with_bias)) continue;  // a long row: one of each shape
               const ConvSize s{G * per_group, R, L, k, with_bias, G};
               compare_case<double>(s, 1e-12, 1e-12);
               compare_case<float>(s, 1e-5, 1e-5);

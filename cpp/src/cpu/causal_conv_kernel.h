@@ -311,6 +311,8 @@ void conv_silu_backward_channel(const CausalConvBackwardArgs<T>& g, int64_t c, T
 template <typename T>
 constexpr int64_t kConvStepLine = Simd<T>::width * int64_t(sizeof(T)) >= 64 ? Simd<T>::width : 64 / int64_t(sizeof(T));
 constexpr int64_t kConvStepMaxLines = 4;
+// How far ahead (in steps) the step-major backward prefetches its vector's lines.
+constexpr int64_t kConvPrefetchSteps = 16;
 template <typename T>
 constexpr int64_t kConvStepMaxVectors = kConvStepMaxLines * kConvStepLine<T> / Simd<T>::width;
 
@@ -404,65 +406,106 @@ CS_HD void conv_steps_forward_block(const CausalConvArgs<T>& a, int64_t g, int64
   }
 }
 
-// The backward, a row at a time and in it a vector at a time: the row's block (x, dy, dx: a few
-// KB per vector) stays in L1 across the vectors, and the k inputs and k dpre a step reads stay
-// in registers (taps, ring, shifted one step on). Step t gives dpre[t] (pre recomputed), adds its
-// dweight / dbias terms and completes dx[t - (k - 1)], whose dpre terms (steps t - (k - 1) .. t)
-// are then all in the ring; k - 1 zero steps past the row complete the rest.
+// The backward, a row at a time, in stretches of kConvStepStretch steps, a stretch of each vector
+// of the block in turn. Within a stretch the k inputs and k dpre a step reads stay in registers
+// (taps, ring, shifted one step on). Step t gives dpre[t] (pre recomputed), adds its dweight /
+// dbias terms and completes dx[t - (k - 1)], whose dpre terms (steps t - (k - 1) .. t) are then
+// all in the ring; k - 1 zero steps past the row complete the rest.
+// What one vector of the backward carries from a stretch of steps to the next: dpre of its last
+// k - 1 steps (the ring) and its row's dweight / dbias sums.
+template <int Width, typename T>
+struct StepCarry {
+  typedef typename Simd<T>::V V;
+  static constexpr int64_t kTaps = Width > 0 ? Width : kMaxConvWidth;
+  V ring[kTaps] = {};
+  V dw[kTaps] = {};
+  V db = V{};
+};
+
+// Steps [t0, t1) of one vector v of row r (Lanes: ChannelLanes); at the row's end (t1 = L) also
+// the k - 1 zero steps past it, which complete dx of its last steps. A function of its own with
+// the taps known at compile time when Width > 0 (as a lambda inside the block's loops, GCC made it
+// a call that read k through the closure, and the taps and the ring went through the stack).
+template <int Width, typename T, typename Lanes>
+void conv_steps_backward_stretch(const CausalConvBackwardArgs<T>& gr, const StepBlock<Width, T>& b, int64_t r,
+                                 int64_t v, const Lanes& lanes, int64_t t0, int64_t t1, StepCarry<Width, T>& carry) {
+  typedef typename Simd<T>::V V;
+  constexpr int64_t kTaps = StepBlock<Width, T>::kTaps, W = Simd<T>::width;
+  const CausalConvArgs<T>& a = gr.fwd;
+  const int64_t L = a.length, k = Width > 0 ? Width : b.k(), pitch = b.pitch;
+  const int64_t at = b.at + r * L * pitch + v * W;
+  const T* x = a.x + at;
+  const T* dy = gr.dy + at;
+  T* dx = gr.dx + at;
+  const V* w = b.w[v];
+  V taps[kTaps] = {}, ring[kTaps], row_dw[kTaps];
+  for (int64_t j = 0; j < kTaps; ++j) ring[j] = carry.ring[j], row_dw[j] = carry.dw[j];
+  V row_db = carry.db;
+  for (int64_t j = 0; j + 1 < k; ++j)  // the k - 1 inputs before t0 (zero before the row)
+    if (t0 - (k - 1) + j >= 0) taps[j + 1] = lanes.load(x + (t0 - (k - 1) + j) * pitch);
+  auto push = [&](V* q, const V& value) {
+    for (int64_t m = 0; m + 1 < k && m + 1 < kTaps; ++m) q[m] = q[m + 1];  // kTaps: GCC's bounds warning
+    q[k - 1] = value;
+  };
+  auto dx_at = [&](int64_t t) {  // sum_j w[j] dpre[t - j]
+    V acc = V{};
+    for (int64_t j = 0; j < k; ++j) acc += w[j] * ring[k - 1 - j];
+    lanes.store(dx + (t - (k - 1)) * pitch, acc);
+  };
+  for (int64_t t = t0; t < t1; ++t) {
+    if (t + kConvPrefetchSteps < L || r + 1 < a.rows) {  // the lines kConvPrefetchSteps on (maybe in the next row)
+      const int64_t ahead = (t + kConvPrefetchSteps) * pitch;
+      __builtin_prefetch(x + ahead, 0, 3);
+      __builtin_prefetch(dy + ahead, 0, 3);
+      __builtin_prefetch(dx + ahead, 1, 3);
+    }
+    push(taps, lanes.load(x + t * pitch));
+    const V p = b.pre(v, std::integral_constant<int64_t, 0>(), taps);
+    const V sg = block_sigmoid<T>(p);
+    const V d = lanes.load(dy + t * pitch) * (sg * (T(1) + p * (T(1) - sg)));
+    push(ring, d);
+    for (int64_t j = 0; j < k; ++j) row_dw[j] += taps[j] * d;
+    row_db += d;
+    if (t >= k - 1) dx_at(t);
+  }
+  if (t1 == L)
+    for (int64_t t = L; t < L + k - 1; ++t) {
+      push(ring, V{});
+      if (t >= k - 1) dx_at(t);
+    }
+  for (int64_t j = 0; j < kTaps; ++j) carry.ring[j] = ring[j], carry.dw[j] = row_dw[j];
+  carry.db = row_db;
+}
+
+// Steps per stretch: a stretch of every vector of the block, then the next. Walking one vector
+// through a whole row read a line per step, `pitch` apart: at the model's 500-step rows the
+// backward took 2.5x as long as with stretches of 16 steps and the prefetch below (hardware
+// prefetchers and TLB; tools/conv_kernel_bench.cpp, docs/benchmarks.md); a stretch reads the
+// block's neighbouring lines of each step together.
+constexpr int64_t kConvStepStretch = 16;
+
 template <int Width, typename T>
 CS_HD void conv_steps_backward_block(const CausalConvBackwardArgs<T>& gr, int64_t g, int64_t e_begin, int64_t e_end) {
-  typedef typename Simd<T>::V V;
-  constexpr int64_t kTaps = StepBlock<Width, T>::kTaps, kVec = kConvStepMaxVectors<T>;
-  const CausalConvArgs<T>& a = gr.fwd;
-  const StepBlock<Width, T> b(a, g, e_begin, e_end);
-  const int64_t L = a.length, k = b.k(), W = b.W;
-  V dw[kVec][kTaps] = {};
-  V db[kVec] = {};
-  auto push = [&](V* r, const V& v) {
-    for (int64_t m = 0; m + 1 < k && m + 1 < kTaps; ++m) r[m] = r[m + 1];  // kTaps: GCC's bounds warning
-    r[k - 1] = v;
-  };
-  for (int64_t r = 0; r < a.rows; ++r) {
-    const int64_t at = b.at + r * L * b.pitch;
-    b.each([&](int64_t v, const auto& lanes) {
-      const T* x = a.x + at + v * W;
-      const T* dy = gr.dy + at + v * W;
-      T* dx = gr.dx + at + v * W;
-      const V* w = b.w[v];
-      V taps[kTaps] = {}, ring[kTaps] = {};
-      // A row's sums apart, then into the channel's: shorter chains of float additions.
-      V row_dw[kTaps] = {};
-      V row_db = V{};
-      auto dx_at = [&](int64_t t) {  // sum_j w[j] dpre[t - j]
-        V acc = V{};
-        for (int64_t j = 0; j < k; ++j) acc += w[j] * ring[k - 1 - j];
-        lanes.store(dx + (t - (k - 1)) * b.pitch, acc);
-      };
-      auto step = [&](int64_t t, auto with_dx) {
-        push(taps, lanes.load(x + t * b.pitch));
-        const V p = b.pre(v, std::integral_constant<int64_t, 0>(), taps);
-        const V s = block_sigmoid<T>(p);
-        const V d = lanes.load(dy + t * b.pitch) * (s * (T(1) + p * (T(1) - s)));
-        push(ring, d);
-        for (int64_t j = 0; j < k; ++j) row_dw[j] += taps[j] * d;
-        row_db += d;
-        if constexpr (decltype(with_dx)::value) dx_at(t);
-      };
-      int64_t t = 0;
-      for (; t < L && t < k - 1; ++t) step(t, std::false_type());
-      for (; t < L; ++t) step(t, std::true_type());
-      for (; t < L + k - 1; ++t) {
-        push(ring, V{});
-        if (t >= k - 1) dx_at(t);
-      }
-      for (int64_t j = 0; j < k; ++j) dw[v][j] += row_dw[j];
-      db[v] += row_db;
-    });
+  constexpr int64_t kVec = kConvStepMaxVectors<T>;
+  const StepBlock<Width, T> b(gr.fwd, g, e_begin, e_end);
+  const int64_t k = b.k(), W = b.W, L = gr.fwd.length;
+  StepCarry<Width, T> sums[kVec];  // the channel's dweight / dbias sums, a row's added at its end
+  for (int64_t r = 0; r < gr.fwd.rows; ++r) {
+    StepCarry<Width, T> carry[kVec];
+    for (int64_t t0 = 0; t0 < L; t0 += kConvStepStretch) {
+      const int64_t t1 = t0 + kConvStepStretch < L ? t0 + kConvStepStretch : L;
+      b.each([&](int64_t v, const auto& lanes) { conv_steps_backward_stretch(gr, b, r, v, lanes, t0, t1, carry[v]); });
+    }
+    // A row's sums apart, then into the channel's: shorter chains of float additions.
+    for (int64_t v = 0; v < b.vectors(); ++v) {
+      for (int64_t j = 0; j < k; ++j) sums[v].dw[j] += carry[v].dw[j];
+      sums[v].db += carry[v].db;
+    }
   }
   for (int64_t v = 0; v < b.vectors(); ++v) {
     const int64_t n = v < b.full ? W : b.tail, c = b.c0 + v * W;
-    for (int64_t j = 0; j < k; ++j) scatter_lanes(gr.dweight + c * k + j, k, n, dw[v][j]);
-    if (gr.dbias) scatter_lanes(gr.dbias + c, 1, n, db[v]);
+    for (int64_t j = 0; j < k; ++j) scatter_lanes(gr.dweight + c * k + j, k, n, sums[v].dw[j]);
+    if (gr.dbias) scatter_lanes(gr.dbias + c, 1, n, sums[v].db);
   }
 }
 
