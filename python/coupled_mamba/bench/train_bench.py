@@ -9,7 +9,7 @@ modalities of CMU-MOSEI's widths (768, 74, 35), dropout 0.1 in training. Two cas
 - unaligned: batch 8, L = 500, ``align="pad"``; every sample's length of every modality is drawn
   uniformly from [L/2, L] (seed 0), so the models take their masked paths.
 
-A training step is ``zero_grad``, forward, L1 loss, backward, Adam step (lr 1e-3); inference is
+A training step is ``zero_grad``, forward, L1 loss, backward, Adam step (lr 1e-3, fused as in training); inference is
 one forward in eval mode under torch.inference_mode. Times are medians over ``--repeats`` runs
 after ``--warmup`` runs; the models of a case take turns (one step of each, then the next round), so
 that a slow spell of a shared machine weighs on all of them and their ratios stay comparable. The scan's share of a coupled model's step is the self time of everything inside
@@ -36,6 +36,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ..train.optim import adam
 from .model_bench import INPUT_DIMS, cpu_model_name
 
 MODEL_ARGS = dict(d_model=128, n_layers=3, d_state=64, d_conv=4, expand=2, n_heads=4, dropout=0.1)
@@ -173,7 +174,7 @@ class Runner:
             self.row["status"] = "skipped (mambapy is not importable: pip install mambapy to time it)"
             return
         self.xs, self.lengths, self.y = make_inputs(batch, L, padded)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.opt = adam(self.model.parameters(), lr=1e-3)  # the training loop's (fused where it can be)
 
     def train_step(self):
         self.model.train()
@@ -272,7 +273,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "machine": {**machine(), "load_average_before": load_before},
         "setup": {"input_dims": INPUT_DIMS, "cases": [dict(zip(("case", "batch", "length", "align", "padded"), c))
                                                        for c in cases], **MODEL_ARGS,
-                  "optimizer": "Adam(lr=1e-3)", "loss": "L1", "repeats": args.repeats, "warmup": args.warmup},
+                  "optimizer": "Adam(lr=1e-3, fused=True)", "loss": "L1", "repeats": args.repeats, "warmup": args.warmup},
         "scan_share_method": "self time of everything inside the coupled_mamba::scan_* ops in torch.profiler over one "
                              "training step except aten:: ops (scan_op_share: including them) / that step's "
                              "wall time",

