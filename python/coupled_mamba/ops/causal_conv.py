@@ -70,6 +70,21 @@ def _call(x: Tensor, weight: Tensor, bias: Optional[Tensor], step_major: bool = 
     return c
 
 
+def _run_backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], dy: Tensor,
+                  step_major: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias) from the library for checked, contiguous inputs (dy is made so); dbias is
+    empty without a bias."""
+    dy = dy.to(x.dtype).contiguous()
+    dx = settings.poisoned(torch.empty(x.shape, dtype=x.dtype))
+    dw = settings.poisoned(torch.empty(weight.shape, dtype=x.dtype))
+    db = settings.poisoned(torch.empty(bias.shape, dtype=x.dtype)) if bias is not None else x.new_empty((0,))
+    c = _call(x, weight, bias, step_major)
+    c.dy, c.dx, c.dweight = dy.data_ptr(), dx.data_ptr(), dw.data_ptr()
+    c.dbias = db.data_ptr() if bias is not None else 0
+    library.extension().conv_backward_cpu(c)
+    return dx, dw, db
+
+
 @torch.library.custom_op("coupled_mamba::causal_conv_silu_fwd", mutates_args=())
 def causal_conv_silu_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """y = silu(causal depthwise conv(x)); all inputs contiguous."""
@@ -90,14 +105,7 @@ def _fwd_fake(x, weight, bias):
 def causal_conv_silu_bwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], dy: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias); dbias is empty without a bias."""
     _check(x, weight, bias)
-    dy = dy.to(x.dtype).contiguous()
-    dx, dw = torch.empty_like(x), torch.empty_like(weight)
-    db = torch.empty_like(bias) if bias is not None else x.new_empty((0,))
-    c = _call(x, weight, bias)
-    c.dy, c.dx, c.dweight = dy.data_ptr(), dx.data_ptr(), dw.data_ptr()
-    c.dbias = db.data_ptr() if bias is not None else 0
-    library.extension().conv_backward_cpu(c)
-    return dx, dw, db
+    return _run_backward(x, weight, bias, dy, step_major=False)
 
 
 @causal_conv_silu_bwd.register_fake
@@ -187,15 +195,7 @@ def causal_conv_silu_steps_bwd(x: Tensor, weight: Tensor, bias: Optional[Tensor]
         raise ValueError(f"causal_conv_silu_steps: dy must have x's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
     x, weight = x.contiguous(), weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    dy = dy.to(x.dtype).contiguous()
-    dx = settings.poisoned(torch.empty(x.shape, dtype=x.dtype))
-    dw = settings.poisoned(torch.empty(weight.shape, dtype=x.dtype))
-    db = settings.poisoned(torch.empty(bias.shape, dtype=x.dtype)) if bias is not None else x.new_empty((0,))
-    c = _call(x, weight, bias, step_major=True)
-    c.dy, c.dx, c.dweight = dy.data_ptr(), dx.data_ptr(), dw.data_ptr()
-    c.dbias = db.data_ptr() if bias is not None else 0
-    library.extension().conv_backward_cpu(c)
-    return dx, dw, db
+    return _run_backward(x, weight, bias, dy, step_major=True)
 
 
 @causal_conv_silu_steps_bwd.register_fake
