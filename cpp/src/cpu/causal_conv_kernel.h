@@ -311,7 +311,12 @@ void conv_silu_backward_channel(const CausalConvBackwardArgs<T>& g, int64_t c, T
 template <typename T>
 constexpr int64_t kConvStepLine = Simd<T>::width * int64_t(sizeof(T)) >= 64 ? Simd<T>::width : 64 / int64_t(sizeof(T));
 constexpr int64_t kConvStepMaxLines = 4;
-// How far ahead (in steps) the step-major backward prefetches its vector's lines.
+// The step-major backward runs in stretches of kConvStepStretch steps, a stretch of every vector of
+// the block, then the next. Walking one vector through a whole row read a line per step, `pitch`
+// apart: at the model's 500-step rows that took 2.5x as long as stretches of 16 steps with a
+// prefetch kConvPrefetchSteps ahead (hardware prefetchers and TLB; tools/conv_kernel_bench.cpp,
+// docs/benchmarks.md); a stretch reads the block's neighbouring lines of each step together.
+constexpr int64_t kConvStepStretch = 16;
 constexpr int64_t kConvPrefetchSteps = 16;
 template <typename T>
 constexpr int64_t kConvStepMaxVectors = kConvStepMaxLines * kConvStepLine<T> / Simd<T>::width;
@@ -406,25 +411,20 @@ CS_HD void conv_steps_forward_block(const CausalConvArgs<T>& a, int64_t g, int64
   }
 }
 
-// The backward, a row at a time, in stretches of kConvStepStretch steps, a stretch of each vector
-// of the block in turn. Within a stretch the k inputs and k dpre a step reads stay in registers
-// (taps, ring, shifted one step on). Step t gives dpre[t] (pre recomputed), adds its dweight /
-// dbias terms and completes dx[t - (k - 1)], whose dpre terms (steps t - (k - 1) .. t) are then
-// all in the ring; k - 1 zero steps past the row complete the rest.
 // What one vector of the backward carries from a stretch of steps to the next: dpre of its last
 // k - 1 steps (the ring) and its row's dweight / dbias sums.
 template <int Width, typename T>
 struct StepCarry {
   typedef typename Simd<T>::V V;
-  static constexpr int64_t kTaps = Width > 0 ? Width : kMaxConvWidth;
+  static constexpr int64_t kTaps = StepBlock<Width, T>::kTaps;
   V ring[kTaps] = {};
   V dw[kTaps] = {};
   V db = V{};
 };
 
 // Steps [t0, t1) of one vector v of row r (Lanes: ChannelLanes); at the row's end (t1 = L) also
-// the k - 1 zero steps past it, which complete dx of its last steps. A function of its own with
-// the taps known at compile time when Width > 0 (as a lambda inside the block's loops, GCC made it
+// the k - 1 zero steps past it, which complete dx of its last steps. A function of its own, k a
+// compile-time constant when Width > 0 (b.k()) (as a lambda inside the block's loops, GCC made it
 // a call that read k through the closure, and the taps and the ring went through the stack).
 template <int Width, typename T, typename Lanes>
 void conv_steps_backward_stretch(const CausalConvBackwardArgs<T>& gr, const StepBlock<Width, T>& b, int64_t r,
@@ -432,7 +432,7 @@ void conv_steps_backward_stretch(const CausalConvBackwardArgs<T>& gr, const Step
   typedef typename Simd<T>::V V;
   constexpr int64_t kTaps = StepBlock<Width, T>::kTaps, W = Simd<T>::width;
   const CausalConvArgs<T>& a = gr.fwd;
-  const int64_t L = a.length, k = Width > 0 ? Width : b.k(), pitch = b.pitch;
+  const int64_t L = a.length, k = b.k(), pitch = b.pitch;
   const int64_t at = b.at + r * L * pitch + v * W;
   const T* x = a.x + at;
   const T* dy = gr.dy + at;
@@ -477,13 +477,11 @@ void conv_steps_backward_stretch(const CausalConvBackwardArgs<T>& gr, const Step
   carry.db = row_db;
 }
 
-// Steps per stretch: a stretch of every vector of the block, then the next. Walking one vector
-// through a whole row read a line per step, `pitch` apart: at the model's 500-step rows the
-// backward took 2.5x as long as with stretches of 16 steps and the prefetch below (hardware
-// prefetchers and TLB; tools/conv_kernel_bench.cpp, docs/benchmarks.md); a stretch reads the
-// block's neighbouring lines of each step together.
-constexpr int64_t kConvStepStretch = 16;
-
+// The backward, a row at a time, in stretches of kConvStepStretch steps, a stretch of each vector
+// of the block in turn. Within a stretch the k inputs and k dpre a step reads stay in registers
+// (taps, ring, shifted one step on). Step t gives dpre[t] (pre recomputed), adds its dweight /
+// dbias terms and completes dx[t - (k - 1)], whose dpre terms (steps t - (k - 1) .. t) are then
+// all in the ring; k - 1 zero steps past the row complete the rest.
 template <int Width, typename T>
 CS_HD void conv_steps_backward_block(const CausalConvBackwardArgs<T>& gr, int64_t g, int64_t e_begin, int64_t e_end) {
   constexpr int64_t kVec = kConvStepMaxVectors<T>;

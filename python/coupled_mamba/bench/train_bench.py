@@ -9,8 +9,8 @@ modalities of CMU-MOSEI's widths (768, 74, 35), dropout 0.1 in training. Two cas
 - unaligned: batch 8, L = 500, ``align="pad"``; every sample's length of every modality is drawn
   uniformly from [L/2, L] (seed 0), so the models take their masked paths.
 
-A training step is ``zero_grad``, forward, L1 loss, backward, Adam step (lr 1e-3, fused as in training); inference is
-one forward in eval mode under torch.inference_mode. Times are medians over ``--repeats`` runs
+A training step is ``zero_grad``, forward, L1 loss, backward, Adam step (lr 1e-3, fused as in
+training); inference is one forward in eval mode under torch.inference_mode. Times are medians over ``--repeats`` runs
 after ``--warmup`` runs; the models of a case take turns (one step of each, then the next round), so
 that a slow spell of a shared machine weighs on all of them and their ratios stay comparable. The scan's share of a coupled model's step is the self time of everything inside
 the scan's ops (``coupled_mamba::scan_fwd`` / ``scan_bwd``) in torch.profiler over one step (the kernels and
