@@ -124,9 +124,18 @@ CS_HD void gate_steps(const BackwardArgs<T>& a, const Task& task, int64_t block_
   const ForwardArgs<T>& f = a.fwd;
   const int64_t w = Simd<T>::width, d0 = task.d0 + v * w;
   const int64_t real = task.d1 - d0 < w ? task.d1 - d0 : w;
+  const StepPrefetch prefetch{task, t0, kc, d0, d0 + real};
+  prefetch.first(a.dout, false);
+  prefetch.first(f.z, false);
+  prefetch.first(f.u, false);
+  prefetch.first(a.dz_rows, true);
   for (int64_t m = task.m0; m < task.m1; ++m) {
     const T* skip = f.D ? f.D + m * f.size.channels + d0 : nullptr;
     for (int64_t k = 0; k < kc; ++k) {
+      prefetch.ahead(a.dout, m - task.m0, k, false);
+      prefetch.ahead(f.z, m - task.m0, k, false);
+      prefetch.ahead(f.u, m - task.m0, k, false);
+      prefetch.ahead(a.dz_rows, m - task.m0, k, true);
       const int64_t o = ((m - task.m0) * kChunk + k) * block_pitch + v * w;
       const T* y = y_rows + o;
       T* dy = dy_rows + o;
@@ -179,10 +188,17 @@ CS_HD void input_grad_steps(const BackwardArgs<T>& a, const BackwardPartials<T>&
   const Sizes& s = f.size;
   const int64_t w = Simd<T>::width, d0 = task.d0 + v * w;
   const int64_t real = task.d1 - d0 < w ? task.d1 - d0 : w;
+  const StepPrefetch prefetch{task, t0, kc, d0, d0 + real};
+  prefetch.first(f.u, false);
+  prefetch.first(a.du_rows, true);
+  prefetch.first(a.ddelta_rows, true);
   for (int64_t m = task.m0; m < task.m1; ++m) {
     const T* skip = f.D ? f.D + m * s.channels + d0 : nullptr;
     alignas(64) T sum_dD[Simd<T>::width] = {}, sum_bias[Simd<T>::width] = {};
     for (int64_t k = 0; k < kc; ++k) {
+      prefetch.ahead(f.u, m - task.m0, k, false);
+      prefetch.ahead(a.du_rows, m - task.m0, k, true);
+      prefetch.ahead(a.ddelta_rows, m - task.m0, k, true);
       const int64_t o = ((m - task.m0) * kChunk + k) * block_pitch + v * w;
       const T *dt = rows.dt + o, *slope = rows.slope + o, *dy = rows.dy + o;
       const T *lambda_B = rows.lambda_B + o, *mu_g_A = rows.mu_g_A + o;
@@ -326,11 +342,13 @@ CS_HD void store_dA_block(const Sizes& s, const BackwardPartials<T>& p, const Ta
                    p.dA + bmd_offset(s, task.b, m, task.d0, Np), Np);
 }
 
-// The rows a backward chunk reads (B, C, delta, u, z, dout) and writes (du, d delta, dz).
+// The rows a backward chunk reads (B, C, delta, u, z, dout) and writes (du, d delta, dz);
+// step-major ones but B and C are asked for by the loops that use them (StepPrefetch).
 template <typename T>
 CS_HD void prefetch_backward_rows(const BackwardArgs<T>& a, const Task& task, int64_t t0, int64_t kc) {
   prefetch_rows(a.fwd.B, task, t0, kc, false, 0, a.fwd.size.state);
   prefetch_rows(a.fwd.C, task, t0, kc, false, 0, a.fwd.size.state);
+  if (a.fwd.u.step_major()) return;
   prefetch_rows(a.fwd.delta, task, t0, kc, false);
   prefetch_rows(a.fwd.u, task, t0, kc, false);
   prefetch_rows(a.fwd.z, task, t0, kc, false);

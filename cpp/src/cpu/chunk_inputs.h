@@ -167,11 +167,44 @@ CS_HD void prefetch_rows(const SeqTensor<T>& X, const Task& task, int64_t t0, in
   }
 }
 
-// The rows a forward chunk reads (B, C, delta, u, z) and writes (out).
+// Step-major tensors put a step's channels a whole row after the previous step's (1 KB at 256
+// channels): too far apart for the hardware prefetchers. Asked for all at a chunk's start
+// (prefetch_rows), a task's few thousand lines stalled the loads behind them and partly left L1
+// before their use; so the loops over a chunk's (modality, step) pairs ask for the pair
+// kStepsAhead pairs on instead (the step-major scan 5% to 14% faster at the paper's sizes).
+constexpr int64_t kStepsAhead = 16;
+
+// Prefetches for the loops over a chunk's (modality g, step k) pairs of channels d0 .. d1, g outer.
+struct StepPrefetch {
+  const Task& task;
+  int64_t t0, kc, d0, d1;
+
+  // Pair (g, k), where k may run past the chunk into the next modalities' steps; none past the last.
+  template <typename T>
+  CS_HD void pair(const SeqTensor<T>& X, int64_t g, int64_t k, bool write) const {
+    for (; k >= kc && kc > 0; k -= kc) ++g;
+    if (X.data && k < kc && g < task.m1 - task.m0)
+      prefetch_span(X.at(task.b, task.m0 + g, d0, t0 + k), (d1 - d0) * sizeof(T), write);
+  }
+  // Before the loop: the pairs its first kStepsAhead iterations do not ask for.
+  template <typename T>
+  CS_HD void first(const SeqTensor<T>& X, bool write) const {
+    for (int64_t k = 0; k < kStepsAhead; ++k) pair(X, 0, k, write);
+  }
+  // In the loop, at pair (g, k).
+  template <typename T>
+  CS_HD void ahead(const SeqTensor<T>& X, int64_t g, int64_t k, bool write) const {
+    pair(X, g, k + kStepsAhead, write);
+  }
+};
+
+// The rows a forward chunk reads (B, C, delta, u, z) and writes (out); step-major delta, u, z and
+// out are asked for by the loops that use them (StepPrefetch).
 template <typename T>
 CS_HD void prefetch_forward_rows(const ForwardArgs<T>& a, const Task& task, int64_t t0, int64_t kc) {
   prefetch_rows(a.B, task, t0, kc, false, 0, a.size.state);
   prefetch_rows(a.C, task, t0, kc, false, 0, a.size.state);
+  if (a.u.step_major()) return;
   prefetch_rows(a.delta, task, t0, kc, false);
   prefetch_rows(a.u, task, t0, kc, false);
   prefetch_rows(a.z, task, t0, kc, false);

@@ -63,9 +63,14 @@ CS_HD void store_block_outputs(const ForwardArgs<T>& a, const Task& task, int64_
                                const T* y_rows, T* columns) {
   if (a.u.step_major()) {  // step-major: straight from the rows, a step of the block at a time
     const int64_t real = task.d1 - task.d0;
+    const StepPrefetch prefetch{task, t0, kc, task.d0, task.d1};
+    prefetch.first(a.z, false);
+    prefetch.first(a.out_rows, true);
     for (int64_t m = task.m0; m < task.m1; ++m) {
       const T* skip = a.D ? a.D + m * a.size.channels + task.d0 : nullptr;
       for (int64_t k = 0; k < kc; ++k) {
+        prefetch.ahead(a.z, m - task.m0, k, false);
+        prefetch.ahead(a.out_rows, m - task.m0, k, true);
         const T* y = y_rows + ((m - task.m0) * kChunk + k) * block_pitch;
         const T* u = a.u.at(task.b, m, task.d0, t0 + k);
         T* o = a.out_rows.at(task.b, m, task.d0, t0 + k);

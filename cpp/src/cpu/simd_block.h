@@ -391,8 +391,13 @@ template <typename T>
 CS_HD void load_block_steps(const ForwardArgs<T>& a, const Task& task, int64_t block_pitch, int64_t t0, int64_t kc,
                             T* dt_rows, T* dtu_rows, T* columns, T* slope_rows = nullptr) {
   if (a.u.step_major()) {  // each step's channels are contiguous: no columns, no transposes
+    const StepPrefetch prefetch{task, t0, kc, task.d0, task.d1};
+    prefetch.first(a.u, false);
+    prefetch.first(a.delta, false);
     for (int64_t g = 0; g < task.m1 - task.m0; ++g)
       for (int64_t k = 0; k < kc; ++k) {
+        prefetch.ahead(a.u, g, k, false);
+        prefetch.ahead(a.delta, g, k, false);
         const int64_t at = (g * kChunk + k) * block_pitch;
         load_step_channels(a, task, block_pitch, task.m0 + g, t0 + k, dt_rows + at, dtu_rows + at,
                            slope_rows ? slope_rows + at : nullptr);
