@@ -31,7 +31,7 @@ int64_t backward_scratch(const Sizes& s, CouplingKind kind) {
   const int64_t N = s.state, Np = padded_state(N), block_pitch = padded_block<T>(s.channels), w = Simd<T>::width;
   const int64_t carried = kind == CouplingKind::kGeneral ? G : 1;  // carried state rows per channel
   return 2 * G * kChunk * Np               // B, C of the chunk as [g][k][n]
-         + 2 * G * N * block_pitch         // A as [g][n][d] and its gradient sums
+         + 2 * G * N * block_pitch         // A as [v][g][n][lane] and its gradient sums
          + 7 * G * kChunk * block_pitch    // dt, dt u, slope, y, dy, sum_n lambda B, sum_n mu g A: [g][k][d]
          + carried * N * block_pitch       // the reverse carry of every channel of the block
          + (kChunk + 1) * carried * N * w  // one channel vector: the state before every step of the chunk,
@@ -248,7 +248,7 @@ CS_HD void input_grad_columns(const BackwardArgs<T>& a, const BackwardPartials<T
 // goes there instead of into mu (carry_out may be carry: each state reads its carry first).
 // h, when given, is this step's state a g + dt u B (a group of one keeps it from the recompute).
 template <typename T>
-CS_HD void reverse_channel_step(const T* A, int64_t a_stride, T* dA, const T* g, T gscale, const T* B, const T* C,
+CS_HD void reverse_channel_step(const T* A, T* dA, const T* g, T gscale, const T* B, const T* C,
                                 T* dB, T* dC, const T* decay, const T* carry, T* mu, bool accumulate,
                                 typename Simd<T>::V dtv, typename Simd<T>::V dtuv, typename Simd<T>::V dyv,
                                 int64_t N, T* lambda_B, T* mu_g_A, T* carry_out = nullptr, const T* h = nullptr) {
@@ -270,8 +270,8 @@ CS_HD void reverse_channel_step(const T* A, int64_t a_stride, T* dA, const T* g,
     dB_term = lambda_v * dtuv;
     sum_lambda_B += lambda_v * B[n];
     const V mu_g = mu_v * g_v;
-    sum_mu_g_A += mu_g * load_block<V>(A + n * a_stride);
-    store_block(dA + n * a_stride, load_block<V>(dA + n * a_stride) + mu_g * dtv);
+    sum_mu_g_A += mu_g * load_block<V>(A + n * w);
+    store_block(dA + n * w, load_block<V>(dA + n * w) + mu_g * dtv);
   };
   int64_t n0 = 0;
   for (; n0 + w <= N; n0 += w) {
@@ -331,15 +331,17 @@ CS_HD void begin_backward_chunk(const ForwardArgs<T>& f, const Task& task, int64
   load_block_steps(f, task, block_pitch, t0, kc, r.dt, r.dtu, columns, r.slope);
 }
 
-// The task's dA sums, [g][n][d] rows of block_pitch, into its rows (b, m, d) of the per-sample dA
+// The task's dA sums, [v][g][n][lane], into its rows (b, m, d) of the per-sample dA
 // partials (padded to Np), by tile transposes.
 template <typename T>
-CS_HD void store_dA_block(const Sizes& s, const BackwardPartials<T>& p, const Task& task, int64_t block_pitch,
-                          const T* dA_block) {
-  const int64_t N = s.state, Np = padded_state(N);
-  for (int64_t m = task.m0; m < task.m1; ++m)
-    transpose_rows(dA_block + (m - task.m0) * N * block_pitch, block_pitch, N, task.d1 - task.d0,
-                   p.dA + bmd_offset(s, task.b, m, task.d0, Np), Np);
+CS_HD void store_dA_block(const Sizes& s, const BackwardPartials<T>& p, const Task& task, const T* dA_block) {
+  const int64_t N = s.state, Np = padded_state(N), G = task.m1 - task.m0, w = Simd<T>::width;
+  for (int64_t v = 0; task.d0 + v * w < task.d1; ++v)
+    for (int64_t m = task.m0; m < task.m1; ++m) {
+      const int64_t d = task.d0 + v * w, count = task.d1 - d < w ? task.d1 - d : w;
+      transpose_rows(dA_block + vector_A_offset<T>(v, G, N) + (m - task.m0) * N * w, w, N, count,
+                     p.dA + bmd_offset(s, task.b, m, d, Np), Np);
+    }
 }
 
 // The rows a backward chunk reads (B, C, delta, u, z, dout) and writes (du, d delta, dz);
@@ -384,8 +386,8 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
   const int64_t chunk_bc_elems = G * kChunk * Np, chunk_row_elems = G * kChunk * block_pitch;
   T* B_chunk = scratch;                         // [g][k][n]
   T* C_chunk = B_chunk + chunk_bc_elems;        // [g][k][n]
-  T* A_block = C_chunk + chunk_bc_elems;        // [g][n][d]
-  T* dA_block = A_block + G * N * block_pitch;  // [g][n][d]
+  T* A_block = C_chunk + chunk_bc_elems;        // [v][g][n][lane]
+  T* dA_block = A_block + G * N * block_pitch;  // [v][g][n][lane]
   const StepRows<T> rows = step_rows(dA_block + G * N * block_pitch, chunk_row_elems);
   T* block_carry = rows.end;                    // [v][n][lane]: alpha * rho_{t+1} of every channel vector
   T* prev_states = block_carry + N * block_pitch;  // [k][n][lane]: s_{t-1} of each step (and the last s)
@@ -416,7 +418,7 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
         V dtv[kMaxModalities], dtuv[kMaxModalities], y[kMaxModalities];
         load_step_vectors(rows.dt, G, k, block_pitch, v, dtv);
         load_step_vectors(rows.dtu, G, k, block_pitch, v, dtuv);
-        rank_one_step(A_block + v * w, block_pitch, N * block_pitch, prev_states + k * N * w, alpha, B_chunk + k * Np,
+        rank_one_step(A_block + vector_A_offset<T>(v, G, N), prev_states + k * N * w, alpha, B_chunk + k * Np,
                       C_chunk + k * Np, kChunk * Np, dtv, dtuv, G, N, nonpositive, prev_states + (k + 1) * N * w, y,
                       static_cast<T*>(nullptr), decays + k * G * N * w);
         store_step_vectors(y, G, k, block_pitch, v, rows.y);
@@ -437,11 +439,11 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
       for (int64_t k = kc - 1; k >= 0; --k) {
         for (int64_t g = 0; g < G; ++g) {
           const int64_t row = (g * kChunk + k) * block_pitch + v * w, bc = (g * kChunk + k) * Np;
-          const int64_t sums = (g * s.length + k) * Np, a_at = g * N * block_pitch + v * w;
+          const int64_t sums = (g * s.length + k) * Np, a_at = vector_A_offset<T>(v, G, N) + g * N * w;
           // d last_state enters lambda at the final step, where the carry is still zero.
           const T* carry_in = final_chunk && k == kc - 1 && a.dlast_state ? dlast_lanes + g * N * w : carry;
           // The last modality writes the next carry, alpha rho; with one modality, h_t = s_t.
-          reverse_channel_step(A_block + a_at, block_pitch, dA_block + a_at, prev_states + k * N * w, alpha,
+          reverse_channel_step(A_block + a_at, dA_block + a_at, prev_states + k * N * w, alpha,
                                B_chunk + bc, C_chunk + bc, dB_chunk + sums, dC_chunk + sums, decays + (k * G + g) * N * w,
                                carry_in, mu_sum, g > 0, load_block<V>(rows.dt + row), load_block<V>(rows.dtu + row),
                                load_block<V>(rows.dy + row), N, rows.lambda_B + row, rows.mu_g_A + row,
@@ -456,7 +458,7 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
     }
   }
   if (steps == 0) pass_through_dlast_state(a, task);
-  store_dA_block(s, p, task, block_pitch, dA_block);
+  store_dA_block(s, p, task, dA_block);
 }
 
 // General coupling: an M-vector of states per (b, d, n); g^m = sum_i W[m, i] h^i, and the carry
@@ -473,8 +475,8 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
   const int64_t vector_states = M * N * w;       // the M-vector of states of one channel vector
   T* B_chunk = scratch;                          // [m][k][n]
   T* C_chunk = B_chunk + chunk_bc_elems;         // [m][k][n]
-  T* A_block = C_chunk + chunk_bc_elems;         // [m][n][d]
-  T* dA_block = A_block + M * N * block_pitch;   // [m][n][d]
+  T* A_block = C_chunk + chunk_bc_elems;         // [v][m][n][lane]
+  T* dA_block = A_block + M * N * block_pitch;   // [v][m][n][lane]
   const StepRows<T> rows = step_rows(dA_block + M * N * block_pitch, chunk_row_elems);
   T* block_carry = rows.end;                     // [v][m][n][lane]: the carry of every channel vector
   T* prev_states = block_carry + M * N * block_pitch;  // [k][m][n][lane]: h_{t-1} of each step (and the last h)
@@ -507,7 +509,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
         V dtv[kMaxModalities], dtuv[kMaxModalities], y[kMaxModalities];
         load_step_vectors(rows.dt, M, k, block_pitch, v, dtv);
         load_step_vectors(rows.dtu, M, k, block_pitch, v, dtuv);
-        step_decays(A_block + v * w, block_pitch, N * block_pitch, dtv, M, N, nonpositive, decays + k * vector_states);
+        step_decays(A_block + vector_A_offset<T>(v, M, N), dtv, M, N, nonpositive, decays + k * vector_states);
         general_step(f.W, M, decays + k * vector_states, prev_states + k * vector_states, B_chunk + k * Np,
                      C_chunk + k * Np, kChunk * Np, dtuv, N, prev_states + (k + 1) * vector_states, y);
         store_step_vectors(y, M, k, block_pitch, v, rows.y);
@@ -527,8 +529,8 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
         couple_states(f.W, M, N, prev, coupled);
         for (int64_t m = 0; m < M; ++m) {
           const int64_t row = (m * kChunk + k) * block_pitch + v * w, bc = (m * kChunk + k) * Np;
-          const int64_t sums = (m * s.length + k) * Np, a_at = m * N * block_pitch + v * w;
-          reverse_channel_step(A_block + a_at, block_pitch, dA_block + a_at, coupled + m * N * w, T(1), B_chunk + bc,
+          const int64_t sums = (m * s.length + k) * Np, a_at = vector_A_offset<T>(v, M, N) + m * N * w;
+          reverse_channel_step(A_block + a_at, dA_block + a_at, coupled + m * N * w, T(1), B_chunk + bc,
                                C_chunk + bc, dB_chunk + sums, dC_chunk + sums, decays + (k * M + m) * N * w,
                                carry + m * N * w, mu + m * N * w, false, load_block<V>(rows.dt + row),
                                load_block<V>(rows.dtu + row), load_block<V>(rows.dy + row), N, rows.lambda_B + row,
@@ -545,7 +547,7 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
     }
   }
   if (steps == 0) pass_through_dlast_state(a, task);
-  store_dA_block(s, p, task, block_pitch, dA_block);
+  store_dA_block(s, p, task, dA_block);
   T* slot = p.dW + (task.b * p.blocks + task.block) * M * M;
   for (int64_t i = 0; i < M * M; ++i) slot[i] = block_sum<T>(load_block<V>(dW_lanes + i * w));
 }

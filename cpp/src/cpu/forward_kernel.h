@@ -31,7 +31,7 @@ int64_t forward_scratch(const Sizes& s, CouplingKind kind) {
   const int64_t w = Simd<T>::width;
   const int64_t states = kind == CouplingKind::kGeneral ? G * N * block_pitch : N * block_pitch;
   return 2 * G * kChunk * Np             // B and C of the chunk as [g][k][n] (contiguous per step)
-         + G * N * block_pitch           // A transposed to [g][n][d]
+         + G * N * block_pitch           // A as [v][g][n][lane]
          + states                        // the state of every channel of the block
          + 2 * G * N * w                 // one channel vector's decays (rank one: and its final h)
          + 3 * G * kChunk * block_pitch  // dt, dt * u and y as [g][k][d]
@@ -108,7 +108,7 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, 
   const int64_t block_pitch = padded_block<T>(s.channels), vectors = (task.d1 - task.d0 + w - 1) / w;
   T* B_chunk = scratch;                            // [g][k][n]
   T* C_chunk = B_chunk + G * kChunk * Np;          // [g][k][n]
-  T* A_block = C_chunk + G * kChunk * Np;          // [g][n][d]
+  T* A_block = C_chunk + G * kChunk * Np;          // [v][g][n][lane]
   T* state_sum = A_block + G * N * block_pitch;    // [v][n][lane]: s of every channel vector
   T* decays = state_sum + N * block_pitch;         // [g][n][lane]: exp(dt A) of one step
   T* final_h = decays + G * N * w;                 // [g][n][lane]: h^g of the final step
@@ -151,7 +151,7 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, 
         V dtv[kMaxModalities], dtuv[kMaxModalities], y[kMaxModalities];
         load_step_vectors(dt_rows, G, k, block_pitch, v, dtv);
         load_step_vectors(dtu_rows, G, k, block_pitch, v, dtuv);
-        rank_one_step(A_block + v * w, block_pitch, N * block_pitch, sum_v, alpha, B_chunk + k * Np,
+        rank_one_step(A_block + vector_A_offset<T>(v, G, N), sum_v, alpha, B_chunk + k * Np,
                       C_chunk + k * Np, kChunk * Np, dtv, dtuv, G, N, nonpositive, sum_v, y,  // s updated in place
                       final_step && a.last_state ? final_h : nullptr, decays);
         store_step_vectors(y, G, k, block_pitch, v, y_rows);
@@ -186,7 +186,7 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
   const int64_t block_pitch = padded_block<T>(s.channels), vectors = (task.d1 - task.d0 + w - 1) / w;
   T* B_chunk = scratch;                          // [m][k][n]
   T* C_chunk = B_chunk + M * kChunk * Np;        // [m][k][n]
-  T* A_block = C_chunk + M * kChunk * Np;        // [m][n][d]
+  T* A_block = C_chunk + M * kChunk * Np;        // [v][m][n][lane]
   T* states = A_block + M * N * block_pitch;     // [v][m][n][lane]: h of every channel vector
   T* decays = states + M * N * block_pitch;      // [m][n][lane]: exp(dt A) of one step
   T* dt_rows = decays + M * N * w;               // [m][k][d]
@@ -228,7 +228,7 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
         V dtv[kMaxModalities], dtuv[kMaxModalities], y[kMaxModalities];
         load_step_vectors(dt_rows, M, k, block_pitch, v, dtv);
         load_step_vectors(dtu_rows, M, k, block_pitch, v, dtuv);
-        step_decays(A_block + v * w, block_pitch, N * block_pitch, dtv, M, N, nonpositive, decays);
+        step_decays(A_block + vector_A_offset<T>(v, M, N), dtv, M, N, nonpositive, decays);
         general_step(a.W, M, decays, states_v, B_chunk + k * Np, C_chunk + k * Np, kChunk * Np, dtuv, N, states_v,
                      y);  // the states updated in place
         store_step_vectors(y, M, k, block_pitch, v, y_rows);

@@ -424,21 +424,32 @@ CS_HD void load_block_steps(const ForwardArgs<T>& a, const Task& task, int64_t b
     }
 }
 
-// A of the task's modalities and channels, scaled by DecayBase<T>::scale, as [g][n][d] rows of
-// block_pitch (zero past the block's channels). Returns whether every exponent dt A of the task is
+// A (and the backward's dA) of a task's block are kept as [v][g][n][lane]: the G N vectors of
+// channel vector v together, where the scans use them, instead of [g][n][d] rows of the block,
+// whose lines each vector would share with the block's other vectors (twice the lines in L1 for
+// the same values at 32 channels). Where channel vector v's start.
+template <typename T>
+CS_HD int64_t vector_A_offset(int64_t v, int64_t G, int64_t N) {
+  return v * G * N * Simd<T>::width;
+}
+
+// A of the task's modalities and channels, scaled by DecayBase<T>::scale, in the [v][g][n][lane]
+// layout (zero past the block's channels). Returns whether every exponent dt A of the task is
 // <= 0 (or NaN): dt is a softplus (>= 0) and every A <= 0; step_decays then skips the upper clamp.
 // Tile transposes, then one vector pass that scales and tests: an element-wise loop with the test
 // in the same statement ran at several cycles per element (the flag went through memory), a tenth
 // of the forward at L = 50.
 template <typename T>
 CS_HD bool load_block_A(const ForwardArgs<T>& a, const Task& task, int64_t block_pitch, T* A_block) {
-  const int64_t N = a.size.state, G = task.m1 - task.m0, real = task.d1 - task.d0;
-  for (int64_t g = 0; g < G; ++g) {
-    T* rows = A_block + g * N * block_pitch;
-    transpose_rows(a.A + ((task.m0 + g) * a.size.channels + task.d0) * N, N, real, N, rows, block_pitch);
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t j = real; j < block_pitch; ++j) rows[n * block_pitch + j] = T(0);
-  }
+  const int64_t N = a.size.state, G = task.m1 - task.m0, real = task.d1 - task.d0, w = Simd<T>::width;
+  for (int64_t v = 0; v * w < block_pitch; ++v)
+    for (int64_t g = 0; g < G; ++g) {
+      T* lanes = A_block + vector_A_offset<T>(v, G, N) + g * N * w;
+      const int64_t first = v * w, count = real - first < w ? (real > first ? real - first : 0) : w;
+      transpose_rows(a.A + ((task.m0 + g) * a.size.channels + task.d0 + first) * N, N, count, N, lanes, w);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t j = count; j < w; ++j) lanes[n * w + j] = T(0);
+    }
   int positive = 0;
   const T scale = DecayBase<T>::scale;
 #pragma omp simd reduction(| : positive)
@@ -493,19 +504,20 @@ CS_HD void general_step(const T* weights, int64_t M, const T* decays, const T* h
 }
 
 // exp(dt^g A^g) of one step for the modalities of a group and one channel vector, as [g][n][lane]
-// (A: scaled by DecayBase<T>::scale, see block_decay; nonpositive: what load_block_A returned).
+// (A: the vector's [g][n][lane] values, scaled by DecayBase<T>::scale, see block_decay;
+// nonpositive: what load_block_A returned).
 // A pass of its own: with nothing else in the loop, the exponentials of many states are in
 // flight at once and their constants stay in registers.
 template <typename T>
-CS_HD void step_decays(const T* A, int64_t a_stride, int64_t g_stride, const typename Simd<T>::V* dtv, int64_t G,
-                       int64_t N, bool nonpositive, T* decays) {
+CS_HD void step_decays(const T* A, const typename Simd<T>::V* dtv, int64_t G, int64_t N, bool nonpositive,
+                       T* decays) {
   typedef typename Simd<T>::V V;
   const int64_t w = Simd<T>::width;
   auto pass = [&](auto nonpositive_k) {
     for (int64_t g = 0; g < G; ++g) {
       const V dt = dtv[g];
       for (int64_t n = 0; n < N; ++n) {
-        const V x = dt * load_block<V>(A + g * g_stride + n * a_stride);
+        const V x = dt * load_block<V>(A + (g * N + n) * w);
         store_block(decays + (g * N + n) * w, block_decay<decltype(nonpositive_k)::value>(x));
       }
     }
@@ -548,11 +560,11 @@ CS_HD void rank_one_update_of(const T* decays, const T* s_prev, T alpha, const T
 
 // step_decays then rank_one_update_of (decays: scratch of G * N vectors).
 template <typename T>
-CS_HD void rank_one_step(const T* A, int64_t a_stride, int64_t g_stride, const T* s_prev, T alpha, const T* B,
+CS_HD void rank_one_step(const T* A, const T* s_prev, T alpha, const T* B,
                          const T* C, int64_t bc_stride, const typename Simd<T>::V* dtv,
                          const typename Simd<T>::V* dtuv, int64_t G, int64_t N, bool nonpositive, T* s_next,
                          typename Simd<T>::V* y, T* keep_h, T* decays) {
-  step_decays(A, a_stride, g_stride, dtv, G, N, nonpositive, decays);
+  step_decays(A, dtv, G, N, nonpositive, decays);
   with_static_size(G, [&](auto K) {
     rank_one_update_of<decltype(K)::value>(decays, s_prev, alpha, B, C, bc_stride, dtuv, G, N, s_next, y, keep_h);
   });
