@@ -203,8 +203,7 @@ int64_t num_checkpoints(CouplingKind kind, int64_t length, bool on_cuda) {
   if (on_cuda) return num_cuda_chunks(length, kind);
 #endif
   if (on_cuda) throw std::invalid_argument("coupled_scan: this build has no CUDA kernels");
-  (void)kind;
-  return num_chunks(length);
+  return num_chunks(kind, length);
 }
 
 #ifdef CS_WITH_CUDA

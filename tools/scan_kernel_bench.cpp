@@ -123,7 +123,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "coupling: expected mean, sum, none or general; got %s\n", coupling.c_str());
     return 2;
   }
-  std::vector<float> out(seq), checkpoints(Bt * D * num_chunks(L) * checkpoint_width(f.coupling, M, N));
+  std::vector<float> out(seq), checkpoints(Bt * D * num_chunks(f.coupling, L) * checkpoint_width(f.coupling, M, N));
   f.out = out.data();
   if (model_layout || steps_layout) f.out_rows = strided(out.data(), D);
   f.checkpoints = checkpoints.data();

@@ -183,7 +183,7 @@ Status run_backward(const BackwardArgs<T>& given) {
     BackwardArgs<T> args = a;
     std::vector<T> checkpoints;
     if (!args.checkpoints) {  // not saved by the caller: recompute them with a forward pass
-      checkpoints.resize(s.batch * D * num_chunks(L) * checkpoint_width(f.coupling, M, N));
+      checkpoints.resize(s.batch * D * num_chunks(f.coupling, L) * checkpoint_width(f.coupling, M, N));
       ForwardArgs<T> fa = f;
       fa.out = nullptr;
       fa.out_rows = SeqTensor<T>{};

@@ -119,7 +119,7 @@ static KernelResult<T> run_kernel(const naive::Problem& p, CouplingKind kind, do
     if (!z.empty()) z_s.fill(p.z), f.z = z_s.const_rows();
   }
   std::vector<T> out(Bt * M * D * L, poison), last(Bt * M * D * N, poison),
-      ck(Bt * D * coupled_scan::num_chunks(L) * coupled_scan::checkpoint_width(kind, M, N), poison);
+      ck(Bt * D * coupled_scan::num_chunks(kind, L) * coupled_scan::checkpoint_width(kind, M, N), poison);
   StridedBuffer<T> out_s(Bt, M, D, L, step_major);
   f.out = out.data();
   if (strided_outputs) f.out_rows = out_s.rows();

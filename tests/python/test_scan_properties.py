@@ -25,9 +25,9 @@ settings.load_profile("coupled-mamba")
 
 pytestmark = pytest.mark.usefixtures("poisoned_outputs")
 
-# Edges of the vector width (8 / 16 floats) and of the checkpoint chunk (64 steps on the CPU).
+# Edges of the vector width (8 / 16 floats) and of the checkpoint chunk (32 or 64 steps on the CPU).
 STATES = [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 64, 65]
-LENGTHS = [0, 1, 2, 3, 7, 15, 16, 17, 63, 64, 65, 127, 128, 129]
+LENGTHS = [0, 1, 2, 3, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129]
 
 
 @st.composite

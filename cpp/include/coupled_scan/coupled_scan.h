@@ -24,16 +24,25 @@ const char* status_string(Status s);
 // Limits of the kernels; the Python layer checks them first and says which argument is wrong.
 constexpr int64_t kMaxModalities = 8;
 constexpr int64_t kMaxState = 256;
-// Time steps between two saved states (checkpoints) that the backward pass restarts from.
-constexpr int64_t kChunk = 64;
-
-CS_HD int64_t num_chunks(int64_t length) { return (length + kChunk - 1) / kChunk; }
-
 enum class CouplingKind : int {
   kRankOne = 0,  // W = alpha * ones(M, M) ("sum": alpha 1, "mean": alpha 1/M): one state per (b, d, n)
   kNone = 1,     // W = identity: M independent selective scans
   kGeneral = 2,  // any (M, M) W: an M-vector of states per (b, d, n)
 };
+
+// Time steps between two saved states (checkpoints) that the CPU backward restarts from. It keeps
+// a chunk's decays exp(dt A) of one channel vector, steps x modalities of the task x N vectors:
+// with all M modalities in one task (rank-one, general W) 32 steps keep that near 400 KB at
+// M = 3, N = 64 (at 64 steps it and the rest of the backward's working set outgrew L2: the
+// backward 10% slower); "none" runs one modality per task, where 64 steps cost a third of that
+// and shorter chunks only added per-chunk work (6% to 11% slower).
+CS_HD int64_t chunk_length(CouplingKind kind) { return kind == CouplingKind::kNone ? 64 : 32; }
+// The longest chunk: the kernels' per-step scratch rows hold this many steps.
+constexpr int64_t kChunk = 64;
+
+CS_HD int64_t num_chunks(CouplingKind kind, int64_t length) {
+  return (length + chunk_length(kind) - 1) / chunk_length(kind);
+}
 
 // Values of one state checkpoint: N for the rank-one path, M * N otherwise.
 CS_HD int64_t checkpoint_width(CouplingKind kind, int64_t modalities, int64_t state) {
@@ -90,11 +99,11 @@ struct ForwardArgs {
   const T* initial_state = nullptr;  // (Bt, M, D, N) or null for zeros
   T* out = nullptr;           // (Bt, M, D, L) contiguous
   T* last_state = nullptr;    // (Bt, M, D, N) or null
-  T* checkpoints = nullptr;   // (Bt, D, num_chunks(L), checkpoint_width) or null
+  T* checkpoints = nullptr;   // (Bt, D, num_chunks(coupling, L), checkpoint_width) or null
   // Per-sample lengths, (Bt,) with 0 <= lengths[b] <= L (kInvalidSize otherwise); null: every
   // sample has length L. Sample b is scanned over steps 0 .. lengths[b]-1 only: `out` is 0 at
   // later steps, last_state is the state after step lengths[b]-1 (the initial state when the
-  // length is 0), and checkpoint c holds the state before step min(c * kChunk, lengths[b]).
+  // length is 0), and checkpoint c holds the state before step min(c * chunk_length, lengths[b]).
   // The backward gives exact zeros at later steps, sums the parameter gradients over valid steps
   // only and sends d last_state into step lengths[b]-1. Padded inputs are never read.
   const int64_t* lengths = nullptr;

@@ -220,7 +220,7 @@ CS_HD int64_t bmd_offset(const Sizes& s, int64_t b, int64_t m, int64_t d, int64_
 CS_HD int64_t checkpoint_offset(const Sizes& s, CouplingKind kind, int64_t b, int64_t d,
                                  int64_t chunk, int64_t m0) {
   const int64_t width = checkpoint_width(kind, s.modalities, s.state);
-  const int64_t base = ((b * s.channels + d) * num_chunks(s.length) + chunk) * width;
+  const int64_t base = ((b * s.channels + d) * num_chunks(kind, s.length) + chunk) * width;
   return base + (kind == CouplingKind::kNone ? m0 * s.state : 0);
 }
 

@@ -135,9 +135,9 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, 
     }
   };
 
-  const int64_t chunks = num_chunks(steps);
+  const int64_t chunk = chunk_length(a.coupling), chunks = num_chunks(a.coupling, steps);
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t t0 = c * kChunk, kc = steps - t0 < kChunk ? steps - t0 : kChunk;
+    const int64_t t0 = c * chunk, kc = steps - t0 < chunk ? steps - t0 : chunk;
     // B and C rows are L apart (often a power of two: cache-set conflicts), so copy the chunk.
     load_transposed(a.B, task.b, task.m0, task.m1, N, t0, kc, B_chunk);
     load_transposed(a.C, task.b, task.m0, task.m1, N, t0, kc, C_chunk);
@@ -166,7 +166,7 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, 
     if (a.out_rows.data) store_block_outputs(a, task, block_pitch, t0, kc, y_rows, column);
   }
   // Chunks past the sample's length start from its final state.
-  for (int64_t c = chunks; a.checkpoints && c < num_chunks(s.length); ++c) save_checkpoint(c);
+  for (int64_t c = chunks; a.checkpoints && c < num_chunks(a.coupling, s.length); ++c) save_checkpoint(c);
   if (steps == 0 && a.last_state)  // no step: h^m is the initial state
     for (int64_t m = task.m0; m < task.m1; ++m)
       for (int64_t d = task.d0; d < task.d1; ++d) {
@@ -214,9 +214,9 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
     }
   };
 
-  const int64_t chunks = num_chunks(steps);
+  const int64_t chunk = chunk_length(a.coupling), chunks = num_chunks(a.coupling, steps);
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t t0 = c * kChunk, kc = steps - t0 < kChunk ? steps - t0 : kChunk;
+    const int64_t t0 = c * chunk, kc = steps - t0 < chunk ? steps - t0 : chunk;
     load_transposed(a.B, task.b, 0, M, N, t0, kc, B_chunk);
     load_transposed(a.C, task.b, 0, M, N, t0, kc, C_chunk);
     prefetch_forward_rows(a, task, t0, kc);
@@ -237,7 +237,7 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
     if (a.out_rows.data) store_block_outputs(a, task, block_pitch, t0, kc, y_rows, column);
   }
   // Chunks past the sample's length start from its final state.
-  for (int64_t c = chunks; a.checkpoints && c < num_chunks(s.length); ++c) scatter_states(c, false);
+  for (int64_t c = chunks; a.checkpoints && c < num_chunks(a.coupling, s.length); ++c) scatter_states(c, false);
   if (a.last_state) scatter_states(0, true);
 }
 
