@@ -40,6 +40,17 @@ bool parse_shape(const char* text, Shape* s) {
   return s->Bt > 0 && s->M > 0 && s->M <= kMaxModalities && s->D > 0 && s->N > 0 && s->N <= kMaxState && s->L > 0;
 }
 
+// Checkpoints for L steps through whichever num_chunks the library's header declares:
+// tools/kernel_ab.sh also builds this file against older revisions, whose chunk count took only L.
+template <typename K, typename I>
+auto chunks_of(K kind, I L, int) -> decltype(num_chunks(kind, L)) {
+  return num_chunks(kind, L);
+}
+template <typename K, typename I>
+auto chunks_of(K, I L, long) -> decltype(num_chunks(L)) {
+  return num_chunks(L);
+}
+
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -123,7 +134,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "coupling: expected mean, sum, none or general; got %s\n", coupling.c_str());
     return 2;
   }
-  std::vector<float> out(seq), checkpoints(Bt * D * num_chunks(f.coupling, L) * checkpoint_width(f.coupling, M, N));
+  std::vector<float> out(seq), checkpoints(Bt * D * chunks_of(f.coupling, L, 0) * checkpoint_width(f.coupling, M, N));
   f.out = out.data();
   if (model_layout || steps_layout) f.out_rows = strided(out.data(), D);
   f.checkpoints = checkpoints.data();
