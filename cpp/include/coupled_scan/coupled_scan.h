@@ -32,10 +32,10 @@ enum class CouplingKind : int {
 
 // Time steps between two saved states (checkpoints) that the CPU backward restarts from. It keeps
 // a chunk's decays exp(dt A) of one channel vector, steps x modalities of the task x N vectors:
-// with all M modalities in one task (rank-one, general W) 32 steps keep that near 400 KB at
-// M = 3, N = 64 (at 64 steps it and the rest of the backward's working set outgrew L2: the
-// backward 10% slower); "none" runs one modality per task, where 64 steps cost a third of that
-// and shorter chunks only added per-chunk work (6% to 11% slower).
+// with all M modalities in one task (rank-one, general W) 32 steps keep that near 400 KB of floats
+// at M = 3, N = 64 (at 64 steps it and the rest of the backward's working set outgrew the 2 MB L2:
+// the backward 10% to 16% slower); "none" runs one modality per task, where 64 steps cost a third
+// of that and shorter chunks only added per-chunk work (6% to 16% slower).
 CS_HD int64_t chunk_length(CouplingKind kind) { return kind == CouplingKind::kNone ? 64 : 32; }
 // The longest chunk: the kernels' per-step scratch rows hold this many steps.
 constexpr int64_t kChunk = 64;

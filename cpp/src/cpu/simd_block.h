@@ -427,7 +427,7 @@ CS_HD void load_block_steps(const ForwardArgs<T>& a, const Task& task, int64_t b
 // A (and the backward's dA) of a task's block are kept as [v][g][n][lane]: the G N vectors of
 // channel vector v together, where the scans use them, instead of [g][n][d] rows of the block,
 // whose lines each vector would share with the block's other vectors (twice the lines in L1 for
-// the same values at 32 channels). Where channel vector v's start.
+// the same values at 32 channels). vector_A_offset: where channel vector v's values start.
 template <typename T>
 CS_HD int64_t vector_A_offset(int64_t v, int64_t G, int64_t N) {
   return v * G * N * Simd<T>::width;
@@ -445,7 +445,8 @@ CS_HD bool load_block_A(const ForwardArgs<T>& a, const Task& task, int64_t block
   for (int64_t v = 0; v * w < block_pitch; ++v)
     for (int64_t g = 0; g < G; ++g) {
       T* lanes = A_block + vector_A_offset<T>(v, G, N) + g * N * w;
-      const int64_t first = v * w, count = real - first < w ? (real > first ? real - first : 0) : w;
+      const int64_t first = v * w, left = real > first ? real - first : 0;
+      const int64_t count = left < w ? left : w;  // real channels in vector v
       transpose_rows(a.A + ((task.m0 + g) * a.size.channels + task.d0 + first) * N, N, count, N, lanes, w);
       for (int64_t n = 0; n < N; ++n)
         for (int64_t j = count; j < w; ++j) lanes[n * w + j] = T(0);
