@@ -18,6 +18,10 @@ the Python inside the ops, without the aten:: copies they make), divided by that
 fused conv (``coupled_mamba::causal_conv_silu_*``) is not part of it. The conv's own share is reported
 next to it.
 
+The process keeps the memory a step frees, as ``coupled-mamba train`` does (``--malloc retain``,
+:mod:`coupled_mamba.train.memory`); ``--malloc glibc`` keeps glibc's defaults. "faults/step" is
+the mean number of minor page faults per timed training step.
+
 When the pure-PyTorch Mamba of the ``mambapy`` package is importable (it is never a dependency),
 the same run also times it as an uncoupled fusion model: one mambapy Mamba stack (parallel scan)
 per modality, with the same front end and head as the other models; mambapy has no masks, so it
@@ -36,6 +40,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ..train.memory import retain_freed_memory
 from ..train.optim import adam
 from .model_bench import INPUT_DIMS, cpu_model_name
 
@@ -95,19 +100,31 @@ def build(kind: str, L: int, align: str):
     return build_model(kind, INPUT_DIMS, seq_len=L, align=align, **MODEL_ARGS)
 
 
-def interleaved_medians(fns: Dict[str, callable], warmup: int, repeats: int) -> Dict[str, float]:
+def minor_faults() -> int:
+    """Page faults the kernel served without I/O so far in this process (0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def interleaved_medians(fns: Dict[str, callable], warmup: int, repeats: int):
     """Median ms of each fn, timed in turns (a, b, c, a, b, c, ...) so that a slow spell of a shared
-    machine falls on every model alike rather than on whichever was being timed then."""
+    machine falls on every model alike rather than on whichever was being timed then; and each fn's
+    mean minor page faults per call."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: Dict[str, List[float]] = {k: [] for k in fns}
+    faults = {k: 0 for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            f0, t0 = minor_faults(), time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+            faults[k] += minor_faults() - f0
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}, {k: v / repeats for k, v in faults.items()}
 
 
 SCAN_OPS = "coupled_mamba::scan_"
@@ -194,10 +211,11 @@ def measure_case(case, kinds: List[str], args) -> List[Dict]:
     then one profiled step of each coupled model."""
     runners = [Runner(kind, case) for kind in kinds]
     ready = [r for r in runners if r.model is not None]
-    train = interleaved_medians({r.kind: r.train_step for r in ready}, args.warmup, args.repeats)
-    infer = interleaved_medians({r.kind: r.infer for r in ready}, args.warmup, args.repeats)
+    train, train_faults = interleaved_medians({r.kind: r.train_step for r in ready}, args.warmup, args.repeats)
+    infer, _ = interleaved_medians({r.kind: r.infer for r in ready}, args.warmup, args.repeats)
     for r in ready:
         r.row["train_ms"], r.row["infer_ms"] = train[r.kind], infer[r.kind]
+        r.row["train_page_faults"] = train_faults[r.kind]
         if r.kind.startswith("coupled-"):
             share = scan_share(r.train_step)
             prof = share.pop("profile")
@@ -223,7 +241,7 @@ def machine() -> Dict:
 
 def format_table(rows: List[Dict]) -> str:
     lines = [f"{'case':<10} {'batch':>5} {'L':>5} {'model':<16} {'train ms':>9} {'x Transf.':>9} "
-             f"{'infer ms':>9} {'x Transf.':>9} {'scan share':>10} {'matmul share':>12}"]
+             f"{'infer ms':>9} {'x Transf.':>9} {'scan share':>10} {'matmul share':>12} {'faults/step':>11}"]
     ref = {r["case"]: r for r in rows if r["model"] == "transformer" and r.get("status") == "ok"}
     for r in rows:
         head = f"{r['case']:<10} {r['batch']:>5} {r['length']:>5} {r['model']:<16}"
@@ -235,7 +253,8 @@ def format_table(rows: List[Dict]) -> str:
         ir = f"{r['infer_ms'] / t['infer_ms']:.2f}x" if t else "-"
         share = f"{100 * r['scan_share']:.0f}%" if "scan_share" in r else "-"
         mm = f"{100 * r['matmul_share']:.0f}%" if "matmul_share" in r else "-"
-        lines.append(f"{head} {r['train_ms']:>9.1f} {tr:>9} {r['infer_ms']:>9.1f} {ir:>9} {share:>10} {mm:>12}")
+        lines.append(f"{head} {r['train_ms']:>9.1f} {tr:>9} {r['infer_ms']:>9.1f} {ir:>9} {share:>10} {mm:>12} "
+                     f"{r.get('train_page_faults', 0):>11.0f}")
     return "\n".join(lines)
 
 
@@ -250,6 +269,9 @@ def parse_args(argv: Optional[List[str]]):
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="print the top ROWS ops of each coupled model's profiled step")
+    p.add_argument("--malloc", choices=["retain", "glibc"], default="retain",
+                   help="retain: glibc keeps freed memory, as in coupled-mamba train (coupled_mamba/train/memory.py); "
+                        "glibc: its default thresholds")
     p.add_argument("--out", default="bench_train.json", help="JSON output path")
     return p.parse_args(argv)
 
@@ -257,6 +279,7 @@ def parse_args(argv: Optional[List[str]]):
 def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    retained = retain_freed_memory() if args.malloc == "retain" else False
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = [c for c in (QUICK_CASES if args.quick else CASES) if c[0] in args.cases]
@@ -273,7 +296,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         "machine": {**machine(), "load_average_before": load_before},
         "setup": {"input_dims": INPUT_DIMS, "cases": [dict(zip(("case", "batch", "length", "align", "padded"), c))
                                                        for c in cases], **MODEL_ARGS,
-                  "optimizer": "Adam(lr=1e-3, fused=True)", "loss": "L1", "repeats": args.repeats, "warmup": args.warmup},
+                  "optimizer": "Adam(lr=1e-3, fused=True)",
+                  "malloc": "freed memory retained (mallopt)" if retained else "glibc's defaults", "loss": "L1", "repeats": args.repeats, "warmup": args.warmup},
         "scan_share_method": "self time of everything inside the coupled_mamba::scan_* ops in torch.profiler over one "
                              "training step except aten:: ops (scan_op_share: including them) / that step's "
                              "wall time",

@@ -31,7 +31,8 @@ One job per module: :mod:`.config` (options and config.json), :mod:`.distributed
 process group), :mod:`.artifacts` (files and their formats), :mod:`.stores` (where a seed's
 checkpoints go), :mod:`.loop` (training one seed), :mod:`.runs` (the command), :mod:`.evaluation`
 (evaluate and summarize), :mod:`.api` (:func:`fit`), :mod:`.crossval` (:func:`cross_validate`),
-:mod:`.optim` (the optimiser), :mod:`.divergence` (the error for a non-finite loss).
+:mod:`.optim` (the optimiser), :mod:`.divergence` (the error for a non-finite loss), :mod:`.memory`
+(glibc's malloc thresholds for a training process).
 """
 from .api import FitResult, fit
 from .crossval import CrossValidationResult, cross_validate
@@ -40,11 +41,12 @@ from .config import DATASET_DEFAULTS, PAPER_DEFAULTS, build_parser, resolve_conf
 from .errors import UsageError
 from .evaluation import build_evaluate_parser, evaluate_checkpoint, evaluate_main, summarize_main, summarize_runs
 from .loop import predict
+from .memory import retain_freed_memory
 from .runs import main
 
 __all__ = [
     "main", "evaluate_main", "build_parser", "build_evaluate_parser", "resolve_config",
     "evaluate_checkpoint", "load_checkpoint", "predict", "DATASET_DEFAULTS", "PAPER_DEFAULTS",
     "summarize_main", "summarize_runs", "UsageError", "CHECKPOINT_FORMAT", "fit", "FitResult",
-    "cross_validate", "CrossValidationResult",
+    "cross_validate", "CrossValidationResult", "retain_freed_memory",
 ]

@@ -18,6 +18,7 @@ from .config import RUNTIME_KEYS, SELECT_DEFAULTS, SELECT_DEFAULTS_MMSA, build_p
 from .distributed import DistributedContext
 from .errors import UsageError, fail, require_module
 from .loop import Runtime, train_seed
+from .memory import retain_freed_memory
 from .stores import SeedFolder
 
 __all__ = ["main", "run_training", "load_splits", "load_fold_splits", "resolve_select", "summarize_seeds",
@@ -243,6 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    retain_freed_memory()  # activations reused between steps without page faults (memory.py)
     try:
         ctx = DistributedContext(args.device)
     except UsageError as e:
