@@ -398,9 +398,9 @@ void backward_rank_one(const BackwardArgs<T>& a, const BackwardPartials<T>& p, c
 
   const bool nonpositive = load_block_A(f, task, block_pitch, A_block);
   for (int64_t i = 0; i < G * N * block_pitch; ++i) dA_block[i] = T(0);
-  const int64_t chunk = chunk_length(f.coupling), chunks = num_chunks(f.coupling, steps);
+  const int64_t chunks = num_chunks(f.coupling, steps);
   for (int64_t c = chunks - 1; c >= 0; --c) {
-    const int64_t t0 = c * chunk, kc = steps - t0 < chunk ? steps - t0 : chunk;
+    const auto [t0, kc] = chunk_span(f.coupling, c, steps);
     const bool final_chunk = c == chunks - 1;
     T* dB_chunk = chunk_sums(p.dB, s, p, task, t0);  // [g][k][n], modalities L * Np apart
     T* dC_chunk = chunk_sums(p.dC, s, p, task, t0);
@@ -489,9 +489,9 @@ void backward_general(const BackwardArgs<T>& a, const BackwardPartials<T>& p, co
 
   const bool nonpositive = load_block_A(f, task, block_pitch, A_block);
   for (int64_t i = 0; i < M * N * block_pitch; ++i) dA_block[i] = T(0);
-  const int64_t chunk = chunk_length(f.coupling), chunks = num_chunks(f.coupling, steps);
+  const int64_t chunks = num_chunks(f.coupling, steps);
   for (int64_t c = chunks - 1; c >= 0; --c) {
-    const int64_t t0 = c * chunk, kc = steps - t0 < chunk ? steps - t0 : chunk;
+    const auto [t0, kc] = chunk_span(f.coupling, c, steps);
     T* dB_chunk = chunk_sums(p.dB, s, p, task, t0);  // [g][k][n], modalities L * Np apart
     T* dC_chunk = chunk_sums(p.dC, s, p, task, t0);
     prefetch_backward_rows(a, task, t0, kc);

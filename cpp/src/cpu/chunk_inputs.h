@@ -216,6 +216,15 @@ CS_HD int64_t bmd_offset(const Sizes& s, int64_t b, int64_t m, int64_t d, int64_
   return ((b * s.modalities + m) * s.channels + d) * x;
 }
 
+// Chunk c of a sample scanned over `steps` steps: its first step and its number of steps.
+struct ChunkSpan {
+  int64_t t0, kc;
+};
+CS_HD ChunkSpan chunk_span(CouplingKind kind, int64_t c, int64_t steps) {
+  const int64_t chunk = chunk_length(kind), t0 = c * chunk;
+  return {t0, steps - t0 < chunk ? steps - t0 : chunk};
+}
+
 // The first state slot of task modalities inside a checkpoint row.
 CS_HD int64_t checkpoint_offset(const Sizes& s, CouplingKind kind, int64_t b, int64_t d,
                                  int64_t chunk, int64_t m0) {

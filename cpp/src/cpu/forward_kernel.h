@@ -135,9 +135,9 @@ void forward_rank_one(const ForwardArgs<T>& a, const Task& task, int64_t steps, 
     }
   };
 
-  const int64_t chunk = chunk_length(a.coupling), chunks = num_chunks(a.coupling, steps);
+  const int64_t chunks = num_chunks(a.coupling, steps);
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t t0 = c * chunk, kc = steps - t0 < chunk ? steps - t0 : chunk;
+    const auto [t0, kc] = chunk_span(a.coupling, c, steps);
     // B and C rows are L apart (often a power of two: cache-set conflicts), so copy the chunk.
     load_transposed(a.B, task.b, task.m0, task.m1, N, t0, kc, B_chunk);
     load_transposed(a.C, task.b, task.m0, task.m1, N, t0, kc, C_chunk);
@@ -214,9 +214,9 @@ void forward_general(const ForwardArgs<T>& a, const Task& task, int64_t steps, T
     }
   };
 
-  const int64_t chunk = chunk_length(a.coupling), chunks = num_chunks(a.coupling, steps);
+  const int64_t chunks = num_chunks(a.coupling, steps);
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t t0 = c * chunk, kc = steps - t0 < chunk ? steps - t0 : chunk;
+    const auto [t0, kc] = chunk_span(a.coupling, c, steps);
     load_transposed(a.B, task.b, 0, M, N, t0, kc, B_chunk);
     load_transposed(a.C, task.b, 0, M, N, t0, kc, C_chunk);
     prefetch_forward_rows(a, task, t0, kc);
