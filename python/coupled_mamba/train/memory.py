@@ -15,7 +15,8 @@ process's peak memory is unchanged; it is no longer given back to the system unt
 ``coupled-mamba train`` command and ``python -m coupled_mamba.bench train`` call it; call it
 yourself at the start of your own training script if you want the same. It does nothing where
 the C library is not glibc, or when the user configured glibc's malloc through the environment
-(``GLIBC_TUNABLES`` naming ``glibc.malloc``, or ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``).
+(``GLIBC_TUNABLES`` naming ``glibc.malloc``, or ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``
+or ``MALLOC_TOP_PAD_``).
 """
 from __future__ import annotations
 
